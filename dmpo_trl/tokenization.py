@@ -1,0 +1,300 @@
+"""Conversation -> token ids + per-token turn index, built together and token-exact.
+
+How the action spans are found (works with any chat template with the *prefix property*: the rendering of a
+conversation prefix is a prefix of the rendering of the whole conversation):
+
+1. Render the whole conversation once and tokenize it once, with character offsets (fast tokenizers).
+2. For assistant message ``j`` (action ``t``), render ``messages[:j]`` with the generation prompt and
+   ``messages[:j + 1]`` without it. Both must be prefixes of the whole rendering; the characters between their ends
+   are what the template emits for that assistant message after the role header.
+3. Map those character boundaries to token boundaries (no token may straddle one), then keep the tokens up to and
+   including the last special token of the span (the end-of-turn token, e.g. ``<|im_end|>``, ``<|eot_id|>``,
+   ``</s>``, ``<end_of_turn>``). What follows it (e.g. the ``\\n`` ChatML puts after ``<|im_end|>``) is template
+   markup the model never generates, so it is not an action.
+
+Every token of action ``t`` gets turn id ``t``; everything else (prompt, observations, role headers, markup) gets
+``-1``. Any template or row where this cannot be done exactly raises `DMPODataError` naming the row and the reason;
+a row never comes out silently all-masked.
+
+Cost: one tokenization per trajectory (linear in its length, and the dominant cost); the template is rendered
+``2T + 1`` times as plain strings.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import DMPODataError
+
+__all__ = [
+    "TokenizedConversation",
+    "split_prompt",
+    "tokenize_conversation",
+    "tokenize_pair",
+    "truncate_trajectory",
+]
+
+NOT_ACTION = -1
+
+
+@dataclass(frozen=True)
+class TokenizedConversation:
+    """Token ids of a rendered conversation with the action index of every token."""
+
+    input_ids: list[int]
+    """Token ids of the whole conversation (prompt + completion)."""
+    turn_ids: list[int]
+    """Per token: index ``t`` of the action it belongs to, or ``-1`` if it is not an action token."""
+    num_turns: int
+    """``T``: number of actions (assistant messages) in the completion."""
+    prompt_len: int
+    """Number of tokens before the first action token (prompt + first generation header)."""
+
+
+class _TemplateRejected(Exception):
+    """The chat template raised while rendering; re-raised as `DMPODataError` with the row."""
+
+
+def _render(tokenizer, messages, add_generation_prompt: bool, tools, chat_template_kwargs) -> str:
+    try:
+        text = tokenizer.apply_chat_template(
+            messages,
+            tools=tools,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **chat_template_kwargs,
+        )
+    except Exception as err:  # jinja2 TemplateError from `raise_exception`, missing keys, ...
+        raise _TemplateRejected(f"{type(err).__name__}: {err}") from err
+    if not isinstance(text, str):  # some processors return a list for batched input
+        text = text[0]
+    return text
+
+
+def _special_ids(tokenizer) -> frozenset[int]:
+    ids = set(tokenizer.all_special_ids)
+    for token_id, added in getattr(tokenizer, "added_tokens_decoder", {}).items():
+        if getattr(added, "special", False):
+            ids.add(token_id)
+    return frozenset(ids)
+
+
+def _token_boundary(starts: list[int], ends: list[int], char_pos: int, what: str, row, side) -> int:
+    """Index of the first token starting at or after `char_pos`; error if a token straddles `char_pos`."""
+    k = bisect.bisect_left(starts, char_pos)
+    if k > 0 and ends[k - 1] > char_pos:
+        raise DMPODataError(
+            f"cannot align tokens with the chat template: a token spans the {what} (character {char_pos}), so the "
+            "action tokens cannot be separated exactly from the surrounding markup",
+            row=row,
+            side=side,
+        )
+    return k
+
+
+def tokenize_conversation(
+    tokenizer,
+    prompt: list[dict[str, Any]],
+    completion: list[dict[str, Any]],
+    *,
+    tools: list[dict] | str | None = None,
+    chat_template_kwargs: dict[str, Any] | None = None,
+    row: int | None = None,
+    side: str | None = None,
+) -> TokenizedConversation:
+    """Tokenize ``prompt + completion`` once and mark every action token with its turn index.
+
+    Args:
+        tokenizer: a fast Hugging Face tokenizer with a chat template (offsets are needed).
+        prompt: messages before the first action (system, task, first observation...).
+        completion: alternating actions (``assistant`` messages, possibly with ``tool_calls``) and observations
+            (any other role).
+        tools: JSON-schema tool definitions passed to the chat template (a list, or a JSON string).
+        chat_template_kwargs: extra keyword arguments for the chat template.
+        row, side: where the conversation comes from, for error messages.
+
+    Returns:
+        `TokenizedConversation`.
+
+    Raises:
+        `DMPODataError`: no action in the completion, a template without the prefix property, tokens that cannot be
+            aligned with the action boundaries, or an action with no end-of-turn token.
+    """
+    if isinstance(tools, str):
+        tools = json.loads(tools)
+    chat_template_kwargs = dict(chat_template_kwargs or {})
+    if not getattr(tokenizer, "is_fast", False):
+        raise DMPODataError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer; DMPO's action masks need character offsets "
+            "(load the tokenizer with use_fast=True)",
+            row=row,
+            side=side,
+        )
+    messages = list(prompt) + list(completion)
+    action_positions = [len(prompt) + i for i, m in enumerate(completion) if m.get("role") == "assistant"]
+    if not action_positions:
+        raise DMPODataError("no assistant message (action) in the completion", row=row, side=side)
+
+    try:
+        full_text = _render(tokenizer, messages, False, tools, chat_template_kwargs)
+        renders = [
+            (
+                _render(tokenizer, messages[:j], True, tools, chat_template_kwargs),
+                _render(tokenizer, messages[: j + 1], False, tools, chat_template_kwargs),
+            )
+            for j in action_positions
+        ]
+    except _TemplateRejected as err:
+        raise DMPODataError(f"the chat template rejected the conversation ({err})", row=row, side=side) from err
+    char_spans = []
+    for j, (start_text, end_text) in zip(action_positions, renders):
+        for text, what in ((start_text, "with the generation prompt"), (end_text, "")):
+            if not full_text.startswith(text):
+                cut = next((i for i, (a, b) in enumerate(zip(text, full_text)) if a != b), min(len(text), len(full_text)))
+                raise DMPODataError(
+                    f"the chat template breaks the prefix property: messages[:{j if what else j + 1}] rendered "
+                    f"{what + ' ' if what else ''}is not a prefix of the whole conversation (they differ at character "
+                    f"{cut}: {text[cut:cut + 30]!r} vs {full_text[cut:cut + 30]!r}). DMPO needs every turn rendered "
+                    "the same way in every prefix; templates that rewrite history (e.g. dropping past reasoning) "
+                    "need a training variant such as trl's `*_training.jinja` templates",
+                    row=row,
+                    side=side,
+                )
+        if len(end_text) <= len(start_text):
+            raise DMPODataError(
+                f"the chat template renders assistant message {j} as nothing after its generation prompt",
+                row=row,
+                side=side,
+            )
+        char_spans.append((len(start_text), len(end_text)))
+
+    encoding = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = list(encoding["input_ids"])
+    offsets = encoding["offset_mapping"]
+    starts = [s for s, _ in offsets]
+    ends = [e for _, e in offsets]
+    special = _special_ids(tokenizer)
+
+    turn_ids = [NOT_ACTION] * len(input_ids)
+    for t, (char_start, char_end) in enumerate(char_spans):
+        k0 = _token_boundary(starts, ends, char_start, f"start of action {t}", row, side)
+        k1 = _token_boundary(starts, ends, char_end, f"end of action {t}", row, side)
+        eot = next((k for k in range(k1 - 1, k0 - 1, -1) if input_ids[k] in special), None)
+        if eot is None:
+            raise DMPODataError(
+                f"action {t} has no end-of-turn token: the chat template closes the assistant message without a "
+                "special token, so the model could not learn to stop",
+                row=row,
+                side=side,
+            )
+        if eot == k0:
+            raise DMPODataError(f"action {t} is empty: only its end-of-turn token is left", row=row, side=side)
+        turn_ids[k0 : eot + 1] = [t] * (eot + 1 - k0)
+
+    return TokenizedConversation(
+        input_ids=input_ids,
+        turn_ids=turn_ids,
+        num_turns=len(char_spans),
+        prompt_len=turn_ids.index(0),
+    )
+
+
+def split_prompt(example: dict[str, Any], row: int | None = None) -> tuple[list, list, list]:
+    """Return ``(prompt, chosen, rejected)`` message lists of a conversational preference row.
+
+    Rows without a ``prompt`` column (implicit prompt) are split before their first assistant message; the two
+    prompts must then be identical. The common prefix is *not* used: shared early actions stay actions.
+    """
+    for key in ("chosen", "rejected"):
+        if key not in example:
+            raise DMPODataError(f"missing column {key!r}", row=row)
+        if not isinstance(example[key], list | tuple) or not all(isinstance(m, dict) for m in example[key]):
+            raise DMPODataError(
+                f"{key!r} must be a list of messages ({{'role', 'content'}} dicts); DMPO trains on conversational "
+                "(multi-turn) data",
+                row=row,
+                side=key,
+            )
+    if example.get("prompt") is not None:
+        prompt = example["prompt"]
+        if not isinstance(prompt, list | tuple) or not all(isinstance(m, dict) for m in prompt):
+            raise DMPODataError("'prompt' must be a list of messages", row=row, side="prompt")
+        return list(prompt), list(example["chosen"]), list(example["rejected"])
+
+    def cut(messages):
+        return next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), len(messages))
+
+    chosen, rejected = list(example["chosen"]), list(example["rejected"])
+    ci, ri = cut(chosen), cut(rejected)
+    if chosen[:ci] != rejected[:ri]:
+        raise DMPODataError(
+            "the prompt differs between chosen and rejected (messages before the first assistant message must be "
+            "identical)",
+            row=row,
+        )
+    return chosen[:ci], chosen[ci:], rejected[ri:]
+
+
+def tokenize_pair(tokenizer, example: dict[str, Any], row: int | None = None) -> dict[str, Any]:
+    """Tokenize one preference row into the columns DMPOTrainer trains on.
+
+    Returns a dict with ``prompt_ids`` (shared prompt tokens), ``chosen_ids`` / ``rejected_ids`` (the tokens after the
+    prompt), ``chosen_turn_ids`` / ``rejected_turn_ids`` (aligned with ``*_ids``; ``-1`` = not an action) and
+    ``chosen_num_turns`` / ``rejected_num_turns`` (``T_w`` and ``T_l``).
+    """
+    prompt, chosen, rejected = split_prompt(example, row)
+    kwargs = {"tools": example.get("tools"), "chat_template_kwargs": example.get("chat_template_kwargs"), "row": row}
+    tok_w = tokenize_conversation(tokenizer, prompt, chosen, side="chosen", **kwargs)
+    tok_l = tokenize_conversation(tokenizer, prompt, rejected, side="rejected", **kwargs)
+    # Both sides start with the same prompt tokens up to the first action of the shorter prompt
+    prompt_len = min(tok_w.prompt_len, tok_l.prompt_len)
+    if tok_w.input_ids[:prompt_len] != tok_l.input_ids[:prompt_len]:
+        raise DMPODataError("the prompt tokenizes differently in chosen and rejected", row=row)
+    return {
+        "prompt_ids": tok_w.input_ids[:prompt_len],
+        "chosen_ids": tok_w.input_ids[prompt_len:],
+        "rejected_ids": tok_l.input_ids[prompt_len:],
+        "chosen_turn_ids": tok_w.turn_ids[prompt_len:],
+        "rejected_turn_ids": tok_l.turn_ids[prompt_len:],
+        "chosen_num_turns": tok_w.num_turns,
+        "rejected_num_turns": tok_l.num_turns,
+    }
+
+
+def truncate_trajectory(
+    prompt_len: int, ids: list[int], turn_ids: list[int], max_length: int | None
+) -> tuple[list[int], list[int], int]:
+    """Cut a trajectory (``prompt + completion`` ids) to at most ``max_length`` tokens, dropping whole actions.
+
+    An action that does not fit entirely is dropped together with everything after it; the sequence then ends right
+    after the last kept action's end-of-turn token. Turn ids are unchanged, so kept actions keep their weights
+    (``T`` stays the trajectory's real number of actions).
+
+    Args:
+        prompt_len: number of prompt tokens at the start of ``ids`` (they are never actions).
+        ids: token ids of prompt + completion.
+        turn_ids: aligned turn ids (``-1`` = not an action).
+        max_length: maximum number of tokens, or ``None`` for no limit.
+
+    Returns:
+        ``(ids, turn_ids, kept_turns)``: the possibly shortened sequence and the number of actions kept (``0`` when
+        not even the first action fits: the caller decides whether that is an error).
+    """
+    if len(ids) != len(turn_ids):
+        raise ValueError("ids and turn_ids must have the same length")
+    num_turns = max(turn_ids, default=NOT_ACTION) + 1
+    if max_length is None or len(ids) <= max_length:
+        return ids, turn_ids, num_turns
+    last_token: dict[int, int] = {}
+    for k in range(prompt_len, len(turn_ids)):
+        if turn_ids[k] >= 0:
+            last_token[turn_ids[k]] = k
+    # Actions come in order, so the ones that fit entirely form a prefix 0 .. kept_turns-1
+    kept_turns = sum(1 for end in last_token.values() if end < max_length)
+    if kept_turns == 0:
+        return ids[:0], turn_ids[:0], 0
+    cut = last_token[kept_turns - 1] + 1
+    return ids[:cut], turn_ids[:cut], kept_turns

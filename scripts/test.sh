@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: installs everything into .venv (CPU torch 2.13.0) and runs the test suite.
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -m slow`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+exec .venv/bin/python -m pytest -q -m "not slow" "$@"
