@@ -71,7 +71,13 @@ class DMPOConfig(DPOConfig):
     )
 
     def __post_init__(self):
+        # DMPO's own checks first, so a bad DMPO setting is reported before any TrainingArguments processing
+        if isinstance(self.loss_type, str):
+            self.loss_type = [self.loss_type]
+        self._check_dmpo_options()
         super().__post_init__()
+
+    def _check_dmpo_options(self):
         if not isinstance(self.gamma, int | float) or not 0.0 <= float(self.gamma) <= 1.0:
             raise ValueError(f"`gamma` must lie in [0, 1], got {self.gamma!r}.")
         self.gamma = float(self.gamma)
