@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dmpo_trl.errors import DMPODataError
+from dmpo_trl.tokenization import split_prompt
 
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
 SIDES = ("chosen", "rejected")
@@ -27,8 +28,8 @@ def check_pair(example: Mapping[str, Any], row: int | None = None) -> None:
     """Raise `DMPODataError` naming `row` and the reason if `example` is not a well-formed preference pair.
 
     Checks, in order: `chosen`/`rejected` present and lists of messages; the prompt (explicit, or for rows
-    without a `prompt` the shared prefix of `chosen` and `rejected`, which must exist -- see
-    `split_shared_prefix`); every message has a known role and text content; the prompt is non-empty, has a
+    without a `prompt` the messages before the first assistant message, which must be the same on both sides --
+    the trainer's rule, `dmpo_trl.tokenization.split_prompt`); every message has a known role and text content; the prompt is non-empty, has a
     system message only first, and does not end with an assistant message; each side is non-empty, holds at
     least one assistant action, starts with one, and alternates actions with observations (no two assistant
     messages in a row); tool results follow an action or another tool result; assistant messages are not
@@ -40,7 +41,7 @@ def check_pair(example: Mapping[str, Any], row: int | None = None) -> None:
     rejected = _side(example, "rejected", row)
     prompt = example.get("prompt")
     if prompt is None:
-        prompt, chosen, rejected = split_shared_prefix(chosen, rejected, row)
+        prompt, chosen, rejected = _split_implicit(chosen, rejected, row)
     elif isinstance(prompt, str):
         raise DMPODataError(
             "non-text content: the prompt is a plain string; DMPO needs conversational data (a list of messages)",
@@ -156,6 +157,22 @@ def split_shared_prefix(
             row,
         )
     return list(chosen[:j]), list(chosen[j:]), list(rejected[j:])
+
+
+def _split_implicit(
+    chosen: list[Message], rejected: list[Message], row: int | None
+) -> tuple[list[Message], list[Message], list[Message]]:
+    """Split a row without `prompt` exactly as the trainer does (before the first assistant message)."""
+    for side, messages in (("chosen", chosen), ("rejected", rejected)):
+        if len(messages) == 0:
+            raise DMPODataError(f"empty {side}: the {side} continuation has no messages", row, side)
+        for i, message in enumerate(messages):
+            check_message(message, i, side, row)
+        if not any(m["role"] == "assistant" for m in messages):
+            roles = ", ".join(repr(m["role"]) for m in messages)
+            raise DMPODataError(f"no assistant action in {side} (roles: {roles})", row, side)
+    prompt, chosen, rejected = split_prompt({"chosen": chosen, "rejected": rejected}, row)
+    return prompt, chosen, rejected
 
 
 def _side(example: Mapping[str, Any], side: str, row: int | None) -> list[Message]:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dmpo_trl.data.checks import check_pair
+from dmpo_trl.data.checks import check_pair, split_shared_prefix
 from dmpo_trl.errors import DMPODataError
 
 Row = dict[str, Any]
@@ -48,11 +48,12 @@ def convert_rows(
     convert_one: Callable[[Mapping[str, Any], int], Row],
     *,
     skip_invalid: bool = False,
+    stats: dict[str, int] | None = None,
 ) -> ConvertedRows:
     """Apply `convert_one(record, row)` to every record and `check_pair` to its output.
 
     The first bad row raises `DMPODataError` (naming the row); with `skip_invalid=True` bad rows are left out
-    and listed in the result's `skipped`.
+    and listed in the result's `skipped`. `stats` (filled by `convert_one` as it goes) becomes the result's `stats`.
     """
     result = ConvertedRows()
     for row, record in enumerate(records):
@@ -62,12 +63,30 @@ def convert_rows(
             converted = convert_one(record, row)
             check_pair(converted, row)
         except DMPODataError as err:
+            err = with_record_id(err, record)
             if not skip_invalid:
-                raise
+                raise err
             result.skipped.append(SkippedRow(row, str(err)))
             continue
         result.append(converted)
+    result.stats = dict(stats or {})
     return result
+
+
+def split_implicit(chosen: list[Row], rejected: list[Row], row: int, stats: dict[str, int]) -> tuple[list, list, list]:
+    """`split_shared_prefix`, counting rows split this way and those whose prompt then holds assistant messages."""
+    prompt, chosen, rejected = split_shared_prefix(chosen, rejected, row)
+    stats["implicit_prompt_rows"] = stats.get("implicit_prompt_rows", 0) + 1
+    if any(m["role"] == "assistant" for m in prompt):
+        stats["implicit_prompt_with_assistant"] = stats.get("implicit_prompt_with_assistant", 0) + 1
+    return prompt, chosen, rejected
+
+
+def with_record_id(err: DMPODataError, record: Any) -> DMPODataError:
+    """The same error with the record's `id` (when it has one) appended to the reason, to find the row."""
+    if isinstance(record, Mapping) and record.get("id") is not None and "(id=" not in err.reason:
+        return DMPODataError(f"{err.reason} (id={record['id']!r})", err.row, err.side)
+    return err
 
 
 def metadata(record: Mapping[str, Any], consumed: Iterable[str]) -> Row:

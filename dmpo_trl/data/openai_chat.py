@@ -21,8 +21,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dmpo_trl.data.checks import split_shared_prefix
-from dmpo_trl.data.common import ConvertedRows, Row, convert_rows, metadata, normalize_tools, tool_call
+from dmpo_trl.data.common import (
+    ConvertedRows,
+    Row,
+    convert_rows,
+    metadata,
+    normalize_tools,
+    split_implicit,
+    tool_call,
+)
 from dmpo_trl.errors import DMPODataError
 
 OPENAI_ROLES = {
@@ -80,6 +87,8 @@ def openai_messages(messages: Any, side: str, row: int | None) -> list[Row]:
 def from_openai(records: Iterable[Any], *, skip_invalid: bool = False) -> ConvertedRows:
     """Convert OpenAI-style preference rows (three layouts, see the module docstring) to the project format."""
 
+    stats: dict[str, int] = {}
+
     def one(record: Mapping[str, Any], row: int) -> Row:
         tools: Any = record.get("tools") if record.get("tools") is not None else record.get("functions")
         if isinstance(record.get("input"), Mapping) and "preferred_output" in record:
@@ -102,7 +111,7 @@ def from_openai(records: Iterable[Any], *, skip_invalid: bool = False) -> Conver
         chosen = openai_messages(chosen_raw, "chosen", row)
         rejected = openai_messages(rejected_raw, "rejected", row)
         if prompt_raw is None:
-            prompt, chosen, rejected = split_shared_prefix(chosen, rejected, row)
+            prompt, chosen, rejected = split_implicit(chosen, rejected, row, stats)
         else:
             prompt = openai_messages(prompt_raw, "prompt", row)
         out = {**metadata(record, consumed), "prompt": prompt, "chosen": chosen, "rejected": rejected}
@@ -111,7 +120,7 @@ def from_openai(records: Iterable[Any], *, skip_invalid: bool = False) -> Conver
             out["tools"] = normalized
         return out
 
-    return convert_rows(records, one, skip_invalid=skip_invalid)
+    return convert_rows(records, one, skip_invalid=skip_invalid, stats=stats)
 
 
 def _text(content: Any, index: int, side: str, row: int | None) -> str | None:

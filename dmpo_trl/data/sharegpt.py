@@ -27,8 +27,15 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dmpo_trl.data.checks import split_shared_prefix
-from dmpo_trl.data.common import ConvertedRows, Row, convert_rows, metadata, normalize_tools, tool_call
+from dmpo_trl.data.common import (
+    ConvertedRows,
+    Row,
+    convert_rows,
+    metadata,
+    normalize_tools,
+    split_implicit,
+    tool_call,
+)
 from dmpo_trl.errors import DMPODataError
 
 SHAREGPT_ROLES = {
@@ -90,6 +97,8 @@ def sharegpt_messages(messages: Any, side: str, row: int | None) -> list[Row]:
 def from_sharegpt(records: Iterable[Any], *, skip_invalid: bool = False) -> ConvertedRows:
     """Convert ShareGPT preference rows (three layouts, see the module docstring) to the project format."""
 
+    stats: dict[str, int] = {}
+
     def one(record: Mapping[str, Any], row: int) -> Row:
         consumed = ["chosen", "rejected", "system", "tools"]
         prompt_key = next((key for key in ("conversations", "prompt") if key in record), None)
@@ -107,10 +116,11 @@ def from_sharegpt(records: Iterable[Any], *, skip_invalid: bool = False) -> Conv
             chosen = sharegpt_messages(record["chosen"], "chosen", row)
             rejected = sharegpt_messages(record["rejected"], "rejected", row)
         else:
-            prompt, chosen, rejected = split_shared_prefix(
+            prompt, chosen, rejected = split_implicit(
                 sharegpt_messages(record["chosen"], "chosen", row),
                 sharegpt_messages(record["rejected"], "rejected", row),
                 row,
+                stats,
             )
         system = record.get("system")
         if system is not None and not isinstance(system, str):
@@ -124,7 +134,7 @@ def from_sharegpt(records: Iterable[Any], *, skip_invalid: bool = False) -> Conv
             out["tools"] = tools
         return out
 
-    return convert_rows(records, one, skip_invalid=skip_invalid)
+    return convert_rows(records, one, skip_invalid=skip_invalid, stats=stats)
 
 
 def _function_calls(value: str, index: int, side: str, row: int | None) -> list[Row]:
