@@ -126,7 +126,7 @@ def pair_eto_rollouts(
         raise ValueError("pair_eto_rollouts needs `rollout_offset` or a known `task` (webshop, sciworld, alfworld)")
     stats = dict.fromkeys(("rollouts", "lose", "win", "tie_dropped", "no_reward_dropped", "no_expert_dropped",
                            "not_ending_in_action_dropped", "rejected_capped", "expert_reward_assumed"), 0)
-    result = ConvertedRows(stats=stats)
+    result = ConvertedRows()
     expert_by_id: dict[str, tuple[_Trajectory, list[Row]]] = {}
     for index, record in enumerate(experts):
         traj, instruction = _expert(record, index, expert_offset, settings, stats)
@@ -143,6 +143,7 @@ def pair_eto_rollouts(
             if not skip_invalid:
                 raise
             result.skipped.append(SkippedRow(index, str(err)))
+    result.stats = stats
     return result
 
 
@@ -200,7 +201,7 @@ def _pair(record: Any, index: int, experts: dict[str, tuple[_Trajectory, list[Ro
     offset = settings["rollout_offset"]
     fastchat_messages(record["conversations"], "conversations", index, where)  # validates roles and values
     messages = [dict(m) for m in record["conversations"][offset:]]
-    if messages and messages[-1]["from"] == "human":
+    if len(messages) > 1 and messages[-1]["from"] == "human":  # the observation after the last action
         messages.pop()
     if not messages or messages[0]["from"] != "human":
         raise DMPODataError(f"{where}message {offset} (rollout_offset) is not the human task description; "

@@ -17,8 +17,9 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 
     - `.json`: a JSON list of objects (ETO's files);
     - `.jsonl`: one object per line (blank lines ignored);
-    - `.parquet`: read with `datasets`; Arrow fills keys a nested dict lacks with None (a message without
-      `tool_calls` gets `tool_calls: None`), so None values inside nested dicts are removed again;
+    - `.parquet`: read with `datasets`; Arrow gives every row and every message the union of all keys, filling
+      the missing ones with None (a message without `tool_calls` gets `tool_calls: None`), so None values are
+      removed again at every level (a key whose value really was None is read back as absent);
     - a folder: every `*.json` file in it (sorted by name) is one record, and a record without `id` gets the
       file name without `.json` (how ETO stores rollouts: `outputs/<model>/<task>/<id>.json`).
     """
@@ -42,7 +43,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     if path.suffix == ".parquet":
         from datasets import Dataset
 
-        return [_drop_nested_none(record) for record in Dataset.from_parquet(str(path)).to_list()]
+        return [_drop_none(record) for record in Dataset.from_parquet(str(path)).to_list()]
     raise ValueError(f"unsupported file type {path.suffix!r} for {path}; use one of {', '.join(SUFFIXES)}")
 
 
@@ -60,7 +61,9 @@ def write_records(rows: Iterable[dict[str, Any]], path: str | Path) -> None:
     elif path.suffix == ".parquet":
         from datasets import Dataset
 
-        Dataset.from_list(rows).to_parquet(str(path))
+        # Not Dataset.from_list: it takes the columns of the first row only and drops the others' extra keys.
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        Dataset.from_dict({key: [row.get(key) for row in rows] for key in columns}).to_parquet(str(path))
     else:
         raise ValueError(f"unsupported file type {path.suffix!r} for {path}; use one of {', '.join(SUFFIXES)}")
 
@@ -88,9 +91,9 @@ def _folder_record(file: Path) -> dict[str, Any]:
     return {"id": file.stem, **record} if "id" not in record else record
 
 
-def _drop_nested_none(value: Any, top: bool = True) -> Any:
+def _drop_none(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _drop_nested_none(v, False) for k, v in value.items() if top or v is not None}
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_drop_nested_none(v, False) for v in value]
+        return [_drop_none(v) for v in value]
     return value
