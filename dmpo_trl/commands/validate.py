@@ -14,7 +14,9 @@ def register(subparsers) -> None:
         description="Check every row of DATA as DMPOTrainer would (structure, chat-template alignment, truncation) "
         "and print a report. Exits 1 at the first bad row unless --skip-invalid.",
     )
-    parser.add_argument("data", metavar="DATA", help="dataset file in the project format: .json, .jsonl or .parquet")
+    parser.add_argument("data", metavar="DATA", help="dataset file: .json, .jsonl or .parquet")
+    parser.add_argument("--from", dest="fmt", default="project", choices=("project", "eto", "sharegpt", "openai"),
+                        help="format of DATA (default: project); other formats are converted first")
     parser.add_argument("--model", required=True, metavar="NAME_OR_PATH",
                         help="tokenizer to validate with: local folder, Hub name, or a .gguf file")
     parser.add_argument("--max-length", type=int, default=None, metavar="N",
@@ -45,9 +47,15 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     from dmpo_trl.errors import DMPODataError
     from dmpo_trl.validation import report_json, validate_dataset
 
+    from dmpo_trl.converters import convert
+    from dmpo_trl.data.io import read_records
+
     tokenizer = load_tokenizer(args.model, args.chat_template)
     try:
-        report = validate_dataset(args.data, tokenizer, max_length=args.max_length, skip_invalid=args.skip_invalid)
+        records = read_records(args.data)
+        if args.fmt != "project":  # convert first (the converters' row checks run there)
+            records = convert(records, args.fmt)
+        report = validate_dataset(records, tokenizer, max_length=args.max_length, skip_invalid=args.skip_invalid)
     except DMPODataError as err:
         print(f"dmpo-trl validate: {args.data}: {err}", file=sys.stderr)
         return 1
