@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+@functools.lru_cache(maxsize=2)  # loading from a GGUF file takes seconds; repeated in-process calls reuse it
 def load_tokenizer(name_or_path: str, chat_template: str | None = None):
     """`AutoTokenizer.from_pretrained` (trust_remote_code off); a path to a .gguf file loads its tokenizer."""
     from transformers import AutoTokenizer
