@@ -38,7 +38,9 @@ class Distribution:
     def of(cls, values: list[int]) -> Distribution:
         if not values:
             return cls()
-        return cls(len(values), min(values), sum(values) / len(values), max(values), dict(sorted(Counter(values).items())))
+        return cls(
+            len(values), min(values), sum(values) / len(values), max(values), dict(sorted(Counter(values).items()))
+        )
 
     def line(self) -> str:
         return f"min {self.min}, mean {self.mean:.2f}, max {self.max}"
@@ -121,8 +123,9 @@ class _RowStats:
     kept_lengths: tuple[int, int]
 
 
-def validate_row(tokenizer, example: Mapping[str, Any], row: int | None = None,
-                 max_length: int | None = None) -> _RowStats:
+def validate_row(
+    tokenizer, example: Mapping[str, Any], row: int | None = None, max_length: int | None = None
+) -> _RowStats:
     """Check one row as the trainer would; raise `DMPODataError` naming the row and the reason."""
     check_pair(example, row)
     out = tokenize_pair(tokenizer, dict(example), row=row)

@@ -32,8 +32,7 @@ def run_python(code: str) -> str:
 
 
 def run_console(text: str) -> str:
-    env = dict(os.environ, PATH=f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}",
-               PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PATH=f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}", PYTHONPATH=str(ROOT))
     prefix = 'dmpo-trl() { python -m dmpo_trl.cli "$@"; }\n'
     lines = []
     for command in (line[2:] for line in text.splitlines() if line.startswith("$ ")):
@@ -41,8 +40,9 @@ def run_console(text: str) -> str:
         if command.startswith("export "):
             prefix += command + "\n"
             continue
-        result = subprocess.run(["bash", "-c", f"{prefix}{command} 2>&1"], capture_output=True, text=True, env=env,
-                                cwd=ROOT)
+        result = subprocess.run(
+            ["bash", "-c", f"{prefix}{command} 2>&1"], capture_output=True, text=True, env=env, cwd=ROOT
+        )
         output = result.stdout.replace("\r", "\n").splitlines()
         lines += [line for line in output if line.strip() and not line.lstrip().startswith("Validating:")]
     return "\n".join(lines) + "\n"
@@ -61,7 +61,7 @@ def update(path: pathlib.Path) -> None:
             new_body = run_console(body)
         else:
             continue
-        pieces += [text[last:block.start(2)], new_body]
+        pieces += [text[last : block.start(2)], new_body]
         last = block.end(2)
     path.write_text("".join(pieces) + text[last:], encoding="utf-8")
 

@@ -56,8 +56,9 @@ def eto_expert(task_id: str, actions: list[str], reward: float | None = None) ->
     return record
 
 
-def eto_rollout(task_id: str, actions: list[str], reward, offset: int = 4, trailing_obs: bool = True,
-                task_text: str | None = None) -> dict:
+def eto_rollout(
+    task_id: str, actions: list[str], reward, offset: int = 4, trailing_obs: bool = True, task_text: str | None = None
+) -> dict:
     """An ETO rollout file `outputs/<model>/<task>/<id>.json`: `offset` messages of instruction + in-context example."""
     prefix = [fc("human", WEBSHOP_INSTRUCTION), fc("gpt", "OK")]
     while len(prefix) < offset:
@@ -69,15 +70,21 @@ def eto_rollout(task_id: str, actions: list[str], reward, offset: int = 4, trail
         conversations.append(fc("gpt", action))
     if trailing_obs:
         conversations.append(fc("human", "Observation: episode over"))
-    return {"id": task_id, "meta": {"reward": reward, "success": reward == 1, "steps": len(actions)},
-            "conversations": conversations}
+    return {
+        "id": task_id,
+        "meta": {"reward": reward, "success": reward == 1, "steps": len(actions)},
+        "conversations": conversations,
+    }
 
 
 SEARCH_TOOL = {
     "name": "search_products",
     "description": "Search the shop catalogue.",
-    "parameters": {"type": "object", "properties": {"query": {"type": "string"}, "max_price": {"type": "number"}},
-                   "required": ["query"]},
+    "parameters": {
+        "type": "object",
+        "properties": {"query": {"type": "string"}, "max_price": {"type": "number"}},
+        "required": ["query"],
+    },
 }
 BUY_TOOL = {
     "name": "buy",
@@ -91,8 +98,12 @@ def llamafactory_pair() -> dict:
     return {
         "conversations": [
             fc("human", "Find me natural clip-in hair extensions under $40."),
-            fc("function_call", json.dumps({"name": "search_products",
-                                            "arguments": {"query": "clip-in hair extension", "max_price": 40}})),
+            fc(
+                "function_call",
+                json.dumps(
+                    {"name": "search_products", "arguments": {"query": "clip-in hair extension", "max_price": 40}}
+                ),
+            ),
             fc("observation", json.dumps([{"id": "B09QQLDJ93", "price": 19.99}])),
         ],
         "chosen": fc("function_call", json.dumps({"name": "buy", "arguments": {"product_id": "B09QQLDJ93"}})),
@@ -110,20 +121,37 @@ def openai_conversations() -> tuple[list[dict], list[dict]]:
     """Two full OpenAI conversations sharing system + user + first tool round, then diverging."""
     shared = [
         {"role": "system", "content": "You are a shopping agent."},
-        {"role": "user", "content": [{"type": "text", "text": "Find me clip-in hair extensions"},
-                                     {"type": "text", "text": "under $40."}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Find me clip-in hair extensions"},
+                {"type": "text", "text": "under $40."},
+            ],
+        },
     ]
     chosen = shared + [
-        {"role": "assistant", "content": None,
-         "tool_calls": [openai_call("call_1", "search_products", {"query": "clip-in hair extension", "max_price": 40})]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                openai_call("call_1", "search_products", {"query": "clip-in hair extension", "max_price": 40})
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": '[{"id": "B09QQLDJ93", "price": 19.99}]'},
-        {"role": "assistant", "content": None, "tool_calls": [openai_call("call_2", "buy", {"product_id": "B09QQLDJ93"})]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [openai_call("call_2", "buy", {"product_id": "B09QQLDJ93"})],
+        },
         {"role": "tool", "tool_call_id": "call_2", "content": "order placed"},
         {"role": "assistant", "content": "I bought B09QQLDJ93 for $19.99.", "refusal": None},
     ]
     rejected = shared + [
-        {"role": "assistant", "content": "Let me search.",
-         "tool_calls": [openai_call("call_9", "search_products", {"query": "hair"})]},
+        {
+            "role": "assistant",
+            "content": "Let me search.",
+            "tool_calls": [openai_call("call_9", "search_products", {"query": "hair"})],
+        },
         {"role": "tool", "tool_call_id": "call_9", "content": "[]"},
         {"role": "assistant", "content": "Nothing found."},
     ]

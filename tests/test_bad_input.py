@@ -49,50 +49,127 @@ def U(content="Observation: a door."):  # noqa: N802
 PROJECT_CASES = [
     ("empty chosen", with_(chosen=[]), "chosen", "empty chosen: the chosen continuation has no messages"),
     ("empty rejected", with_(rejected=[]), "rejected", "empty rejected: the rejected continuation has no messages"),
-    ("missing rejected", {k: v for k, v in good().items() if k != "rejected"}, "rejected",
-     "missing 'rejected': a pair needs 'chosen' and 'rejected'"),
+    (
+        "missing rejected",
+        {k: v for k, v in good().items() if k != "rejected"},
+        "rejected",
+        "missing 'rejected': a pair needs 'chosen' and 'rejected'",
+    ),
     ("no action", with_(rejected=[U()]), "rejected", "no assistant action in rejected (roles: 'user')"),
-    ("starts with observation", with_(chosen=[U(), A()]), "chosen",
-     "roles out of order: chosen starts with a 'user' message; a continuation must start with an assistant action"),
-    ("two actions in a row", with_(chosen=[A(), A("Action: wait")]), "chosen",
-     "roles out of order: messages 0 and 1 are consecutive assistant actions with no observation between them"),
-    ("system inside a side", with_(rejected=[A(), {"role": "system", "content": "x"}, A()]), "rejected",
-     "roles out of order: system message at position 1; system messages are only allowed at the start of the prompt"),
-    ("system not first in prompt", with_(prompt=[U("task"), {"role": "system", "content": "x"}, U("more")]), "prompt",
-     "roles out of order: system message at position 1; system messages are only allowed at the start of the prompt"),
-    ("tool result after user", with_(chosen=[A(), U(), {"role": "tool", "content": "42"}, A()]), "chosen",
-     "roles out of order: tool message 2 follows a 'user' message; tool results must follow an assistant action or "
-     "another tool result"),
-    ("prompt ends with assistant", with_(prompt=[U("task"), A("OK")]), "prompt",
-     "roles out of order: the prompt ends with an assistant message (message 1); the first action of chosen/rejected "
-     "must follow a user or tool message"),
+    (
+        "starts with observation",
+        with_(chosen=[U(), A()]),
+        "chosen",
+        "roles out of order: chosen starts with a 'user' message; a continuation must start with an assistant action",
+    ),
+    (
+        "two actions in a row",
+        with_(chosen=[A(), A("Action: wait")]),
+        "chosen",
+        "roles out of order: messages 0 and 1 are consecutive assistant actions with no observation between them",
+    ),
+    (
+        "system inside a side",
+        with_(rejected=[A(), {"role": "system", "content": "x"}, A()]),
+        "rejected",
+        "roles out of order: system message at position 1; system messages are only allowed at the start of the prompt",
+    ),
+    (
+        "system not first in prompt",
+        with_(prompt=[U("task"), {"role": "system", "content": "x"}, U("more")]),
+        "prompt",
+        "roles out of order: system message at position 1; system messages are only allowed at the start of the prompt",
+    ),
+    (
+        "tool result after user",
+        with_(chosen=[A(), U(), {"role": "tool", "content": "42"}, A()]),
+        "chosen",
+        "roles out of order: tool message 2 follows a 'user' message; tool results must follow an assistant action or "
+        "another tool result",
+    ),
+    (
+        "prompt ends with assistant",
+        with_(prompt=[U("task"), A("OK")]),
+        "prompt",
+        "roles out of order: the prompt ends with an assistant message (message 1); the first action of "
+        "chosen/rejected "
+        "must follow a user or tool message",
+    ),
     ("empty prompt", with_(prompt=[]), "prompt", "empty prompt: the prompt has no messages"),
-    ("unknown role", with_(chosen=[A(), {"role": "environment", "content": "x"}, A()]), "chosen",
-     "unknown role 'environment' in message 1 (expected one of system, user, assistant, tool)"),
-    ("image content", with_(prompt=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}]),
-     "prompt", "non-text content in message 0: a content part of type 'image' where text is needed"),
-    ("text parts", with_(chosen=[A([{"type": "text", "text": "Action: look"}])]), "chosen",
-     "non-text content in message 0: content is a list of text parts (expected a string; join them, or convert "
-     "with --from openai)"),
-    ("number content", with_(rejected=[A(7)]), "rejected",
-     "non-text content in message 0: content is int (expected a string)"),
-    ("None content", with_(chosen=[A(), U(None), A()]), "chosen",
-     "non-text content in message 1: content is missing or None (expected a string)"),
-    ("string prompt", with_(prompt="Task: find the coin."), "prompt",
-     "non-text content: the prompt is a plain string; DMPO needs conversational data (a list of messages)"),
-    ("string side", with_(chosen="Action: look"), "chosen",
-     "non-text content: chosen is a plain string; DMPO needs conversational data (a list of messages)"),
-    ("empty action", with_(chosen=[A("  ")]), "chosen",
-     "empty action: assistant message 0 has no content and no tool_calls"),
-    ("tool call without name", with_(chosen=[A("", tool_calls=[{"type": "function", "function": {"arguments": {}}}])]),
-     "chosen", "malformed tool_calls in message 0: call 0 has no function name"),
-    ("tool calls on a user message", with_(prompt=[{"role": "user", "content": "x", "tool_calls": [{}]}]), "prompt",
-     "malformed tool_calls in message 0: only assistant messages may carry tool_calls"),
-    ("message not a dict", with_(rejected=[A(), "Observation: x", A()]), "rejected",
-     "message 1 is not a dict with 'role' and 'content' (got str)"),
-    ("implicit prompt differs",
-     {"chosen": [U("Task: find the coin."), A()], "rejected": [U("Task: find the key."), A()]}, None,
-     "the prompt differs between chosen and rejected (messages before the first assistant message must be identical)"),
+    (
+        "unknown role",
+        with_(chosen=[A(), {"role": "environment", "content": "x"}, A()]),
+        "chosen",
+        "unknown role 'environment' in message 1 (expected one of system, user, assistant, tool)",
+    ),
+    (
+        "image content",
+        with_(prompt=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}]),
+        "prompt",
+        "non-text content in message 0: a content part of type 'image' where text is needed",
+    ),
+    (
+        "text parts",
+        with_(chosen=[A([{"type": "text", "text": "Action: look"}])]),
+        "chosen",
+        "non-text content in message 0: content is a list of text parts (expected a string; join them, or convert "
+        "with --from openai)",
+    ),
+    (
+        "number content",
+        with_(rejected=[A(7)]),
+        "rejected",
+        "non-text content in message 0: content is int (expected a string)",
+    ),
+    (
+        "None content",
+        with_(chosen=[A(), U(None), A()]),
+        "chosen",
+        "non-text content in message 1: content is missing or None (expected a string)",
+    ),
+    (
+        "string prompt",
+        with_(prompt="Task: find the coin."),
+        "prompt",
+        "non-text content: the prompt is a plain string; DMPO needs conversational data (a list of messages)",
+    ),
+    (
+        "string side",
+        with_(chosen="Action: look"),
+        "chosen",
+        "non-text content: chosen is a plain string; DMPO needs conversational data (a list of messages)",
+    ),
+    (
+        "empty action",
+        with_(chosen=[A("  ")]),
+        "chosen",
+        "empty action: assistant message 0 has no content and no tool_calls",
+    ),
+    (
+        "tool call without name",
+        with_(chosen=[A("", tool_calls=[{"type": "function", "function": {"arguments": {}}}])]),
+        "chosen",
+        "malformed tool_calls in message 0: call 0 has no function name",
+    ),
+    (
+        "tool calls on a user message",
+        with_(prompt=[{"role": "user", "content": "x", "tool_calls": [{}]}]),
+        "prompt",
+        "malformed tool_calls in message 0: only assistant messages may carry tool_calls",
+    ),
+    (
+        "message not a dict",
+        with_(rejected=[A(), "Observation: x", A()]),
+        "rejected",
+        "message 1 is not a dict with 'role' and 'content' (got str)",
+    ),
+    (
+        "implicit prompt differs",
+        {"chosen": [U("Task: find the coin."), A()], "rejected": [U("Task: find the key."), A()]},
+        None,
+        "the prompt differs between chosen and rejected (messages before the first assistant message must be "
+        "identical)",
+    ),
 ]
 
 
@@ -149,8 +226,11 @@ def test_chat_template_whose_tokens_straddle_the_action_boundary(qwen):
         "{% for m in messages %}{{ m.role }}: {{ m.content }}<|im_end|>{% endfor %}"
         "{% if add_generation_prompt %}assistant: {% endif %}"
     )
-    with pytest.raises(DMPODataError, match=r"^row 0, chosen: cannot align tokens with the chat template: a token "
-                                            r"spans the start of action 0"):
+    with pytest.raises(
+        DMPODataError,
+        match=r"^row 0, chosen: cannot align tokens with the chat template: a token "
+        r"spans the start of action 0",
+    ):
         validate_dataset([good()], tokenizer, progress=False)
 
 
@@ -175,54 +255,140 @@ def test_side_with_no_action_after_truncation(qwen):
 
 # --------------------------------------------------------------------------------------------- converter-specific
 CONVERTER_CASES = [
-    ("eto unknown role", from_eto_pairs, {**rec.eto_pair(), "chosen": [rec.fc("system", "x")]}, "chosen",
-     "unknown role 'system' in message 0 (ETO/FastChat messages use 'human' or 'gpt'; convert other ShareGPT data "
-     "with --from sharegpt) (id='webshop_1043')"),
-    ("eto value not text", from_eto_pairs, {**rec.eto_pair(), "rejected": [rec.fc("gpt", None)]}, "rejected",
-     "non-text content in message 0: value is NoneType (expected a string) (id='webshop_1043')"),
-    ("eto missing prompt", from_eto_pairs, {"id": 3, "chosen": [], "rejected": []}, "prompt",
-     "missing 'prompt': an ETO pair needs 'prompt', 'chosen' and 'rejected' (id=3)"),
-    ("eto OK as last prompt message", from_eto_pairs, {**rec.eto_pair(), "prompt": rec.eto_pair()["prompt"][:2]},
-     "prompt", "roles out of order: the prompt ends with an assistant message (message 1); the first action of "
-     "chosen/rejected must follow a user or tool message (id='webshop_1043')"),
-    ("sharegpt bad function_call", from_sharegpt, {**rec.llamafactory_pair(), "chosen": rec.fc("function_call", "buy")},
-     "chosen", "malformed tool_calls in message 0: function_call value is not valid JSON (Expecting value: line 1 "
-     "column 1 (char 0))"),
-    ("sharegpt unknown role", from_sharegpt, {**rec.llamafactory_pair(), "rejected": rec.fc("narrator", "x")},
-     "rejected", "unknown role 'narrator' in message 0 (known ShareGPT roles: human, user, gpt, assistant, chatgpt, "
-     "bard, bing, model, system, function_call, observation, tool, function_response, function, ipython)"),
-    ("sharegpt sft row", from_sharegpt, {"conversations": [rec.fc("human", "hi"), rec.fc("gpt", "hello")]}, "chosen",
-     "missing 'chosen': a ShareGPT preference row needs 'chosen' and 'rejected' (e.g. LLaMA-Factory's "
-     "'conversations' + 'chosen'/'rejected' messages)"),
-    ("sharegpt bad tools", from_sharegpt, {**rec.llamafactory_pair(), "tools": "[{"}, None,
-     "malformed tools: not valid JSON (Expecting property name enclosed in double quotes: line 1 column 3 (char 2))"),
-    ("sharegpt prompt ends with gpt", from_sharegpt,
-     {**rec.llamafactory_pair(), "conversations": [rec.fc("human", "hi"), rec.fc("gpt", "hello")]}, "prompt",
-     "roles out of order: the prompt ends with an assistant message (message 2); the first action of chosen/rejected "
-     "must follow a user or tool message"),
-    ("openai bad arguments", from_openai,
-     {"prompt": [U("q")], "rejected": [A()], "chosen": [A(None, tool_calls=[
-         {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{'x': 1}"}}])]},
-     "chosen", "malformed tool_calls in message 0: arguments are not valid JSON (Expecting property name enclosed in "
-     "double quotes: line 1 column 2 (char 1))"),
-    ("openai image", from_openai,
-     {"prompt": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "chosen": [A()],
-      "rejected": [A()]}, "prompt", "non-text content in message 0: a content part of type 'image_url' where text is "
-     "needed"),
-    ("openai no shared prefix", from_openai, {"chosen": [U("a"), A()], "rejected": [U("b"), A()]}, None,
-     "prompt differs between chosen and rejected: they share no prefix (message 0 differs); give the shared context "
-     "as an explicit 'prompt' column"),
-    ("openai differ before any action", from_openai,
-     {"chosen": [U("task"), U("obs 1"), A()], "rejected": [U("task"), U("obs 2"), A()]}, None,
-     "prompt differs between chosen and rejected: they first differ at message 1 ('user' vs 'user'), before any "
-     "assistant action"),
-    ("openai identical", from_openai, {"chosen": [U("task"), A()], "rejected": [U("task"), A()]}, None,
-     "chosen and rejected are identical conversations"),
-    ("openai unknown role", from_openai, {"prompt": [{"role": "human", "content": "x"}], "chosen": [A()],
-                                          "rejected": [A()]}, "prompt",
-     "unknown role 'human' in message 0 (expected one of system, developer, user, assistant, tool, function)"),
-    ("openai empty action", from_openai, {"prompt": [U("q")], "chosen": [A(None)], "rejected": [A()]}, "chosen",
-     "empty action: assistant message 0 has no content and no tool_calls"),
+    (
+        "eto unknown role",
+        from_eto_pairs,
+        {**rec.eto_pair(), "chosen": [rec.fc("system", "x")]},
+        "chosen",
+        "unknown role 'system' in message 0 (ETO/FastChat messages use 'human' or 'gpt'; convert other ShareGPT data "
+        "with --from sharegpt) (id='webshop_1043')",
+    ),
+    (
+        "eto value not text",
+        from_eto_pairs,
+        {**rec.eto_pair(), "rejected": [rec.fc("gpt", None)]},
+        "rejected",
+        "non-text content in message 0: value is NoneType (expected a string) (id='webshop_1043')",
+    ),
+    (
+        "eto missing prompt",
+        from_eto_pairs,
+        {"id": 3, "chosen": [], "rejected": []},
+        "prompt",
+        "missing 'prompt': an ETO pair needs 'prompt', 'chosen' and 'rejected' (id=3)",
+    ),
+    (
+        "eto OK as last prompt message",
+        from_eto_pairs,
+        {**rec.eto_pair(), "prompt": rec.eto_pair()["prompt"][:2]},
+        "prompt",
+        "roles out of order: the prompt ends with an assistant message (message 1); the first action of "
+        "chosen/rejected must follow a user or tool message (id='webshop_1043')",
+    ),
+    (
+        "sharegpt bad function_call",
+        from_sharegpt,
+        {**rec.llamafactory_pair(), "chosen": rec.fc("function_call", "buy")},
+        "chosen",
+        "malformed tool_calls in message 0: function_call value is not valid JSON (Expecting value: line 1 "
+        "column 1 (char 0))",
+    ),
+    (
+        "sharegpt unknown role",
+        from_sharegpt,
+        {**rec.llamafactory_pair(), "rejected": rec.fc("narrator", "x")},
+        "rejected",
+        "unknown role 'narrator' in message 0 (known ShareGPT roles: human, user, gpt, assistant, chatgpt, "
+        "bard, bing, model, system, function_call, observation, tool, function_response, function, ipython)",
+    ),
+    (
+        "sharegpt sft row",
+        from_sharegpt,
+        {"conversations": [rec.fc("human", "hi"), rec.fc("gpt", "hello")]},
+        "chosen",
+        "missing 'chosen': a ShareGPT preference row needs 'chosen' and 'rejected' (e.g. LLaMA-Factory's "
+        "'conversations' + 'chosen'/'rejected' messages)",
+    ),
+    (
+        "sharegpt bad tools",
+        from_sharegpt,
+        {**rec.llamafactory_pair(), "tools": "[{"},
+        None,
+        "malformed tools: not valid JSON (Expecting property name enclosed in double quotes: line 1 column 3 (char 2))",
+    ),
+    (
+        "sharegpt prompt ends with gpt",
+        from_sharegpt,
+        {**rec.llamafactory_pair(), "conversations": [rec.fc("human", "hi"), rec.fc("gpt", "hello")]},
+        "prompt",
+        "roles out of order: the prompt ends with an assistant message (message 2); the first action of "
+        "chosen/rejected must follow a user or tool message",
+    ),
+    (
+        "openai bad arguments",
+        from_openai,
+        {
+            "prompt": [U("q")],
+            "rejected": [A()],
+            "chosen": [
+                A(
+                    None,
+                    tool_calls=[{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{'x': 1}"}}],
+                )
+            ],
+        },
+        "chosen",
+        "malformed tool_calls in message 0: arguments are not valid JSON (Expecting property name enclosed in "
+        "double quotes: line 1 column 2 (char 1))",
+    ),
+    (
+        "openai image",
+        from_openai,
+        {
+            "prompt": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+            "chosen": [A()],
+            "rejected": [A()],
+        },
+        "prompt",
+        "non-text content in message 0: a content part of type 'image_url' where text is needed",
+    ),
+    (
+        "openai no shared prefix",
+        from_openai,
+        {"chosen": [U("a"), A()], "rejected": [U("b"), A()]},
+        None,
+        "prompt differs between chosen and rejected: they share no prefix (message 0 differs); give the shared context "
+        "as an explicit 'prompt' column",
+    ),
+    (
+        "openai differ before any action",
+        from_openai,
+        {"chosen": [U("task"), U("obs 1"), A()], "rejected": [U("task"), U("obs 2"), A()]},
+        None,
+        "prompt differs between chosen and rejected: they first differ at message 1 ('user' vs 'user'), before any "
+        "assistant action",
+    ),
+    (
+        "openai identical",
+        from_openai,
+        {"chosen": [U("task"), A()], "rejected": [U("task"), A()]},
+        None,
+        "chosen and rejected are identical conversations",
+    ),
+    (
+        "openai unknown role",
+        from_openai,
+        {"prompt": [{"role": "human", "content": "x"}], "chosen": [A()], "rejected": [A()]},
+        "prompt",
+        "unknown role 'human' in message 0 (expected one of system, developer, user, assistant, tool, function)",
+    ),
+    (
+        "openai empty action",
+        from_openai,
+        {"prompt": [U("q")], "chosen": [A(None)], "rejected": [A()]},
+        "chosen",
+        "empty action: assistant message 0 has no content and no tool_calls",
+    ),
     ("not an object", from_openai, ["chosen", "rejected"], None, "a record must be a JSON object, got list"),
 ]
 
@@ -232,7 +398,7 @@ def test_converter_errors_name_row_and_reason(case, converter, bad, side, reason
     good_records = {
         from_eto_pairs: rec.eto_pair(),
         from_sharegpt: rec.llamafactory_pair(),
-        from_openai: dict(zip(("chosen", "rejected"), rec.openai_conversations())),
+        from_openai: dict(zip(("chosen", "rejected"), rec.openai_conversations(), strict=True)),
     }
     records = [good_records[converter], bad]
     with pytest.raises(DMPODataError) as err:
@@ -256,19 +422,40 @@ TEXT = st.one_of(
 )
 ROLES = st.sampled_from(["system", "user", "assistant", "tool", "assistant", "user", "bot", "", None])
 CONTENT = st.one_of(
-    TEXT, TEXT, TEXT, st.none(), st.integers(),
+    TEXT,
+    TEXT,
+    TEXT,
+    st.none(),
+    st.integers(),
     st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image"]), "text": TEXT}), max_size=2),
 )
 TOOL_CALLS = st.one_of(
     st.none(),
-    st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
-        {"name": st.sampled_from(["search", "", "buy"]),
-         "arguments": st.one_of(st.dictionaries(st.sampled_from(["q", "n"]), st.integers(0, 9), max_size=2),
-                                st.sampled_from(['{"q": 1}', "{bad"]))})}), max_size=2),
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "type": st.just("function"),
+                "function": st.fixed_dictionaries(
+                    {
+                        "name": st.sampled_from(["search", "", "buy"]),
+                        "arguments": st.one_of(
+                            st.dictionaries(st.sampled_from(["q", "n"]), st.integers(0, 9), max_size=2),
+                            st.sampled_from(['{"q": 1}', "{bad"]),
+                        ),
+                    }
+                ),
+            }
+        ),
+        max_size=2,
+    ),
 )
 MESSAGE = st.one_of(
-    st.builds(lambda role, content, calls: {"role": role, "content": content, **({"tool_calls": calls} if calls else {})},
-              ROLES, CONTENT, TOOL_CALLS),
+    st.builds(
+        lambda role, content, calls: {"role": role, "content": content, **({"tool_calls": calls} if calls else {})},
+        ROLES,
+        CONTENT,
+        TOOL_CALLS,
+    ),
     st.sampled_from(["text", 3, None]),
 )
 CONVERSATION = st.lists(MESSAGE, max_size=5)
@@ -277,6 +464,7 @@ CONVERSATION = st.lists(MESSAGE, max_size=5)
 @st.composite
 def agent_like(draw):
     """Mostly well-formed agent rows (so many reach the tokenizer), with random text and random breakage."""
+
     def side():
         n = draw(st.integers(1, 3))
         msgs = []
@@ -309,8 +497,10 @@ def to_sharegpt(row: dict) -> dict:
     def conv(messages):
         if not isinstance(messages, list):
             return messages
-        return [{"from": names.get(m.get("role"), m.get("role")), "value": m.get("content")}
-                if isinstance(m, dict) else m for m in messages]
+        return [
+            {"from": names.get(m.get("role"), m.get("role")), "value": m.get("content")} if isinstance(m, dict) else m
+            for m in messages
+        ]
 
     return {key: conv(value) for key, value in row.items()}
 

@@ -35,7 +35,8 @@ def action_texts(tokenizer, row: dict) -> dict[str, list[str]]:
     for side in ("chosen", "rejected"):
         ids, turn_ids = out[f"{side}_ids"], out[f"{side}_turn_ids"]
         texts[side] = [
-            tokenizer.decode([i for i, t in zip(ids, turn_ids) if t == turn]) for turn in range(out[f"{side}_num_turns"])
+            tokenizer.decode([i for i, t in zip(ids, turn_ids, strict=True) if t == turn])
+            for turn in range(out[f"{side}_num_turns"])
         ]
     return texts
 
@@ -55,10 +56,20 @@ def test_eto_pair_exact_messages_and_action_spans(qwen):
     assert row == {
         "id": "webshop_1043",
         "prompt": [msg("user", rec.WEBSHOP_INSTRUCTION), msg("assistant", "OK"), msg("user", rec.WEBSHOP_TASK)],
-        "chosen": [msg("assistant", rec.A1), msg("user", rec.O1), msg("assistant", rec.A2), msg("user", rec.O2),
-                   msg("assistant", rec.A3)],
-        "rejected": [msg("assistant", rec.A1), msg("user", rec.O1), msg("assistant", rec.R1), msg("user", rec.RO1),
-                     msg("assistant", rec.R2)],
+        "chosen": [
+            msg("assistant", rec.A1),
+            msg("user", rec.O1),
+            msg("assistant", rec.A2),
+            msg("user", rec.O2),
+            msg("assistant", rec.A3),
+        ],
+        "rejected": [
+            msg("assistant", rec.A1),
+            msg("user", rec.O1),
+            msg("assistant", rec.R1),
+            msg("user", rec.RO1),
+            msg("assistant", rec.R2),
+        ],
     }
     assert record == rec.eto_pair()  # input untouched
     # The "OK" of the prompt is not an action: actions are exactly the gpt messages of chosen / rejected.
@@ -93,8 +104,15 @@ def test_eto_rollouts_pairing_rule_and_counts():
     ]
     rows = pair_eto_rollouts(experts, rollouts, rollout_offset=4)
     assert rows.stats == {
-        "rollouts": 6, "lose": 2, "win": 1, "tie_dropped": 1, "no_reward_dropped": 1, "no_expert_dropped": 1,
-        "not_ending_in_action_dropped": 1, "rejected_capped": 1, "expert_reward_assumed": 0,
+        "rollouts": 6,
+        "lose": 2,
+        "win": 1,
+        "tie_dropped": 1,
+        "no_reward_dropped": 1,
+        "no_expert_dropped": 1,
+        "not_ending_in_action_dropped": 1,
+        "rejected_capped": 1,
+        "expert_reward_assumed": 0,
     }
     lose, win = rows
     instruction = [msg("user", rec.WEBSHOP_INSTRUCTION), msg("assistant", "OK")]
@@ -123,8 +141,9 @@ def test_eto_rollouts_task_presets():
     assert [m["content"] for m in row["chosen"] if m["role"] == "assistant"] == a[1:3]
     # sciworld strips the prefix when the rollout's task becomes the prompt
     experts = [rec.eto_expert("7", a[:1])]
-    rows = pair_eto_rollouts(experts, [rec.eto_rollout("7", a[1:3], 1.0, offset=16)], task="sciworld",
-                             expert_reward=0.0)
+    rows = pair_eto_rollouts(
+        experts, [rec.eto_rollout("7", a[1:3], 1.0, offset=16)], task="sciworld", expert_reward=0.0
+    )
     assert rows[0]["prompt"][-1] == msg("user", "Task 7")
     rollouts = [rec.eto_rollout("7", a[1:3], reward=0.5, offset=16, task_text="Task Description:\nBoil water.")]
     [row] = pair_eto_rollouts(experts, rollouts, task="sciworld", expert_reward=0.0)
@@ -142,7 +161,7 @@ def test_eto_rollouts_task_presets():
 def test_eto_rollouts_wrong_offset_is_an_error():
     experts = [rec.eto_expert("1", ["Thought: a.\nAction: b"])]
     rollouts = [rec.eto_rollout("1", ["Thought: c.\nAction: d"], reward=0.0, offset=4)]
-    with pytest.raises(DMPODataError, match="row 0: rollout: message 5 .* is not the human task description"):
+    with pytest.raises(DMPODataError, match=r"row 0: rollout: message 5 .* is not the human task description"):
         pair_eto_rollouts(experts, rollouts, rollout_offset=5)
 
 
@@ -171,8 +190,11 @@ def test_llamafactory_sharegpt_pair_exact_messages_and_action_spans(qwen):
 def test_sharegpt_multiturn_lists_and_wild_roles(qwen):
     record = {
         "prompt": [rec.fc("System", "Be brief."), rec.fc("user", "Task: take the coin.")],
-        "chosen": [rec.fc("gpt", "Action: look"), rec.fc("observation", "Observation: a coin."),
-                   rec.fc("chatgpt", "Action: take coin")],
+        "chosen": [
+            rec.fc("gpt", "Action: look"),
+            rec.fc("observation", "Observation: a coin."),
+            rec.fc("chatgpt", "Action: take coin"),
+        ],
         "rejected": [rec.fc("assistant", "Action: sleep")],
         "source": "wild",
     }
@@ -180,23 +202,37 @@ def test_sharegpt_multiturn_lists_and_wild_roles(qwen):
     assert row == {
         "source": "wild",
         "prompt": [msg("system", "Be brief."), msg("user", "Task: take the coin.")],
-        "chosen": [msg("assistant", "Action: look"), msg("tool", "Observation: a coin."),
-                   msg("assistant", "Action: take coin")],
+        "chosen": [
+            msg("assistant", "Action: look"),
+            msg("tool", "Observation: a coin."),
+            msg("assistant", "Action: take coin"),
+        ],
         "rejected": [msg("assistant", "Action: sleep")],
     }
     texts = action_texts(qwen, row)
-    assert texts == {"chosen": ["Action: look<|im_end|>", "Action: take coin<|im_end|>"],
-                     "rejected": ["Action: sleep<|im_end|>"]}
+    assert texts == {
+        "chosen": ["Action: look<|im_end|>", "Action: take coin<|im_end|>"],
+        "rejected": ["Action: sleep<|im_end|>"],
+    }
 
 
 def test_sharegpt_full_conversations_split_at_first_difference():
-    shared = [rec.fc("human", "Task: open the door."), rec.fc("gpt", "Action: go north"), rec.fc("human", "Obs: a door")]
-    record = {"chosen": shared + [rec.fc("gpt", "Action: open door")],
-              "rejected": shared + [rec.fc("gpt", "Action: go south"), rec.fc("human", "Obs: a wall"),
-                                    rec.fc("gpt", "Action: wait")]}
+    shared = [
+        rec.fc("human", "Task: open the door."),
+        rec.fc("gpt", "Action: go north"),
+        rec.fc("human", "Obs: a door"),
+    ]
+    record = {
+        "chosen": shared + [rec.fc("gpt", "Action: open door")],
+        "rejected": shared
+        + [rec.fc("gpt", "Action: go south"), rec.fc("human", "Obs: a wall"), rec.fc("gpt", "Action: wait")],
+    }
     rows = from_sharegpt([record])
-    assert rows[0]["prompt"] == [msg("user", "Task: open the door."), msg("assistant", "Action: go north"),
-                                 msg("user", "Obs: a door")]
+    assert rows[0]["prompt"] == [
+        msg("user", "Task: open the door."),
+        msg("assistant", "Action: go north"),
+        msg("user", "Obs: a door"),
+    ]
     assert rows[0]["chosen"] == [msg("assistant", "Action: open door")]
     assert [m["content"] for m in rows[0]["rejected"]] == ["Action: go south", "Obs: a wall", "Action: wait"]
     assert rows.stats == {"implicit_prompt_rows": 1, "implicit_prompt_with_assistant": 1}
@@ -205,13 +241,18 @@ def test_sharegpt_full_conversations_split_at_first_difference():
 # ------------------------------------------------------------------------------------------------------------- OpenAI
 def test_openai_full_conversations_with_tool_calls(qwen):
     chosen, rejected = rec.openai_conversations()
-    record = {"chosen": chosen, "rejected": rejected, "tools": [{"type": "function", "function": rec.SEARCH_TOOL},
-                                                                  {"type": "function", "function": rec.BUY_TOOL}]}
+    record = {
+        "chosen": chosen,
+        "rejected": rejected,
+        "tools": [{"type": "function", "function": rec.SEARCH_TOOL}, {"type": "function", "function": rec.BUY_TOOL}],
+    }
     [row] = from_openai([copy.deepcopy(record)])
     search = call("search_products", {"query": "clip-in hair extension", "max_price": 40}, id="call_1")
     buy = call("buy", {"product_id": "B09QQLDJ93"}, id="call_2")
-    assert row["prompt"] == [msg("system", "You are a shopping agent."),
-                             msg("user", "Find me clip-in hair extensions\nunder $40.")]
+    assert row["prompt"] == [
+        msg("system", "You are a shopping agent."),
+        msg("user", "Find me clip-in hair extensions\nunder $40."),
+    ]
     assert row["chosen"] == [
         msg("assistant", "", tool_calls=[search]),
         msg("tool", '[{"id": "B09QQLDJ93", "price": 19.99}]', name="search_products", tool_call_id="call_1"),
@@ -241,8 +282,10 @@ def test_openai_full_conversations_with_tool_calls(qwen):
 
 def test_openai_preference_finetuning_format_and_legacy_functions():
     record = {
-        "input": {"messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
-                  "tools": [{"type": "function", "function": {"name": "calc", "parameters": {}}}]},
+        "input": {
+            "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
+            "tools": [{"type": "function", "function": {"name": "calc", "parameters": {}}}],
+        },
         "preferred_output": [
             {"role": "assistant", "content": None, "function_call": {"name": "calc", "arguments": '{"expr": "2+2"}'}},
             {"role": "function", "name": "calc", "content": "4"},
@@ -253,8 +296,11 @@ def test_openai_preference_finetuning_format_and_legacy_functions():
     [row] = from_openai([record])
     assert row == {
         "prompt": [msg("system", "Be brief."), msg("user", "2+2?")],
-        "chosen": [msg("assistant", "", tool_calls=[call("calc", {"expr": "2+2"})]), msg("tool", "4", name="calc"),
-                   msg("assistant", "4")],
+        "chosen": [
+            msg("assistant", "", tool_calls=[call("calc", {"expr": "2+2"})]),
+            msg("tool", "4", name="calc"),
+            msg("assistant", "4"),
+        ],
         "rejected": [msg("assistant", "5")],
         "tools": [{"type": "function", "function": {"name": "calc", "parameters": {}}}],
     }
@@ -273,8 +319,10 @@ def test_openai_explicit_prompt_and_messages_alias():
 def test_project_format_passes_through_unchanged(qwen):
     from tests.helpers import agent_pair
 
-    rows_in = [agent_pair(2, 3), {**agent_pair(1, 1), "tools": [{"type": "function", "function": rec.BUY_TOOL}],
-                                  "env": "alfworld", "seed": 3}]
+    rows_in = [
+        agent_pair(2, 3),
+        {**agent_pair(1, 1), "tools": [{"type": "function", "function": rec.BUY_TOOL}], "env": "alfworld", "seed": 3},
+    ]
     rows_out = from_project(copy.deepcopy(rows_in))
     assert list(rows_out) == rows_in and rows_out.skipped == []
     assert convert(copy.deepcopy(rows_in), "project") == rows_in
@@ -302,7 +350,7 @@ def test_cli_convert_each_format(tmp_path, capsys):
     inputs = {
         "eto": [rec.eto_pair()],
         "sharegpt": [rec.llamafactory_pair()],
-        "openai": [dict(zip(("chosen", "rejected"), rec.openai_conversations()))],
+        "openai": [dict(zip(("chosen", "rejected"), rec.openai_conversations(), strict=True))],
     }
     for fmt, records in inputs.items():
         src, dst = tmp_path / f"{fmt}.json", tmp_path / f"{fmt}_out.jsonl"
@@ -322,8 +370,19 @@ def test_cli_convert_eto_rollouts_from_a_folder(tmp_path, capsys):
     del rollout["id"]  # ETO names the file after the task id
     (rollout_dir / "12.json").write_text(json.dumps(rollout))
     out = tmp_path / "pm.json"
-    code = cli_main(["convert", "--from", "eto-rollouts", "--expert", str(tmp_path / "webshop_sft.json"),
-                     "--task", "webshop", str(rollout_dir), str(out)])
+    code = cli_main(
+        [
+            "convert",
+            "--from",
+            "eto-rollouts",
+            "--expert",
+            str(tmp_path / "webshop_sft.json"),
+            "--task",
+            "webshop",
+            str(rollout_dir),
+            str(out),
+        ]
+    )
     assert code == 0
     [row] = read_records(out)
     assert row["id"] == "12" and row["rejected_reward"] == 0.25

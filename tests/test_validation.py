@@ -63,8 +63,10 @@ def test_report_numbers_match_an_independent_count(qwen, rows, extra):
         dist = report.actions[side]
         assert (dist.min, dist.max, dist.mean) == (min(turns), max(turns), sum(turns) / 4)
         assert dist.histogram == {t: turns.count(t) for t in sorted(set(turns))}
-        assert [report.tokens[side].min, report.tokens[side].max] == [min(v[2] for v in values),
-                                                                      max(v[2] for v in values)]
+        assert [report.tokens[side].min, report.tokens[side].max] == [
+            min(v[2] for v in values),
+            max(v[2] for v in values),
+        ]
     both = per_side["chosen"] + per_side["rejected"]
     assert report.total_tokens == sum(v[2] for v in both)
     assert report.action_tokens == sum(v[4] for v in both)
@@ -72,7 +74,8 @@ def test_report_numbers_match_an_independent_count(qwen, rows, extra):
     assert report.actions_total == sum(v[0] for v in both)
     assert report.actions_dropped == sum(v[0] - v[1] for v in both)
     assert report.tokens_dropped == sum(v[2] - v[3] for v in both)
-    truncated = sum(1 for c, r in zip(per_side["chosen"], per_side["rejected"]) if c[1] < c[0] or r[1] < r[0])
+    pairs = zip(per_side["chosen"], per_side["rejected"], strict=True)
+    truncated = sum(1 for c, r in pairs if c[1] < c[0] or r[1] < r[0])
     assert report.pairs_truncated == truncated
     prompts = [n_tokens(qwen, render(qwen, r["prompt"], add_generation_prompt=True)) for r in rows]
     assert (report.tokens["prompt"].min, report.tokens["prompt"].max) == (min(prompts), max(prompts))
@@ -82,8 +85,9 @@ def test_report_numbers_match_an_independent_count(qwen, rows, extra):
 
 def test_report_format_and_json(qwen, rows):
     max_length = max(first_action_end(qwen, r) for r in rows)
-    report = validate_dataset(rows + [{**agent_pair(), "chosen": []}], qwen, max_length=max_length, skip_invalid=True,
-                              progress=False)
+    report = validate_dataset(
+        rows + [{**agent_pair(), "chosen": []}], qwen, max_length=max_length, skip_invalid=True, progress=False
+    )
     text = report.format()
     assert text.splitlines()[0] == "rows: 5    valid pairs: 4    skipped: 1"
     assert f"truncation at max_length={max_length}: {report.pairs_truncated}/4 pairs" in text
@@ -114,8 +118,9 @@ def test_cli_validate(qwen, rows, tmp_path, tokenizer_dir, capsys):
     path = tmp_path / "rows.json"
     write_records(rows, path)
     max_length = max(first_action_end(qwen, r) for r in rows)
-    assert cli_main(["validate", str(path), "--model", str(tokenizer_dir), "--max-length", str(max_length),
-                     "--json"]) == 0
+    assert (
+        cli_main(["validate", str(path), "--model", str(tokenizer_dir), "--max-length", str(max_length), "--json"]) == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(json.dumps(validate_dataset(rows, qwen, max_length, progress=False).to_dict()))
     assert printed["actions_dropped"] > 0

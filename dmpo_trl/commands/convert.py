@@ -20,16 +20,31 @@ def register(subparsers) -> None:
     parser.add_argument("--from", dest="fmt", required=True, choices=FORMATS, help="input format")
     parser.add_argument("input", metavar="IN", help="input file (eto-rollouts: rollout file or folder)")
     parser.add_argument("output", metavar="OUT", help="output file")
-    parser.add_argument("--skip-invalid", action="store_true",
-                        help="leave out bad rows and list them (count and reasons) instead of stopping")
+    parser.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="leave out bad rows and list them (count and reasons) instead of stopping",
+    )
     rollouts = parser.add_argument_group("eto-rollouts (pairing as ETO's construct_preference.py)")
-    rollouts.add_argument("--expert", metavar="FILE", help="expert (SFT) trajectories, e.g. ETO's data/webshop_sft.json")
-    rollouts.add_argument("--task", choices=("webshop", "sciworld", "alfworld"),
-                          help="ETO task: sets the rollout offset, rejected cap and reward rules ETO uses")
-    rollouts.add_argument("--rollout-offset", type=int, metavar="N",
-                          help="messages before the task description in a rollout (instruction, OK, example)")
-    rollouts.add_argument("--max-extra-rejected-turns", metavar="N|none",
-                          help="cap a rejected rollout at the expert's actions + N (ETO: 5); 'none': no cap")
+    rollouts.add_argument(
+        "--expert", metavar="FILE", help="expert (SFT) trajectories, e.g. ETO's data/webshop_sft.json"
+    )
+    rollouts.add_argument(
+        "--task",
+        choices=("webshop", "sciworld", "alfworld"),
+        help="ETO task: sets the rollout offset, rejected cap and reward rules ETO uses",
+    )
+    rollouts.add_argument(
+        "--rollout-offset",
+        type=int,
+        metavar="N",
+        help="messages before the task description in a rollout (instruction, OK, example)",
+    )
+    rollouts.add_argument(
+        "--max-extra-rejected-turns",
+        metavar="N|none",
+        help="cap a rejected rollout at the expert's actions + N (ETO: 5); 'none': no cap",
+    )
     parser.set_defaults(func=run)
 
 
@@ -52,8 +67,13 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
             if args.task is None and args.rollout_offset is None:
                 print("dmpo-trl convert: --from eto-rollouts needs --task or --rollout-offset", file=sys.stderr)
                 return 2
-            rows = pair_eto_rollouts(read_records(args.expert), read_records(args.input), task=args.task,
-                                     skip_invalid=args.skip_invalid, **kwargs)
+            rows = pair_eto_rollouts(
+                read_records(args.expert),
+                read_records(args.input),
+                task=args.task,
+                skip_invalid=args.skip_invalid,
+                **kwargs,
+            )
         else:
             rows = convert(read_records(args.input), args.fmt, skip_invalid=args.skip_invalid)
     except DMPODataError as err:

@@ -16,16 +16,34 @@ def register(subparsers) -> None:
         "and print a report. Exits 1 at the first bad row unless --skip-invalid.",
     )
     parser.add_argument("data", metavar="DATA", help="dataset file: .json, .jsonl or .parquet")
-    parser.add_argument("--from", dest="fmt", default="project", choices=("project", "eto", "sharegpt", "openai"),
-                        help="format of DATA (default: project); other formats are converted first")
-    parser.add_argument("--model", required=True, metavar="NAME_OR_PATH",
-                        help="tokenizer to validate with: local folder, Hub name, or a .gguf file")
-    parser.add_argument("--max-length", type=int, default=None, metavar="N",
-                        help="the trainer's max_length (tokens per trajectory); default: no truncation")
-    parser.add_argument("--skip-invalid", action="store_true",
-                        help="report bad rows (count and reasons) instead of stopping at the first one")
-    parser.add_argument("--chat-template", metavar="FILE", default=None,
-                        help="use this Jinja chat template instead of the tokenizer's")
+    parser.add_argument(
+        "--from",
+        dest="fmt",
+        default="project",
+        choices=("project", "eto", "sharegpt", "openai"),
+        help="format of DATA (default: project); other formats are converted first",
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="NAME_OR_PATH",
+        help="tokenizer to validate with: local folder, Hub name, or a .gguf file",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the trainer's max_length (tokens per trajectory); default: no truncation",
+    )
+    parser.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="report bad rows (count and reasons) instead of stopping at the first one",
+    )
+    parser.add_argument(
+        "--chat-template", metavar="FILE", default=None, help="use this Jinja chat template instead of the tokenizer's"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
 
@@ -46,11 +64,10 @@ def load_tokenizer(name_or_path: str, chat_template: str | None = None):
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
-    from dmpo_trl.errors import DMPODataError
-    from dmpo_trl.validation import report_json, validate_dataset
-
     from dmpo_trl.converters import convert
     from dmpo_trl.data.io import read_records
+    from dmpo_trl.errors import DMPODataError
+    from dmpo_trl.validation import report_json, validate_dataset
 
     tokenizer = load_tokenizer(args.model, args.chat_template)
     try:

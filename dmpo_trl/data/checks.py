@@ -29,11 +29,11 @@ def check_pair(example: Mapping[str, Any], row: int | None = None) -> None:
 
     Checks, in order: `chosen`/`rejected` present and lists of messages; the prompt (explicit, or for rows
     without a `prompt` the messages before the first assistant message, which must be the same on both sides --
-    the trainer's rule, `dmpo_trl.tokenization.split_prompt`); every message has a known role and text content; the prompt is non-empty, has a
-    system message only first, and does not end with an assistant message; each side is non-empty, holds at
-    least one assistant action, starts with one, and alternates actions with observations (no two assistant
-    messages in a row); tool results follow an action or another tool result; assistant messages are not
-    empty unless they carry `tool_calls`.
+    the trainer's rule, `dmpo_trl.tokenization.split_prompt`); every message has a known role and text content;
+    the prompt is non-empty, has a system message only first, and does not end with an assistant message; each
+    side is non-empty, holds at least one assistant action, starts with one, and alternates actions with
+    observations (no two assistant messages in a row); tool results follow an action or another tool result;
+    assistant messages are not empty unless they carry `tool_calls`.
     """
     if not isinstance(example, Mapping):
         raise DMPODataError(f"a row must be a dict with prompt/chosen/rejected, got {type(example).__name__}", row)
@@ -72,7 +72,7 @@ def check_prompt(prompt: Sequence[Message], row: int | None = None) -> None:
 
 
 def check_continuation(messages: Sequence[Message], side: str, row: int | None = None) -> None:
-    """Check one continuation (`chosen` or `rejected`): non-empty, actions first, actions alternate with observations."""
+    """Check one side (`chosen` or `rejected`): non-empty, action first, actions alternate with observations."""
     if len(messages) == 0:
         raise DMPODataError(f"empty {side}: the {side} continuation has no messages", row, side)
     for i, message in enumerate(messages):

@@ -28,8 +28,9 @@ class ConvertedRows(list):
     counts (for ETO rollouts: wins, ties, losses, rows dropped and why). Nothing is dropped without a count.
     """
 
-    def __init__(self, rows: Iterable[Row] = (), skipped: list[SkippedRow] | None = None,
-                 stats: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, rows: Iterable[Row] = (), skipped: list[SkippedRow] | None = None, stats: dict[str, int] | None = None
+    ) -> None:
         super().__init__(rows)
         self.skipped: list[SkippedRow] = list(skipped or [])
         self.stats: dict[str, int] = dict(stats or {})
@@ -107,7 +108,9 @@ def parse_arguments(arguments: Any, where: str, row: int | None, side: str | Non
         try:
             parsed = json.loads(arguments)
         except json.JSONDecodeError as err:
-            raise DMPODataError(f"malformed tool_calls in {where}: arguments are not valid JSON ({err})", row, side)
+            raise DMPODataError(
+                f"malformed tool_calls in {where}: arguments are not valid JSON ({err})", row, side
+            ) from err
         if not isinstance(parsed, dict):
             raise DMPODataError(f"malformed tool_calls in {where}: arguments must be a JSON object", row, side)
         return parsed
@@ -118,12 +121,14 @@ def parse_arguments(arguments: Any, where: str, row: int | None, side: str | Non
     )
 
 
-def tool_call(name: Any, arguments: Any, where: str, row: int | None, side: str | None,
-              call_id: Any = None) -> Row:
+def tool_call(name: Any, arguments: Any, where: str, row: int | None, side: str | None, call_id: Any = None) -> Row:
     """One HF-format tool call: `{"type": "function", "function": {"name", "arguments": dict}}` (+ `id`)."""
     if not isinstance(name, str) or not name:
         raise DMPODataError(f"malformed tool_calls in {where}: a call has no function name", row, side)
-    call: Row = {"type": "function", "function": {"name": name, "arguments": parse_arguments(arguments, where, row, side)}}
+    call: Row = {
+        "type": "function",
+        "function": {"name": name, "arguments": parse_arguments(arguments, where, row, side)},
+    }
     if call_id is not None:
         call["id"] = call_id
     return call
@@ -141,7 +146,7 @@ def normalize_tools(tools: Any, row: int | None) -> list[Row] | None:
         try:
             tools = json.loads(tools)
         except json.JSONDecodeError as err:
-            raise DMPODataError(f"malformed tools: not valid JSON ({err})", row)
+            raise DMPODataError(f"malformed tools: not valid JSON ({err})", row) from err
     if isinstance(tools, Mapping):
         tools = [tools]
     if not isinstance(tools, list):

@@ -22,18 +22,22 @@ UNSET: Any = object()  # "not given": the task preset (or the base default) appl
 # instruction, "OK" and the in-context example) and the per-task reward/ids rules.
 ETO_TASK_PRESETS: dict[str, dict[str, Any]] = {
     "webshop": {"rollout_offset": 10, "max_extra_rejected_turns": 5, "expert_reward": None},
-    "sciworld": {"rollout_offset": 16, "max_extra_rejected_turns": 5, "expert_reward": 1.0,
-                 "strip_task_prefix": "Task Description:\n"},
-    "alfworld": {"rollout_offset": 12, "max_extra_rejected_turns": None, "expert_reward": 1.0,
-                 "id_scheme": "alfworld"},
+    "sciworld": {
+        "rollout_offset": 16,
+        "max_extra_rejected_turns": 5,
+        "expert_reward": 1.0,
+        "strip_task_prefix": "Task Description:\n",
+    },
+    "alfworld": {"rollout_offset": 12, "max_extra_rejected_turns": None, "expert_reward": 1.0, "id_scheme": "alfworld"},
 }
 
 
 def fastchat_messages(messages: Any, side: str, row: int | None, where: str = "") -> list[Row]:
     """FastChat `{"from", "value"}` messages as project messages (human -> user, gpt -> assistant)."""
     if not isinstance(messages, list):
-        raise DMPODataError(f"{where}{side!r} must be a list of {{from, value}} messages, got "
-                            f"{type(messages).__name__}", row, side)
+        raise DMPODataError(
+            f"{where}{side!r} must be a list of {{from, value}} messages, got {type(messages).__name__}", row, side
+        )
     result = []
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping) or "from" not in message:
@@ -48,8 +52,11 @@ def fastchat_messages(messages: Any, side: str, row: int | None, where: str = ""
             )
         value = message.get("value")
         if not isinstance(value, str):
-            raise DMPODataError(f"{where}non-text content in message {i}: value is {type(value).__name__} "
-                                "(expected a string)", row, side)
+            raise DMPODataError(
+                f"{where}non-text content in message {i}: value is {type(value).__name__} (expected a string)",
+                row,
+                side,
+            )
         result.append({"role": role, "content": value})
     return result
 
@@ -64,8 +71,7 @@ def from_eto_pairs(records: Iterable[Any], *, skip_invalid: bool = False) -> Con
     def one(record: Mapping[str, Any], row: int) -> Row:
         for key in ("prompt", "chosen", "rejected"):
             if key not in record:
-                raise DMPODataError(f"missing {key!r}: an ETO pair needs 'prompt', 'chosen' and 'rejected'", row,
-                                    key)
+                raise DMPODataError(f"missing {key!r}: an ETO pair needs 'prompt', 'chosen' and 'rejected'", row, key)
         return {
             **metadata(record, ("prompt", "chosen", "rejected")),
             "prompt": fastchat_messages(record["prompt"], "prompt", row),
@@ -117,15 +123,34 @@ def pair_eto_rollouts(
     expert trajectory, `rollout_offset` in a rollout (instruction, "OK", in-context example); a trailing human
     message of a rollout is removed. `expert_reward=None` reads the expert record's `reward` (1.0 if absent,
     counted in `stats["expert_reward_assumed"]`). Without `task` the defaults are: cap 5, expert reward from the
-    record, ids from `id`; `task` fills ETO's per-task settings (`ETO_TASK_PRESETS`); arguments given override. Differences from ETO: several rollouts of one id give one pair each
-    (ETO keeps the last); `strip_task_prefix` is removed only where the task message starts with it.
+    record, ids from `id`; `task` fills ETO's per-task settings (`ETO_TASK_PRESETS`); arguments given override.
+    Differences from ETO: several rollouts of one id give one pair each (ETO keeps the last);
+    `strip_task_prefix` is removed only where the task message starts with it.
     """
-    settings = _settings(task, rollout_offset=rollout_offset, max_extra_rejected_turns=max_extra_rejected_turns,
-                         expert_reward=expert_reward, strip_task_prefix=strip_task_prefix, id_scheme=id_scheme)
+    settings = _settings(
+        task,
+        rollout_offset=rollout_offset,
+        max_extra_rejected_turns=max_extra_rejected_turns,
+        expert_reward=expert_reward,
+        strip_task_prefix=strip_task_prefix,
+        id_scheme=id_scheme,
+    )
     if settings["rollout_offset"] is None:
         raise ValueError("pair_eto_rollouts needs `rollout_offset` or a known `task` (webshop, sciworld, alfworld)")
-    stats = dict.fromkeys(("rollouts", "lose", "win", "tie_dropped", "no_reward_dropped", "no_expert_dropped",
-                           "not_ending_in_action_dropped", "rejected_capped", "expert_reward_assumed"), 0)
+    stats = dict.fromkeys(
+        (
+            "rollouts",
+            "lose",
+            "win",
+            "tie_dropped",
+            "no_reward_dropped",
+            "no_expert_dropped",
+            "not_ending_in_action_dropped",
+            "rejected_capped",
+            "expert_reward_assumed",
+        ),
+        0,
+    )
     result = ConvertedRows()
     expert_by_id: dict[str, tuple[_Trajectory, list[Row]]] = {}
     for index, record in enumerate(experts):
@@ -149,8 +174,13 @@ def pair_eto_rollouts(
 
 def _settings(task: str | None, **explicit: Any) -> dict[str, Any]:
     """Base defaults, then the task preset, then the arguments the caller gave."""
-    settings: dict[str, Any] = {"rollout_offset": None, "max_extra_rejected_turns": 5, "expert_reward": None,
-                                "strip_task_prefix": None, "id_scheme": "id"}
+    settings: dict[str, Any] = {
+        "rollout_offset": None,
+        "max_extra_rejected_turns": 5,
+        "expert_reward": None,
+        "strip_task_prefix": None,
+        "id_scheme": "id",
+    }
     if task is not None:
         if task not in ETO_TASK_PRESETS:
             raise ValueError(f"unknown ETO task {task!r}; known: {', '.join(ETO_TASK_PRESETS)}")
@@ -159,15 +189,17 @@ def _settings(task: str | None, **explicit: Any) -> dict[str, Any]:
     return settings
 
 
-def _expert(record: Any, index: int, offset: int, settings: dict[str, Any],
-            stats: dict[str, int]) -> tuple[_Trajectory, list[Row]]:
+def _expert(
+    record: Any, index: int, offset: int, settings: dict[str, Any], stats: dict[str, int]
+) -> tuple[_Trajectory, list[Row]]:
     where = "expert record: "
     if not isinstance(record, Mapping) or "conversations" not in record:
         raise DMPODataError(f"{where}needs 'conversations' (and 'id')", index)
     messages = fastchat_messages(record["conversations"], "conversations", index, where)
     if len(messages) <= offset or messages[offset]["role"] != "user":
-        raise DMPODataError(f"{where}message {offset} (after the instruction part) must be the human task "
-                            "description", index)
+        raise DMPODataError(
+            f"{where}message {offset} (after the instruction part) must be the human task description", index
+        )
     if settings["id_scheme"] == "alfworld" and isinstance(record.get("game_file"), str):
         traj_id = record["game_file"].rstrip("/").split("/")[-1]
     elif "id" in record:
@@ -183,8 +215,13 @@ def _expert(record: Any, index: int, offset: int, settings: dict[str, Any],
     return _Trajectory(index, traj_id, raw, reward), messages[:offset]
 
 
-def _pair(record: Any, index: int, experts: dict[str, tuple[_Trajectory, list[Row]]],
-          settings: dict[str, Any], stats: dict[str, int]) -> Row | None:
+def _pair(
+    record: Any,
+    index: int,
+    experts: dict[str, tuple[_Trajectory, list[Row]]],
+    settings: dict[str, Any],
+    stats: dict[str, int],
+) -> Row | None:
     where = "rollout: "
     if not isinstance(record, Mapping) or "conversations" not in record:
         raise DMPODataError(f"{where}needs 'conversations', 'id' and a reward ('meta.reward' or 'reward')", index)
@@ -204,11 +241,14 @@ def _pair(record: Any, index: int, experts: dict[str, tuple[_Trajectory, list[Ro
     if len(messages) > 1 and messages[-1]["from"] == "human":  # the observation after the last action
         messages.pop()
     if not messages or messages[0]["from"] != "human":
-        raise DMPODataError(f"{where}message {offset} (rollout_offset) is not the human task description; "
-                            "check --rollout-offset / --task", index)
+        raise DMPODataError(
+            f"{where}message {offset} (rollout_offset) is not the human task description; "
+            "check --rollout-offset / --task",
+            index,
+        )
     prefix = settings["strip_task_prefix"]
     if prefix and messages[0]["value"].startswith(prefix):
-        messages[0] = {**messages[0], "value": messages[0]["value"][len(prefix):].strip()}
+        messages[0] = {**messages[0], "value": messages[0]["value"][len(prefix) :].strip()}
     reward = _reward(raw_reward, index, where)
 
     if reward < expert.reward:

@@ -72,8 +72,9 @@ def openai_messages(messages: Any, side: str, row: int | None) -> list[Row]:
             elif content is None:
                 out["content"] = ""  # an empty action: check_pair reports it
         elif content is None:
-            raise DMPODataError(f"non-text content in message {i}: content is missing or None (expected a string)",
-                                row, side)
+            raise DMPODataError(
+                f"non-text content in message {i}: content is missing or None (expected a string)", row, side
+            )
         if role == "tool":
             name = message.get("name") or names_by_id.get(message.get("tool_call_id"))
             if name is not None:
@@ -94,15 +95,22 @@ def from_openai(records: Iterable[Any], *, skip_invalid: bool = False) -> Conver
         if isinstance(record.get("input"), Mapping) and "preferred_output" in record:
             consumed = ["input", "preferred_output", "non_preferred_output"]
             prompt_raw, chosen_raw, rejected_raw = (
-                record["input"].get("messages"), record["preferred_output"], record.get("non_preferred_output"))
+                record["input"].get("messages"),
+                record["preferred_output"],
+                record.get("non_preferred_output"),
+            )
             tools = record["input"].get("tools", tools)
             if rejected_raw is None:
                 raise DMPODataError("missing 'non_preferred_output'", row, "rejected")
         else:
             for side in ("chosen", "rejected"):
                 if record.get(side) is None:
-                    raise DMPODataError(f"missing {side!r}: an OpenAI preference row needs 'chosen' and 'rejected' "
-                                        "(or 'input' + 'preferred_output' + 'non_preferred_output')", row, side)
+                    raise DMPODataError(
+                        f"missing {side!r}: an OpenAI preference row needs 'chosen' and 'rejected' "
+                        "(or 'input' + 'preferred_output' + 'non_preferred_output')",
+                        row,
+                        side,
+                    )
             prompt_key = next((key for key in ("prompt", "messages") if record.get(key) is not None), None)
             consumed = ["chosen", "rejected"] + ([prompt_key] if prompt_key else [])
             prompt_raw = record[prompt_key] if prompt_key else None
@@ -127,15 +135,17 @@ def _text(content: Any, index: int, side: str, row: int | None) -> str | None:
     if content is None or isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise DMPODataError(f"non-text content in message {index}: content is {type(content).__name__} "
-                            "(expected a string)", row, side)
+        raise DMPODataError(
+            f"non-text content in message {index}: content is {type(content).__name__} (expected a string)", row, side
+        )
     texts = []
     for part in content:
         kind = part.get("type") if isinstance(part, Mapping) else None
         key = TEXT_PART_KEYS.get(kind) if isinstance(kind, str) else None
         if key is None or not isinstance(part.get(key), str):
-            raise DMPODataError(f"non-text content in message {index}: a content part of type {kind!r} where text "
-                                "is needed", row, side)
+            raise DMPODataError(
+                f"non-text content in message {index}: a content part of type {kind!r} where text is needed", row, side
+            )
         texts.append(part[key])
     return "\n".join(texts)
 

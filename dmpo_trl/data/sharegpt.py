@@ -62,8 +62,9 @@ def sharegpt_messages(messages: Any, side: str, row: int | None) -> list[Row]:
     if isinstance(messages, Mapping):
         messages = [messages]
     if not isinstance(messages, list):
-        raise DMPODataError(f"{side!r} must be a list of {{from, value}} messages, got {type(messages).__name__}",
-                            row, side)
+        raise DMPODataError(
+            f"{side!r} must be a list of {{from, value}} messages, got {type(messages).__name__}", row, side
+        )
     result: list[Row] = []
     pending_names: list[str] = []
     for i, message in enumerate(messages):
@@ -124,8 +125,9 @@ def from_sharegpt(records: Iterable[Any], *, skip_invalid: bool = False) -> Conv
             )
         system = record.get("system")
         if system is not None and not isinstance(system, str):
-            raise DMPODataError(f"non-text content: 'system' is {type(system).__name__} (expected a string)", row,
-                                "prompt")
+            raise DMPODataError(
+                f"non-text content: 'system' is {type(system).__name__} (expected a string)", row, "prompt"
+            )
         if system and not (prompt and prompt[0]["role"] == "system"):
             prompt = [{"role": "system", "content": system}, *prompt]
         out = {**metadata(record, consumed), "prompt": prompt, "chosen": chosen, "rejected": rejected}
@@ -143,8 +145,9 @@ def _function_calls(value: str, index: int, side: str, row: int | None) -> list[
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as err:
-        raise DMPODataError(f"malformed tool_calls in {where}: function_call value is not valid JSON ({err})", row,
-                            side)
+        raise DMPODataError(
+            f"malformed tool_calls in {where}: function_call value is not valid JSON ({err})", row, side
+        ) from err
     calls = parsed if isinstance(parsed, list) else [parsed]
     if not calls:
         raise DMPODataError(f"malformed tool_calls in {where}: function_call value holds no call", row, side)
