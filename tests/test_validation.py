@@ -32,15 +32,15 @@ def render(tokenizer, messages, **kwargs) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
 
 
-def expected_side(tokenizer, prompt, side, max_length):
+def expected_side(tokenizer, prompt, side, max_length, tools=None):
     """Independently: (T, kept actions, tokens, kept tokens, action tokens) of one trajectory in ChatML.
 
     A ChatML action is its content plus <|im_end|>; the trajectory ends with "<|im_end|>\\n" (one token after the
     last end-of-turn token); the end of action j is the rendering of the messages up to j, minus that newline.
     """
     actions = [j for j, m in enumerate(side) if m["role"] == "assistant"]
-    ends = [n_tokens(tokenizer, render(tokenizer, prompt + side[: j + 1])) - 1 for j in actions]
-    total = n_tokens(tokenizer, render(tokenizer, prompt + side))
+    ends = [n_tokens(tokenizer, render(tokenizer, prompt + side[: j + 1], tools=tools)) - 1 for j in actions]
+    total = n_tokens(tokenizer, render(tokenizer, prompt + side, tools=tools))
     kept = len(actions) if max_length is None or total <= max_length else sum(e <= max_length for e in ends)
     kept_tokens = total if kept == len(actions) else ends[kept - 1]
     action_tokens = sum(n_tokens(tokenizer, side[j]["content"]) + 1 for j in actions)
@@ -49,7 +49,8 @@ def expected_side(tokenizer, prompt, side, max_length):
 
 def first_action_end(tokenizer, row) -> int:
     """The largest, over both sides, token position where the first action ends: the tightest max_length that works."""
-    return max(expected_side(tokenizer, row["prompt"], row[s][:1], None)[2] - 1 for s in ("chosen", "rejected"))
+    tools = row.get("tools")
+    return max(expected_side(tokenizer, row["prompt"], row[s][:1], None, tools)[2] - 1 for s in ("chosen", "rejected"))
 
 
 @pytest.mark.parametrize("extra", [None, 0, 40, 400])
@@ -144,3 +145,45 @@ def test_cli_validate_converts_other_formats(tmp_path, tokenizer_dir, capsys):
     assert cli_main(["validate", str(path), "--from", "eto", "--model", str(tokenizer_dir), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["pairs"] == 1 and report["actions"]["chosen"]["histogram"] == {"3": 1}
+
+
+@pytest.mark.slow
+def test_report_agrees_with_the_trainer_and_converted_rows_train(qwen, rows, tmp_path):
+    """Converted rows (ETO, ShareGPT with tool calls, OpenAI with tool calls), loaded as users load them, go through
+    DMPOTrainer; its truncation statistics equal the validation report's at the same max_length."""
+    from datasets import load_dataset
+
+    from dmpo_trl import DMPOConfig, DMPOTrainer
+    from dmpo_trl.converters import from_openai, from_sharegpt
+    from tests.helpers import tiny_model
+
+    converted = [
+        *rows,
+        *from_sharegpt([rec.llamafactory_pair()]),
+        *from_openai([dict(zip(("chosen", "rejected"), rec.openai_conversations(), strict=True))]),
+    ]
+    path = tmp_path / "rows.jsonl"
+    write_records(converted, path)
+    dataset = load_dataset("json", data_files=str(path), split="train")
+    max_length = max(first_action_end(qwen, r) for r in converted) + 40
+    args = DMPOConfig(
+        output_dir=str(tmp_path / "out"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        report_to=[],
+        max_length=max_length,
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+    )
+    trainer = DMPOTrainer(model=tiny_model(qwen), args=args, train_dataset=dataset, processing_class=qwen)
+    report = validate_dataset(dataset, qwen, max_length=max_length, progress=False)
+    stats = trainer.dmpo_data_stats["train"]
+    assert (stats["pairs"], stats["pairs_truncated"], stats["actions"], stats["actions_dropped"]) == (
+        report.pairs,
+        report.pairs_truncated,
+        report.actions_total,
+        report.actions_dropped,
+    )
+    assert report.actions_dropped > 0
+    trainer.train()
