@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from dmpo_trl.converters import from_eto_pairs, from_openai, from_project, from_sharegpt
 from dmpo_trl.data.io import read_records
 from dmpo_trl.errors import DMPODataError
+from dmpo_trl.testing import agent_pair, make_tokenizer
 from dmpo_trl.tokenization import NOT_ACTION, tokenize_pair, truncate_trajectory
 from dmpo_trl.validation import validate_dataset, validate_row
 from tests import data_records as rec
-from tests.helpers import agent_pair, make_tokenizer
 
 
 @pytest.fixture(scope="module")

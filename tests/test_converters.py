@@ -18,9 +18,9 @@ from dmpo_trl.converters import (
 )
 from dmpo_trl.data.io import read_records, write_records
 from dmpo_trl.errors import DMPODataError
+from dmpo_trl.testing import make_tokenizer
 from dmpo_trl.tokenization import tokenize_pair
 from tests import data_records as rec
-from tests.helpers import make_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -317,7 +317,7 @@ def test_openai_explicit_prompt_and_messages_alias():
 
 # --------------------------------------------------------------------------------------------------- project / convert
 def test_project_format_passes_through_unchanged(qwen):
-    from tests.helpers import agent_pair
+    from dmpo_trl.testing import agent_pair
 
     rows_in = [
         agent_pair(2, 3),

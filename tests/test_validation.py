@@ -9,9 +9,9 @@ import pytest
 from dmpo_trl.cli import main as cli_main
 from dmpo_trl.converters import from_eto_pairs
 from dmpo_trl.data.io import write_records
+from dmpo_trl.testing import agent_pair, make_tokenizer
 from dmpo_trl.validation import validate_dataset
 from tests import data_records as rec
-from tests.helpers import agent_pair, make_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_report_agrees_with_the_trainer_and_converted_rows_train(qwen, rows, tmp
 
     from dmpo_trl import DMPOConfig, DMPOTrainer
     from dmpo_trl.converters import from_openai, from_sharegpt
-    from tests.helpers import tiny_model
+    from dmpo_trl.testing import tiny_model
 
     converted = [
         *rows,
