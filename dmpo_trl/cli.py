@@ -13,6 +13,8 @@ import sys
 
 # Sub-command modules, in the order `--help` lists them.
 COMMAND_MODULES = [
+    "convert",
+    "validate",
 ]
 
 

@@ -10,7 +10,7 @@ from datasets import Dataset, load_dataset
 
 from dmpo_trl import DMPOConfig, DMPOTrainer
 from dmpo_trl.tokenization import tokenize_pair
-from tests.helpers import agent_pair, dataset_rows, make_tokenizer, tiny_model, write_jsonl
+from dmpo_trl.testing import agent_pair, dataset_rows, make_tokenizer, tiny_model, write_jsonl
 
 
 def make_args(tmp_path, **kw):

@@ -1,0 +1,162 @@
+"""Helpers shared by the converters: the result type, the row loop, tool-call and tool-schema normalisation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dmpo_trl.data.checks import check_pair, split_shared_prefix
+from dmpo_trl.errors import DMPODataError
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    """A row left out because it failed a check (only with `skip_invalid=True`)."""
+
+    row: int | None
+    reason: str
+
+
+class ConvertedRows(list):
+    """The rows a converter produced (a plain `list` of dicts), plus what it left out and why.
+
+    `skipped` lists rows dropped with `skip_invalid=True` and their reasons; `stats` holds converter-specific
+    counts (for ETO rollouts: wins, ties, losses, rows dropped and why). Nothing is dropped without a count.
+    """
+
+    def __init__(
+        self, rows: Iterable[Row] = (), skipped: list[SkippedRow] | None = None, stats: dict[str, int] | None = None
+    ) -> None:
+        super().__init__(rows)
+        self.skipped: list[SkippedRow] = list(skipped or [])
+        self.stats: dict[str, int] = dict(stats or {})
+
+    def summary(self) -> str:
+        """One line per count and per skipped row, for printing."""
+        lines = [f"rows: {len(self)}"]
+        lines += [f"{key}: {value}" for key, value in self.stats.items()]
+        lines.append(f"skipped: {len(self.skipped)}")
+        lines += [f"  row {s.row}: {s.reason}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+def convert_rows(
+    records: Iterable[Any],
+    convert_one: Callable[[Mapping[str, Any], int], Row],
+    *,
+    skip_invalid: bool = False,
+    stats: dict[str, int] | None = None,
+) -> ConvertedRows:
+    """Apply `convert_one(record, row)` to every record and `check_pair` to its output.
+
+    The first bad row raises `DMPODataError` (naming the row); with `skip_invalid=True` bad rows are left out
+    and listed in the result's `skipped`. `stats` (filled by `convert_one` as it goes) becomes the result's `stats`.
+    """
+    result = ConvertedRows()
+    for row, record in enumerate(records):
+        try:
+            if not isinstance(record, Mapping):
+                raise DMPODataError(f"a record must be a JSON object, got {type(record).__name__}", row)
+            converted = convert_one(record, row)
+            check_pair(converted, row)
+        except DMPODataError as err:
+            err = with_record_id(err, record)
+            if not skip_invalid:
+                raise err
+            result.skipped.append(SkippedRow(row, str(err)))
+            continue
+        result.append(converted)
+    result.stats = dict(stats or {})
+    return result
+
+
+def split_implicit(chosen: list[Row], rejected: list[Row], row: int, stats: dict[str, int]) -> tuple[list, list, list]:
+    """`split_shared_prefix`, counting rows split this way and those whose prompt then holds assistant messages."""
+    prompt, chosen, rejected = split_shared_prefix(chosen, rejected, row)
+    stats["implicit_prompt_rows"] = stats.get("implicit_prompt_rows", 0) + 1
+    if any(m["role"] == "assistant" for m in prompt):
+        stats["implicit_prompt_with_assistant"] = stats.get("implicit_prompt_with_assistant", 0) + 1
+    return prompt, chosen, rejected
+
+
+def with_record_id(err: DMPODataError, record: Any) -> DMPODataError:
+    """The same error with the record's `id` (when it has one) appended to the reason, to find the row."""
+    if isinstance(record, Mapping) and record.get("id") is not None and "(id=" not in err.reason:
+        return DMPODataError(f"{err.reason} (id={record['id']!r})", err.row, err.side)
+    return err
+
+
+def metadata(record: Mapping[str, Any], consumed: Iterable[str]) -> Row:
+    """The record's keys other than `consumed`, kept as metadata columns."""
+    skip = set(consumed)
+    return {key: value for key, value in record.items() if key not in skip}
+
+
+def parse_arguments(arguments: Any, where: str, row: int | None, side: str | None) -> Any:
+    """Tool-call arguments as a dict (HF chat-template format); JSON strings are parsed."""
+    if arguments is None:
+        return {}
+    if isinstance(arguments, Mapping):
+        return dict(arguments)
+    if isinstance(arguments, str):
+        if not arguments.strip():
+            return {}
+        try:
+            parsed = json.loads(arguments)
+        except json.JSONDecodeError as err:
+            raise DMPODataError(
+                f"malformed tool_calls in {where}: arguments are not valid JSON ({err})", row, side
+            ) from err
+        if not isinstance(parsed, dict):
+            raise DMPODataError(f"malformed tool_calls in {where}: arguments must be a JSON object", row, side)
+        return parsed
+    raise DMPODataError(
+        f"malformed tool_calls in {where}: arguments must be a dict or a JSON string, got {type(arguments).__name__}",
+        row,
+        side,
+    )
+
+
+def tool_call(name: Any, arguments: Any, where: str, row: int | None, side: str | None, call_id: Any = None) -> Row:
+    """One HF-format tool call: `{"type": "function", "function": {"name", "arguments": dict}}` (+ `id`)."""
+    if not isinstance(name, str) or not name:
+        raise DMPODataError(f"malformed tool_calls in {where}: a call has no function name", row, side)
+    call: Row = {
+        "type": "function",
+        "function": {"name": name, "arguments": parse_arguments(arguments, where, row, side)},
+    }
+    if call_id is not None:
+        call["id"] = call_id
+    return call
+
+
+def normalize_tools(tools: Any, row: int | None) -> list[Row] | None:
+    """Tool schemas as a list of `{"type": "function", "function": {...}}` dicts; JSON strings are parsed.
+
+    Bare function schemas (`{"name", "description", "parameters"}`, as LLaMA-Factory stores them) are wrapped.
+    Empty values give None.
+    """
+    if tools is None or (isinstance(tools, str) and not tools.strip()):
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as err:
+            raise DMPODataError(f"malformed tools: not valid JSON ({err})", row) from err
+    if isinstance(tools, Mapping):
+        tools = [tools]
+    if not isinstance(tools, list):
+        raise DMPODataError(f"malformed tools: expected a list of tool schemas, got {type(tools).__name__}", row)
+    result = []
+    for i, tool in enumerate(tools):
+        if isinstance(tool, Mapping) and isinstance(tool.get("function"), Mapping):
+            result.append({"type": tool.get("type", "function"), **{k: v for k, v in tool.items() if k != "type"}})
+        elif isinstance(tool, Mapping) and isinstance(tool.get("name"), str):
+            result.append({"type": "function", "function": dict(tool)})
+        else:
+            raise DMPODataError(f"malformed tools: tool {i} is neither a function schema nor {{'function': ...}}", row)
+    return result or None
