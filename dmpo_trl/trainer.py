@@ -21,7 +21,7 @@ from .collator import DataCollatorForDMPO
 from .config import DMPOConfig
 from .errors import DMPODataError
 from .loss import dmpo_loss_from_scores, weighted_sequence_logps
-from .tokenization import NOT_ACTION, tokenize_pair, truncate_trajectory
+from .validation import prepare_pair
 
 check_trl_version()
 
@@ -50,26 +50,9 @@ MASKING_VERSION = 1
 
 
 def _tokenize_row(example, idx, tokenizer, max_length, skip_invalid):
-    """`datasets.map` function: tokenize one pair, check it survives truncation, or record why it cannot be used."""
+    """`datasets.map` function: check and tokenize one pair (`prepare_pair`), or record why it cannot be used."""
     try:
-        out = tokenize_pair(tokenizer, example, row=idx)
-        prompt = out["prompt_ids"]
-        for side in ("chosen", "rejected"):
-            _, _, kept = truncate_trajectory(
-                len(prompt),
-                prompt + out[f"{side}_ids"],
-                [NOT_ACTION] * len(prompt) + out[f"{side}_turn_ids"],
-                max_length,
-            )
-            if kept == 0:
-                first_end = len(prompt) + max(i for i, t in enumerate(out[f"{side}_turn_ids"]) if t == 0) + 1
-                raise DMPODataError(
-                    f"no action fits within max_length={max_length}: the first action ends at token {first_end} "
-                    f"(prompt: {len(prompt)} tokens); raise max_length or shorten the prompt",
-                    row=idx,
-                    side=side,
-                )
-            out[f"{side}_kept_turns"] = kept
+        out = prepare_pair(tokenizer, example, row=idx, max_length=max_length)
         out["dmpo_error"] = ""
     except DMPODataError as err:
         if not skip_invalid:

@@ -123,21 +123,20 @@ class _RowStats:
     kept_lengths: tuple[int, int]
 
 
-def validate_row(
+def prepare_pair(
     tokenizer, example: Mapping[str, Any], row: int | None = None, max_length: int | None = None
-) -> _RowStats:
-    """Check one row as the trainer would; raise `DMPODataError` naming the row and the reason."""
+) -> dict[str, Any]:
+    """A row as `DMPOTrainer` trains on it: structural checks (`check_pair`), `tokenize_pair`, and the truncation
+    check. Returns `tokenize_pair`'s columns plus ``chosen_kept_turns`` / ``rejected_kept_turns`` (actions left after
+    truncation at `max_length`); raises `DMPODataError` naming the row and the reason."""
     check_pair(example, row)
     out = tokenize_pair(tokenizer, dict(example), row=row)
     prompt = out["prompt_ids"]
-    actions, kept, lengths, kept_lengths = [], [], [], []
-    action_tokens = 0
     for side in ("chosen", "rejected"):
-        ids = prompt + out[f"{side}_ids"]
         turn_ids = [NOT_ACTION] * len(prompt) + out[f"{side}_turn_ids"]
         if not any(t >= 0 for t in turn_ids):  # the core guarantees this; never let an empty mask through
             raise DMPODataError("the action mask is empty after tokenization", row, side)
-        cut_ids, _, kept_turns = truncate_trajectory(len(prompt), ids, turn_ids, max_length)
+        _, _, kept_turns = truncate_trajectory(len(prompt), prompt + out[f"{side}_ids"], turn_ids, max_length)
         if kept_turns == 0:
             first_end = turn_ids.index(0) + turn_ids.count(0)
             raise DMPODataError(
@@ -146,8 +145,24 @@ def validate_row(
                 row,
                 side,
             )
+        out[f"{side}_kept_turns"] = kept_turns
+    return out
+
+
+def validate_row(
+    tokenizer, example: Mapping[str, Any], row: int | None = None, max_length: int | None = None
+) -> _RowStats:
+    """Check one row as the trainer would; raise `DMPODataError` naming the row and the reason."""
+    out = prepare_pair(tokenizer, example, row, max_length)
+    prompt = out["prompt_ids"]
+    actions, kept, lengths, kept_lengths = [], [], [], []
+    action_tokens = 0
+    for side in ("chosen", "rejected"):
+        ids = prompt + out[f"{side}_ids"]
+        turn_ids = [NOT_ACTION] * len(prompt) + out[f"{side}_turn_ids"]
+        cut_ids, _, _ = truncate_trajectory(len(prompt), ids, turn_ids, max_length)
         actions.append(out[f"{side}_num_turns"])
-        kept.append(kept_turns)
+        kept.append(out[f"{side}_kept_turns"])
         lengths.append(len(ids))
         kept_lengths.append(len(cut_ids))
         action_tokens += sum(1 for t in turn_ids if t >= 0)

@@ -307,6 +307,14 @@ def test_trainer_rejects_plain_dpo_config_and_wrong_trl(tmp_path, tok):
 
 def test_dataset_with_non_conversational_rows_names_the_row(tmp_path, tok):
     rows = [{"prompt": "hi", "chosen": "a", "rejected": "b"}]
-    with pytest.raises(ValueError, match=r"row 0, chosen: 'chosen' must be a list of messages"):
+    with pytest.raises(ValueError, match=r"row 0, chosen: non-text content: chosen is a plain string; DMPO needs conversational data"):
+        DMPOTrainer(model=tiny_model(tok), args=make_args(tmp_path),
+                    train_dataset=Dataset.from_list(rows), processing_class=tok)
+
+
+def test_trainer_applies_the_structural_checks(tmp_path, tok):
+    rows = dataset_rows(3)
+    rows[1]["chosen"].insert(1, {"role": "assistant", "content": "Thought: again.\nAction: look around"})
+    with pytest.raises(ValueError, match=r"row 1, chosen: "):
         DMPOTrainer(model=tiny_model(tok), args=make_args(tmp_path),
                     train_dataset=Dataset.from_list(rows), processing_class=tok)
