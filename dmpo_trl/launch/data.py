@@ -1,0 +1,113 @@
+"""Load the training / evaluation preference datasets named by a recipe (local files or the Hub)."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from dmpo_trl.launch.script_args import DMPOScriptArguments
+
+#: File suffix -> `datasets` builder.
+_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def expand_data_files(patterns: list[str] | str) -> list[str]:
+    """Expand globs, check every file exists, and return the sorted unique paths.
+
+    Raises:
+        FileNotFoundError: a pattern matches nothing.
+        ValueError: a file has an unsupported suffix, or the files mix JSON and Parquet.
+    """
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    files: list[str] = []
+    for pattern in patterns:
+        pattern = os.path.expanduser(pattern)
+        matches = [m for m in sorted(glob.glob(pattern)) if os.path.isfile(m)]
+        if not matches:
+            raise FileNotFoundError(f"data file {pattern!r} does not exist (or the glob matches no file).")
+        files.extend(matches)
+    builder_of(files)  # validates suffixes
+    return list(dict.fromkeys(files))
+
+
+def builder_of(files: list[str]) -> str:
+    """The `datasets` builder ("json" or "parquet") for these files; they must all need the same one."""
+    builders = set()
+    for f in files:
+        suffix = Path(f).suffix.lower()
+        if suffix not in _BUILDERS:
+            raise ValueError(f"unsupported data file {f!r}: expected one of {sorted(_BUILDERS)}.")
+        builders.add(_BUILDERS[suffix])
+    if len(builders) != 1:
+        raise ValueError(f"data files mix formats {sorted(builders)}; use one format per split.")
+    return builders.pop()
+
+
+def _load_files(files: list[str]) -> Dataset:
+    from datasets import load_dataset
+
+    return load_dataset(builder_of(files), data_files=files, split="train")
+
+
+def _take(ds: Dataset | None, n: int | None) -> Dataset | None:
+    return ds if ds is None or n is None else ds.select(range(min(n, len(ds))))
+
+
+def load_preference_datasets(
+    script_args: DMPOScriptArguments, *, want_eval: bool, seed: int = 42
+) -> tuple[Dataset, Dataset | None]:
+    """Load (train, eval) from the source the recipe names; eval is None unless `want_eval`.
+
+    Raises:
+        ValueError: no data source, or evaluation requested but no evaluation data can be found.
+    """
+    from datasets import DatasetDict, load_dataset
+
+    train: Dataset
+    eval_ds: Dataset | None = None
+    if script_args.data_files:
+        train = _load_files(expand_data_files(script_args.data_files))
+        if want_eval and script_args.eval_data_files:
+            eval_ds = _load_files(expand_data_files(script_args.eval_data_files))
+    elif script_args.dataset_name:
+        name = script_args.dataset_name
+        if os.path.isfile(name):
+            train = _load_files(expand_data_files(name))
+        else:
+            loaded = load_dataset(name, name=script_args.dataset_config)
+            if not isinstance(loaded, DatasetDict) or script_args.dataset_train_split not in loaded:
+                splits = list(loaded.keys()) if isinstance(loaded, DatasetDict) else "none"
+                raise ValueError(
+                    f"dataset {name!r} has no split {script_args.dataset_train_split!r} (splits: {splits})."
+                )
+            train = loaded[script_args.dataset_train_split]
+            if want_eval and script_args.dataset_test_split in loaded:
+                eval_ds = loaded[script_args.dataset_test_split]
+    else:
+        raise ValueError("No training data: set `data_files` (local files) or `dataset_name` (Hub id or path).")
+
+    if want_eval and eval_ds is None:
+        if script_args.eval_split_size is None:
+            raise ValueError(
+                "Evaluation is on (eval_strategy != 'no') but there is no evaluation data: set `eval_data_files`, "
+                "a `dataset_test_split` that exists, or `eval_split_size`."
+            )
+        split = train.train_test_split(test_size=script_args.eval_split_size, seed=seed)
+        train, eval_ds = split["train"], split["test"]
+    return _take(train, script_args.max_train_samples), _take(eval_ds, script_args.max_eval_samples)
+
+
+def describe_data_source(script_args: DMPOScriptArguments) -> str | None:
+    """A short name for the model card: `card_dataset_name`, else `dataset_name`, else the training file names."""
+    if script_args.card_dataset_name:
+        return script_args.card_dataset_name
+    if script_args.dataset_name:
+        return script_args.dataset_name
+    if script_args.data_files:
+        return ", ".join(Path(f).name for f in script_args.data_files)
+    return None
