@@ -33,11 +33,8 @@ _RESUME_LAST = {"true", "last", "latest"}
 
 def _config_classes() -> tuple[type, type]:
     """(DMPOConfig, DMPOTrainer)."""
-    try:
-        from dmpo_trl import DMPOConfig, DMPOTrainer
-    except ImportError:  # TEMPORARY: core not on main yet; prototype the plumbing on TRL's DPO classes
-        from trl import DPOConfig as DMPOConfig
-        from trl import DPOTrainer as DMPOTrainer
+    from dmpo_trl import DMPOConfig, DMPOTrainer
+
     return DMPOConfig, DMPOTrainer
 
 
@@ -126,7 +123,7 @@ def build_trainer(
         script_args,
         training_args,
         model_args,
-        world_size=trainer.accelerator.num_processes,
+        num_processes=trainer.accelerator.num_processes,
         dataset=describe_data_source(script_args),
     )
     attach_card_details(trainer, details)
