@@ -48,14 +48,18 @@ def builder_of(files: list[str]) -> str:
     return builders.pop()
 
 
-def _load_files(files: list[str]) -> Dataset:
+def _load_files(files: list[str], streaming: bool = False) -> Dataset:
     from datasets import load_dataset
 
-    return load_dataset(builder_of(files), data_files=files, split="train")
+    return load_dataset(builder_of(files), data_files=files, split="train", streaming=streaming)
 
 
 def _take(ds: Dataset | None, n: int | None) -> Dataset | None:
-    return ds if ds is None or n is None else ds.select(range(min(n, len(ds))))
+    from datasets import IterableDataset
+
+    if ds is None or n is None:
+        return ds
+    return ds.take(n) if isinstance(ds, IterableDataset) else ds.select(range(min(n, len(ds))))
 
 
 def load_preference_datasets(
@@ -66,22 +70,24 @@ def load_preference_datasets(
     Raises:
         ValueError: no data source, or evaluation requested but no evaluation data can be found.
     """
-    from datasets import DatasetDict, load_dataset
+    from datasets import DatasetDict, IterableDatasetDict, load_dataset
 
+    streaming = script_args.dataset_streaming
     train: Dataset
     eval_ds: Dataset | None = None
     if script_args.data_files:
-        train = _load_files(expand_data_files(script_args.data_files))
+        train = _load_files(expand_data_files(script_args.data_files), streaming)
         if want_eval and script_args.eval_data_files:
-            eval_ds = _load_files(expand_data_files(script_args.eval_data_files))
+            eval_ds = _load_files(expand_data_files(script_args.eval_data_files), streaming)
     elif script_args.dataset_name:
         name = script_args.dataset_name
         if os.path.isfile(name):
-            train = _load_files(expand_data_files(name))
+            train = _load_files(expand_data_files(name), streaming)
         else:
-            loaded = load_dataset(name, name=script_args.dataset_config)
-            if not isinstance(loaded, DatasetDict) or script_args.dataset_train_split not in loaded:
-                splits = list(loaded.keys()) if isinstance(loaded, DatasetDict) else "none"
+            loaded = load_dataset(name, name=script_args.dataset_config, streaming=streaming)
+            is_dict = isinstance(loaded, DatasetDict | IterableDatasetDict)
+            if not is_dict or script_args.dataset_train_split not in loaded:
+                splits = list(loaded.keys()) if is_dict else "none"
                 raise ValueError(
                     f"dataset {name!r} has no split {script_args.dataset_train_split!r} (splits: {splits})."
                 )
@@ -97,6 +103,8 @@ def load_preference_datasets(
                 "Evaluation is on (eval_strategy != 'no') but there is no evaluation data: set `eval_data_files`, "
                 "a `dataset_test_split` that exists, or `eval_split_size`."
             )
+        if streaming:
+            raise ValueError("`eval_split_size` cannot split a streamed dataset; give evaluation files or a split.")
         split = train.train_test_split(test_size=script_args.eval_split_size, seed=seed)
         train, eval_ds = split["train"], split["test"]
     return _take(train, script_args.max_train_samples), _take(eval_ds, script_args.max_eval_samples)
