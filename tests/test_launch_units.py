@@ -262,3 +262,19 @@ def test_card_section_is_idempotent_and_metadata_only_takes_hub_ids(tmp_path):
     assert "datasets" not in meta  # a local file name is not a Hub dataset
     assert is_hub_id("org/name") and not is_hub_id("webshop.jsonl") and not is_hub_id(str(tmp_path))
     assert not is_hub_id(None)
+
+
+# ------------------------------------------------------------------------------------------ memory formula
+def test_memory_formula_by_hand():
+    from dmpo_trl.launch.memory import adapter_bytes, full_finetune_bytes, table
+
+    p = 7e9
+    assert full_finetune_bytes(p, "ddp", 8) == pytest.approx(18 * p)  # 2 + 2 + 12 policy, 2 reference
+    assert full_finetune_bytes(p, "zero1", 8) == pytest.approx((2 + 2 + 12 / 8 + 2) * p)
+    assert full_finetune_bytes(p, "zero2", 8) == pytest.approx((2 + 14 / 8 + 2) * p)
+    assert full_finetune_bytes(p, "zero3", 8) == pytest.approx(18 / 8 * p)
+    assert adapter_bytes(p, 0.0, 1e6, quantized=False) == pytest.approx(2 * p + 16e6)
+    assert adapter_bytes(p, 1e9, 0.0, quantized=True) < adapter_bytes(p, 1e9, 0.0, quantized=False) / 3
+    with pytest.raises(ValueError, match="zero4"):
+        full_finetune_bytes(p, "zero4", 8)
+    assert "| Llama-2-7B-Chat (6.74B) | 121.3 | 50.5 | 38.8 | 15.2 |" in table(8)
