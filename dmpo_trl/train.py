@@ -141,17 +141,20 @@ def run(
 
     trainer = build_trainer(script_args, training_args, model_args, callbacks)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(training_args.output_dir)
-    trainer.save_state()  # trainer_state.json (log history) next to the final model
     # TRL's card links `dataset_name` to huggingface.co/datasets/..., so only Hub ids go there.
     dataset_name = script_args.dataset_name if is_hub_id(script_args.dataset_name) else None
     card_kwargs: dict[str, Any] = {"dataset_name": dataset_name}
-    trainer.create_model_card(model_name=_model_name(training_args), **card_kwargs)
-    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_state()  # trainer_state.json (log history) next to the final model
     if training_args.push_to_hub:
+        # Saves the model (adapter only for PEFT) to output_dir, writes the card, uploads the folder. (`save_model`
+        # would push a second time when push_to_hub is set, so it is not called here.)
         trainer.push_to_hub(**card_kwargs)
         trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}.")
+    else:
+        trainer.save_model(training_args.output_dir)
+        trainer.create_model_card(model_name=_model_name(training_args), **card_kwargs)
+        trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
     return trainer
 
 
