@@ -69,6 +69,15 @@ def cpu_accelerate_config(name: str, out_dir: Path) -> Path:
     return path
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on right now (so parallel test runs do not collide on 29500)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Offline, single-threaded, source-tree-first environment for child processes."""
     env = dict(os.environ)

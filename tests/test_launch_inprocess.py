@@ -75,7 +75,8 @@ def test_push_to_hub_uploads_model_and_dmpo_card(ws, tmp_path, offline_hub, adap
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["base_model"] == "org/tiny-base"
     assert {"dmpo", "trl"} <= set(meta["tags"])
-    assert "This model was trained with DMPO" in card and "2406.14868" in card and "@inproceedings{shi2024direct" in card
+    assert "This model was trained with DMPO" in card and "2406.14868" in card
+    assert "@inproceedings{shi2024direct" in card
     assert "| Trainer | DMPOTrainer (gamma=0.55, beta=0.2) |" in card
     assert "| gamma | 0.55 |" in card and "| beta | 0.2 |" in card  # the trainer's own DMPO table
     assert "| Base model | org/tiny-base |" in card
@@ -103,7 +104,8 @@ def test_qlora_4bit_on_cpu_trains_only_the_adapter(ws, tmp_path):
 
     assert all(torch.equal(codes[n], m.weight.data) for n, m in quantized.items())
     assert all(torch.equal(frozen[n], p) for n, p in model.named_parameters() if n in frozen)
-    assert all(not torch.equal(adapter[n], p) for n, p in model.named_parameters() if n.endswith("lora_B.default.weight"))
+    lora_b = {n: p for n, p in model.named_parameters() if n.endswith("lora_B.default.weight")}
+    assert lora_b and all(not torch.equal(adapter[n], p) for n, p in lora_b.items())  # B starts at 0, so it moved
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 3 and losses[0] == pytest.approx(math.log(2), abs=1e-6) and losses[-1] < losses[0]
 

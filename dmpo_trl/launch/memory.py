@@ -71,8 +71,8 @@ def lora_params_all_linear(params: float, rank: int = 16) -> float:
 def table(gpus: int = 8) -> str:
     """Markdown table of GB (1e9 bytes) per GPU by model and set-up."""
     head = (
-        f"| model (params) | DDP | ZeRO-1 | ZeRO-2 | ZeRO-3 / FSDP | LoRA r=16, 1 GPU | QLoRA nf4 r=16, 1 GPU |\n"
-        f"|---|---|---|---|---|---|---|"
+        "| model (params) | DDP | ZeRO-1 | ZeRO-2 | ZeRO-3 / FSDP | LoRA r=16, 1 GPU | QLoRA nf4 r=16, 1 GPU |\n"
+        "|---|---|---|---|---|---|---|"
     )
     rows = [head]
     for name, (billions, embed_billions) in MODELS.items():
