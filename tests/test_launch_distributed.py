@@ -1,4 +1,4 @@
-"""Real multi-process runs of the tiny model on CPU: DDP (gloo), DeepSpeed ZeRO-2/3, two "nodes", kill + resume.
+"""Real multi-process runs of the tiny model on CPU: DDP (gloo), ZeRO-2/3, FSDP, two "nodes", kill + resume.
 
 Every run is a child process started the way a user starts it (`dmpo-trl train --accelerate-config ...`, the SLURM
 per-node script, `python -m dmpo_trl.train`), with the shipped accelerate configs switched to CPU (`use_cpu: true`,
@@ -88,9 +88,10 @@ def test_ddp_two_processes_equal_one_process(ws):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_deepspeed_full_reference_matches_one_process(ws, stage):
-    _assert_same_run(_one_process(ws, "single"), _two_processes(ws, stage, stage))
+@pytest.mark.parametrize("config", ["zero2", "zero3", "fsdp"])
+def test_sharded_full_reference_matches_one_process(ws, config):
+    """DeepSpeed ZeRO-2 / ZeRO-3 and FSDP2 with a full reference model (sharded too under ZeRO-3 and FSDP)."""
+    _assert_same_run(_one_process(ws, "single"), _two_processes(ws, config, config))
 
 
 @pytest.mark.slow
