@@ -1,6 +1,6 @@
 """Helpers for the launch tests: a tiny on-disk checkpoint + data, and offline child processes.
 
-The model, tokenizer and rows come from `tests/helpers.py` (tiny Llama, byte-level BPE with the real Qwen2.5 chat
+The model, tokenizer and rows come from `dmpo_trl.testing` (tiny Llama, byte-level BPE with the real Qwen2.5 chat
 template, ETO-shaped multi-turn pairs); this module writes them to disk, builds recipes, and runs `dmpo_trl.train`
 in child processes (plain, or under `accelerate launch` with the shipped configs switched to CPU).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.helpers import dataset_rows, make_tokenizer, save_tiny_model, write_jsonl
+from dmpo_trl.testing import dataset_rows, make_tokenizer, save_tiny_model, write_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = REPO_ROOT / "recipes" / "accelerate_configs"
