@@ -2,7 +2,7 @@
 
 The model, tokenizer and rows come from `dmpo_trl.testing` (tiny Llama, byte-level BPE with the real Qwen2.5 chat
 template, ETO-shaped multi-turn pairs); this module writes them to disk, builds recipes, and runs `dmpo_trl.train`
-in child processes (plain, or under `accelerate launch` with the shipped configs switched to CPU).
+in child processes (plain, or under `accelerate launch` with the shipped configs).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import yaml
 from dmpo_trl.testing import dataset_rows, make_tokenizer, save_tiny_model, write_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE_CONFIGS = REPO_ROOT / "recipes" / "accelerate_configs"
 
 
 def make_workspace(root: Path, n_rows: int = 16, seed: int = 0) -> dict[str, Path]:
@@ -57,15 +56,6 @@ def base_recipe(ws: dict[str, Path], **overrides) -> dict:
 
 def write_recipe(path: Path, recipe: dict) -> Path:
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
-
-
-def cpu_accelerate_config(name: str, out_dir: Path) -> Path:
-    """The shipped `recipes/accelerate_configs/<name>.yaml` with `use_cpu: true` (only change), for CPU runs."""
-    config = yaml.safe_load((ACCELERATE_CONFIGS / f"{name}.yaml").read_text())
-    config["use_cpu"] = True
-    path = out_dir / f"{name}_cpu.yaml"
-    path.write_text(yaml.safe_dump(config))
     return path
 
 

@@ -1,8 +1,9 @@
 """Real multi-process runs of the tiny model on CPU: DDP (gloo), ZeRO-2/3, FSDP, two "nodes", kill + resume.
 
-Every run is a child process started the way a user starts it (`dmpo-trl train --accelerate-config ...`, the SLURM
-per-node script, `python -m dmpo_trl.train`), with the shipped accelerate configs switched to CPU (`use_cpu: true`,
-the only change). Losses come from `trainer_state.json`, weights from the saved safetensors.
+Every run is a child process started the way a user starts it (`dmpo-trl train --accelerate-config NAME ...`, the
+SLURM per-node script, `python -m dmpo_trl.train`) with the shipped accelerate configs unchanged: on a machine without
+GPUs accelerate and DeepSpeed fall back to CPU and gloo, and the recipe says `use_cpu: true`. Losses come from
+`trainer_state.json`, weights from the saved safetensors.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dmpo_trl.launch.compare import compare_runs
 from tests.launch_helpers import (
     REPO_ROOT,
     base_recipe,
     cli_cmd,
-    cpu_accelerate_config,
     free_port,
     logged_losses,
     make_workspace,
@@ -33,7 +34,7 @@ from tests.launch_helpers import (
 LORA = ["--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0.0",
         "--lora_target_modules", "q_proj", "v_proj", "--learning_rate", "1e-2"]
 # fp32 on CPU: different reduction orders (all-reduce, ZeRO partitions) move results by ~1e-6.
-LOSS_TOL = dict(rel=1e-5, abs=1e-5)
+LOSS_TOL = 1e-5
 WEIGHT_ATOL = 1e-5
 
 
@@ -51,13 +52,10 @@ def _weights(output_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
-    la, lb = logged_losses(a), logged_losses(b)
-    assert len(la) == len(lb) == 4
-    assert lb == pytest.approx(la, **LOSS_TOL)
-    wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys()
-    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
-    assert worst < WEIGHT_ATOL, f"weights differ by {worst}"
+    diff = compare_runs(a, b)
+    assert diff.steps == 4
+    assert diff.max_loss_diff < LOSS_TOL, f"losses differ by {diff.max_loss_diff}"
+    assert diff.max_weight_diff < WEIGHT_ATOL, f"weights differ by {diff.max_weight_diff}"
 
 
 def _one_process(ws, name: str, *flags: str) -> Path:
@@ -70,7 +68,7 @@ def _one_process(ws, name: str, *flags: str) -> Path:
 
 def _two_processes(ws, config: str, name: str, *flags: str) -> Path:
     out = ws["root"] / name
-    launch = ["--accelerate-config", str(cpu_accelerate_config(config, ws["root"])), "--num-processes", "2",
+    launch = ["--accelerate-config", config, "--num-processes", "2",
               "--main-process-port", str(free_port())]
     run_checked(cli_cmd("train", *launch, "--config", str(ws["recipe"]), "--output_dir", str(out),
                         "--per_device_train_batch_size", "2", *flags), cwd=REPO_ROOT)
@@ -103,8 +101,7 @@ def test_deepspeed_zero3_lora_matches_one_process(ws):
 def test_two_nodes_via_slurm_node_script(ws):
     """Two `accelerate launch` calls (machine ranks 0 and 1, one process each) rendezvous on localhost."""
     out = ws["root"] / "two_nodes"
-    config = cpu_accelerate_config("ddp", ws["root"])
-    env = subprocess_env(DMPO_RECIPE=str(ws["recipe"]), DMPO_ACCELERATE_CONFIG=str(config), GPUS_PER_NODE="1",
+    env = subprocess_env(DMPO_RECIPE=str(ws["recipe"]), DMPO_ACCELERATE_CONFIG="ddp", GPUS_PER_NODE="1",
                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), SLURM_NNODES="2",
                          PYTHON=sys.executable)
     flags = ["--output_dir", str(out), "--per_device_train_batch_size", "2"]

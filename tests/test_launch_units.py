@@ -277,3 +277,31 @@ def test_memory_formula_by_hand():
     with pytest.raises(ValueError, match="zero4"):
         full_finetune_bytes(p, "zero4", 8)
     assert "| Llama-2-7B-Chat (6.74B) | 121.3 | 50.5 | 38.8 | 15.2 |" in table(8)
+
+
+# ------------------------------------------------------------------------------------------ run comparison
+def _fake_run(path, losses, weight):
+    import torch
+    from safetensors.torch import save_file
+
+    path.mkdir()
+    history = [{"loss": v, "step": i + 1} for i, v in enumerate(losses)] + [{"train_runtime": 1.0}]
+    (path / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    save_file({"w": torch.full((2, 2), weight)}, str(path / "model.safetensors"))
+    return path
+
+
+def test_compare_runs_reports_largest_differences(tmp_path, capsys):
+    from dmpo_trl.launch.compare import compare_runs
+    from dmpo_trl.launch.compare import main as compare_main
+
+    a = _fake_run(tmp_path / "a", [0.69, 0.6, 0.5], 1.0)
+    b = _fake_run(tmp_path / "b", [0.69, 0.6001, 0.5], 1.25)
+    diff = compare_runs(a, b)
+    assert diff.steps == 3 and diff.tensors == 1
+    assert diff.max_loss_diff == pytest.approx(1e-4) and diff.max_weight_diff == pytest.approx(0.25)
+    assert compare_main([str(a), str(b)]) == 1
+    assert compare_main([str(a), str(b), "--loss-tol", "1e-3", "--weight-tol", "0.5"]) == 0
+    assert "max |weight diff|: 0.25" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="logged 3 losses"):
+        compare_runs(a, _fake_run(tmp_path / "c", [0.69], 1.0))
