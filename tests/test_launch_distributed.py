@@ -66,12 +66,11 @@ def _one_process(ws, name: str, *flags: str) -> Path:
     return out
 
 
-def _two_processes(ws, config: str, name: str, *flags: str) -> Path:
+def _two_processes(ws, config: str, name: str, *flags: str, per_device: int = 2) -> Path:
     out = ws["root"] / name
-    launch = ["--accelerate-config", config, "--num-processes", "2",
-              "--main-process-port", str(free_port())]
+    launch = ["--accelerate-config", config, "--num-processes", "2", "--main-process-port", str(free_port())]
     run_checked(cli_cmd("train", *launch, "--config", str(ws["recipe"]), "--output_dir", str(out),
-                        "--per_device_train_batch_size", "2", *flags), cwd=REPO_ROOT)
+                        "--per_device_train_batch_size", str(per_device), *flags), cwd=REPO_ROOT)
     return out
 
 
@@ -90,6 +89,13 @@ def test_ddp_two_processes_equal_one_process(ws):
 def test_sharded_full_reference_matches_one_process(ws, config):
     """DeepSpeed ZeRO-2 / ZeRO-3 and FSDP2 with a full reference model (sharded too under ZeRO-3 and FSDP)."""
     _assert_same_run(_one_process(ws, "single"), _two_processes(ws, config, config))
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_gradient_accumulation_matches_one_process(ws):
+    """The paper recipes' shape: per-device batch x accumulation x GPUs (here 1 x 2 x 2 = 4 = one process's batch)."""
+    out = _two_processes(ws, "zero3", "zero3_accum", "--gradient_accumulation_steps", "2", per_device=1)
+    _assert_same_run(_one_process(ws, "single"), out)
 
 
 @pytest.mark.slow
