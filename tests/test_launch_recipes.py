@@ -179,7 +179,7 @@ def test_launch_line_names_existing_files(label, tokens):
 
 def test_every_recipe_is_launched_in_the_docs_with_the_paper_global_batch():
     launched: dict[str, list[int]] = {}
-    for label, tokens in LAUNCH_LINES:
+    for _label, tokens in LAUNCH_LINES:
         processes, train_args = _split(tokens)
         recipe = _value(train_args, "--config")
         if recipe.startswith(SCRATCH):
