@@ -1,6 +1,6 @@
 """DMPO training entry point, one process of a (possibly distributed) run.
 
-    python -m dmpo_trl.train --config recipes/quickstart/dmpo/cpu.yaml [--flag value ...]
+    python -m dmpo_trl.train --config recipes/smollm2-135m-instruct/dmpo/cpu.yaml [--flag value ...]
     accelerate launch --config_file recipes/accelerate_configs/zero3.yaml --num_processes 8 \
         -m dmpo_trl.train --config recipes/qwen2.5-7b-instruct/dmpo/full.yaml
 
@@ -12,7 +12,6 @@ quantization) -- and command-line flags override the recipe. Unknown recipe keys
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
 
     from dmpo_trl import DMPOConfig
 
-logger = logging.getLogger(__name__)
 
 _RESUME_LAST = {"true", "last", "latest"}
 

@@ -143,9 +143,13 @@ def _split(tokens: list[str]) -> tuple[int, list[str]]:
         args, rest = build_parser().parse_known_args(tokens[1:])
         return (args.num_processes or 1 if args.accelerate_config else 1), rest
     if tokens[0] == "accelerate":
-        module = tokens.index("-m")
-        assert tokens[module + 1] == "dmpo_trl.train"
-        return int(_value(tokens, "--num_processes")), tokens[module + 2:]
+        if "-m" in tokens:
+            target = tokens.index("-m") + 1
+            assert tokens[target] == "dmpo_trl.train"
+        else:
+            target = next(i for i, t in enumerate(tokens) if t.endswith(".py"))
+            assert tokens[target] == "dmpo_trl/scripts/train.py"
+        return int(_value(tokens, "--num_processes")), tokens[target + 1:]
     nodes = int(re.search(r"--nodes=(\d+)", " ".join(tokens)).group(1))  # sbatch --nodes=N script RECIPE CONFIG ...
     script = next(i for i, t in enumerate(tokens) if t.endswith(".sbatch"))
     return nodes * GPUS_PER_NODE, ["--config", tokens[script + 1], *tokens[script + 3:]]

@@ -305,3 +305,14 @@ def test_compare_runs_reports_largest_differences(tmp_path, capsys):
     assert "max |weight diff|: 0.25" in capsys.readouterr().out
     with pytest.raises(ValueError, match="logged 3 losses"):
         compare_runs(a, _fake_run(tmp_path / "c", [0.69], 1.0))
+
+
+def test_file_and_module_entry_points_reach_the_recipe_parser(tmp_path):
+    """`python dmpo_trl/scripts/train.py` works from any directory without an install; `-m dmpo_trl.train` too."""
+    env = subprocess_env()
+    env.pop("PYTHONPATH")
+    script = REPO_ROOT / "dmpo_trl" / "scripts" / "train.py"
+    for cmd, cwd in (([sys.executable, str(script), "--help"], tmp_path),
+                     ([sys.executable, "-m", "dmpo_trl.train", "--help"], REPO_ROOT)):
+        out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout
+        assert "--gamma" in out and "--data_files" in out and "--use_peft" in out
