@@ -51,7 +51,9 @@ def test_recipe_parses_into_the_dataclasses(recipe):
     assert model_args.model_name_or_path == raw["model_name_or_path"]
     assert training_args.gamma == raw["gamma"] and training_args.beta == raw["beta"]
     assert training_args.output_dir == raw["output_dir"] and raw["output_dir"].startswith("outputs/")
-    assert script_args.data_files and all(f.startswith("data/") for f in script_args.data_files)
+    # data/ files are produced by a documented conversion; anything else ships with the repository
+    assert script_args.data_files
+    assert all(f.startswith("data/") or (REPO_ROOT / f).is_file() for f in script_args.data_files)
     assert training_args.report_to == [] or training_args.report_to == ["none"] or training_args.report_to == "none"
 
 
