@@ -131,6 +131,11 @@ class AgentEnv(abc.ABC):
     def close(self) -> None:
         """Release the environment's resources (processes, files)."""
 
+    def same_observation(self, a: str, b: str) -> bool:
+        """Whether two replies are the same observation (exact equality; environments that list objects in an
+        arbitrary order, like ScienceWorld, compare up to that order)."""
+        return a == b
+
     # ---- provided ----------------------------------------------------------------------------------------------
     def reset(self, variation: int) -> EnvReset:
         """Start episode `variation`; returns its first observation and task description."""

@@ -230,13 +230,26 @@ def evaluate_model(
     progress: bool = True,
     desc: str | None = None,
     policy_factory: Callable[..., Policy] = HFPolicy,
+    autocast_dtype: Any = None,
 ) -> EvalResult:
-    """Evaluate a causal LM (put in eval mode for the rollouts, then back to its previous mode)."""
+    """Evaluate a causal LM (put in eval mode for the rollouts, then back to its previous mode).
+
+    `autocast_dtype` (e.g. ``torch.bfloat16``) runs the rollouts under `torch.autocast` on the model's device.
+    """
+    import contextlib
+
+    import torch
+
     was_training = bool(getattr(model, "training", False))
     model.eval()
+    device_type = next(model.parameters()).device.type
+    autocast = (
+        torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+    )
     try:
         policy = policy_factory(model, tokenizer, max_new_tokens=max_new_tokens)
-        return evaluate_policy(env, policy, variations, max_steps=max_steps, progress=progress, desc=desc)
+        with autocast:
+            return evaluate_policy(env, policy, variations, max_steps=max_steps, progress=progress, desc=desc)
     finally:
         if was_training:
             model.train()

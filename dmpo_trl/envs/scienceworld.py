@@ -10,6 +10,8 @@ or ``find-non-living-thing`` (3-7 actions).
 
 from __future__ import annotations
 
+import re
+
 from . import _jvm
 from .base import AgentEnv, EnvReset, EnvStep, Split, UnknownTaskError
 
@@ -24,6 +26,10 @@ ACTION_HINT = (
     "use <obj> on <obj>, activate/deactivate <obj>, connect <obj> to <obj>, eat <obj>, focus on <obj>, wait1, "
     "inventory, task."
 )
+
+
+def _items(text: str) -> list[str]:
+    return sorted(part.strip() for part in re.split(r"\n|, | and ", text) if part.strip())
 
 
 def scienceworld_tasks() -> list[str]:
@@ -54,7 +60,8 @@ class ScienceWorldAgentEnv(AgentEnv):
     Scores are normalised to ``[0, 1]`` (ScienceWorld reports ``0..100`` and ``-100`` when the task is failed,
     e.g. by focusing on the wrong object; that counts as ``0``). An ambiguous action (ScienceWorld asks which of
     several objects was meant) is treated as invalid: the adapter cancels the question right away, so the next
-    action is read as an action, not as an answer to it.
+    action is read as an action, not as an answer to it. The simulator lists some objects in a varying order from
+    one reset to the next; `same_observation` compares observations up to that order.
 
     Raises:
         UnknownTaskError: unknown task.
@@ -114,6 +121,11 @@ class ScienceWorldAgentEnv(AgentEnv):
             valid=not obs.startswith(SCIENCEWORLD_INVALID_PREFIXES),
             info={"raw_score": raw},
         )
+
+    def same_observation(self, a: str, b: str) -> bool:
+        """Equal up to the order of listed items: ScienceWorld enumerates some objects (e.g. several cups of paint)
+        in a different order from one reset to the next, even for the same variation."""
+        return a == b or _items(a) == _items(b)
 
     def valid_actions(self) -> list[str]:
         """Valid action-object combinations the simulator lists now (sorted; it omits no-ops like opening an

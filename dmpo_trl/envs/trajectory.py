@@ -68,7 +68,8 @@ def run_actions(env: AgentEnv, variation: int, actions: Sequence[str], *, stop_w
 
 
 def replay_mismatches(env: AgentEnv, variation: int, completion: Sequence[dict]) -> list[str]:
-    """Replay the actions of a recorded completion from the start and compare every observation.
+    """Replay the actions of a recorded completion from the start and compare every observation (with
+    `AgentEnv.same_observation`).
 
     Returns a list of differences (empty when every observation is what the environment replies now).
     """
@@ -83,7 +84,7 @@ def replay_mismatches(env: AgentEnv, variation: int, completion: Sequence[dict])
             problems.append(f"turn {t}: the episode was already over before action {action!r}")
             break
         got = env.step(action).observation
-        if got != recorded:
+        if not env.same_observation(got, recorded):
             problems.append(f"turn {t}: action {action!r} gave {got[:80]!r}, recorded {recorded[:80]!r}")
     return problems
 
