@@ -15,6 +15,9 @@ import sys
 COMMAND_MODULES = [
     "convert",
     "validate",
+    "build_pairs",
+    "evaluate",
+    "main",
 ]
 
 
