@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from .base import AgentEnv
 from .evaluate import EvalResult, evaluate_model
@@ -101,28 +101,36 @@ class EnvEvalCallback(TrainerCallback):
         self._last_step = state.global_step
         metrics = result.metrics(prefix=f"{self.prefix}/")
         if self.trainer is not None:
-            self.trainer.log(metrics)
+            # transformers' Trainer.log, not the trainer's own: TRL trainers' log() flushes their accumulated
+            # training metrics into whatever is logged, which would take them away from the next training log entry.
+            log = Trainer.log if isinstance(self.trainer, Trainer) else type(self.trainer).log
+            log(self.trainer, metrics)
         else:
             state.log_history.append({**metrics, "step": state.global_step, "epoch": state.epoch})
             logger.info("env evaluation at step %d: %s", state.global_step, metrics)
         return metrics
 
-    def _maybe(self, state, kwargs) -> None:
+    def _maybe(self, state, control, kwargs):
         if self._last_step == state.global_step:  # already evaluated this step (e.g. on_evaluate + every_n)
-            return
+            return control
+        # Logging resets `control.should_log`; keep the trainer's own decision to log this step.
+        should_log = getattr(control, "should_log", None)
         self.evaluate(kwargs["model"], kwargs.get("processing_class"), state)
+        if should_log is not None:
+            control.should_log = should_log
+        return control
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.eval_on_train_begin:
-            self._maybe(state, kwargs)
+            return self._maybe(state, control, kwargs)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.every_n_steps and state.global_step % self.every_n_steps == 0:
-            self._maybe(state, kwargs)
+            return self._maybe(state, control, kwargs)
 
     def on_evaluate(self, args, state, control, **kwargs):
-        self._maybe(state, kwargs)
+        return self._maybe(state, control, kwargs)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.eval_on_train_end:
-            self._maybe(state, kwargs)
+            return self._maybe(state, control, kwargs)
