@@ -16,6 +16,9 @@ COMMAND_MODULES = [
     "convert",
     "validate",
     "train",
+    "build_pairs",
+    "evaluate",
+    "main",
 ]
 
 

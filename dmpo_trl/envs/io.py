@@ -1,0 +1,62 @@
+"""Writing pair sets: JSONL files, `datasets.Dataset`s, and the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["push_to_hub", "read_jsonl", "save_jsonl_splits", "to_dataset", "to_dataset_dict", "write_jsonl"]
+
+
+def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write one JSON object per line (UTF-8); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL file written by `write_jsonl`."""
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def save_jsonl_splits(splits: Mapping[str, list[dict[str, Any]]], out_dir: str | Path) -> dict[str, Path]:
+    """Write ``<out_dir>/<split>.jsonl`` for every split; returns the paths."""
+    return {name: write_jsonl(rows, Path(out_dir) / f"{name}.jsonl") for name, rows in splits.items()}
+
+
+def to_dataset(rows: list[dict[str, Any]]):
+    """A `datasets.Dataset` of the rows (the trainer takes it as `train_dataset`)."""
+    from datasets import Dataset
+
+    if not rows:
+        raise ValueError("no rows to turn into a dataset")
+    return Dataset.from_list(rows)
+
+
+def to_dataset_dict(splits: Mapping[str, list[dict[str, Any]]]):
+    """A `datasets.DatasetDict` with one split per non-empty list."""
+    from datasets import DatasetDict
+
+    return DatasetDict({name: to_dataset(rows) for name, rows in splits.items() if rows})
+
+
+def push_to_hub(splits: Mapping[str, list[dict[str, Any]]], repo_id: str, *, private: bool = True) -> None:
+    """Push the splits to the Hugging Face Hub as a dataset repository (needs network access and a login).
+
+    Raises:
+        ConnectionError: the Hub cannot be reached (e.g. offline); the files written locally are unaffected.
+    """
+    try:
+        to_dataset_dict(splits).push_to_hub(repo_id, private=private)
+    except Exception as err:  # huggingface_hub raises several types for offline / auth problems
+        raise ConnectionError(
+            f"could not push the pairs to the Hub as {repo_id!r} ({type(err).__name__}: {err}). Check the network "
+            "and `huggingface-cli login`; the local files are unaffected."
+        ) from err
