@@ -177,13 +177,16 @@ def is_flash_attention(model) -> bool:
 
 
 @torch.no_grad()
-def check_packed_attention(model, token_ids: torch.Tensor, num_rows: int = 2, seq_len: int = 6) -> None:
+def check_packed_attention(
+    model, token_ids: torch.Tensor, num_rows: int = 2, seq_len: int = 6, extra_kwargs=None
+) -> None:
     """Raise `ValueError` unless packed sequences of this model are independent (checked, not assumed).
 
     Builds ``num_rows`` rows of two sequences ``[A | B]`` from ``token_ids``, runs the model on them and on
     ``[A' | B]`` (A's tokens changed), and requires B's logits to be unchanged: any attention from B into A (a mask
     not derived from ``position_ids``, a model that ignores them, FlashAttention with several rows, ...) shows up.
-    Runs in eval mode (no dropout) and restores the training mode.
+    Runs in eval mode (no dropout) and restores the training mode. ``extra_kwargs(position_ids)`` returns further
+    forward arguments (the varlen ``cu_seq_lens`` the trainer passes), so the check runs the same path as training.
     """
     device = next(model.parameters()).device
     token_ids = token_ids.reshape(-1)[: 2 * seq_len].to(device)
@@ -200,7 +203,8 @@ def check_packed_attention(model, token_ids: torch.Tensor, num_rows: int = 2, se
         outs = []
         for first in (a, a_changed):
             row = torch.cat([first, b]).expand(num_rows, -1).contiguous()
-            logits = model(input_ids=row, position_ids=positions, use_cache=False).logits
+            extra = extra_kwargs(positions) if extra_kwargs is not None else {}
+            logits = model(input_ids=row, position_ids=positions, use_cache=False, **extra).logits
             outs.append(logits[:, seq_len:].float())
     finally:
         model.train(was_training)

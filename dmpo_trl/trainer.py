@@ -21,6 +21,7 @@ from .collator import DataCollatorForDMPO
 from .config import DMPOConfig
 from .errors import DMPODataError
 from .loss import dmpo_loss_from_scores, weighted_sequence_logps
+from .attention import VARLEN_SDPA, use_varlen_sdpa, varlen_kwargs
 from .packing import check_packed_attention, is_flash_attention, packed_sequence_scores, segment_sum
 from .tokenization import NOT_ACTION, tokenize_pair, truncate_trajectory
 
@@ -169,18 +170,16 @@ class DMPOTrainer(DPOTrainer):
         if args.pad_token is not None:
             processing_class.pad_token = args.pad_token
         padding_free = args.padding_free
+        if padding_free and not isinstance(model, str):
+            self._enable_varlen(model, ref_model)
         if data_collator is None:
-            flash = padding_free and not isinstance(model, str) and is_flash_attention(model)
-            if padding_free and isinstance(model, str):
-                attn = (args.model_init_kwargs or {}).get("attn_implementation") or ""
-                flash = "flash" in attn and "flex" not in attn
             data_collator = DataCollatorForDMPO(
                 pad_token_id=processing_class.pad_token_id,
                 gamma=args.gamma,
                 max_length=args.max_length,
                 pad_to_multiple_of=args.pad_to_multiple_of,
                 padding_free=padding_free,
-                packing="single_row" if flash else "bins",  # FlashAttention separates packed sequences in one row only
+                packing=self._packing_for(model) if padding_free else "bins",
             )
         elif getattr(data_collator, "gamma", args.gamma) != args.gamma:
             raise ValueError(f"data_collator.gamma={data_collator.gamma} differs from args.gamma={args.gamma}.")
@@ -215,8 +214,10 @@ class DMPOTrainer(DPOTrainer):
         finally:
             args.padding_free = padding_free
         self.padding_free = padding_free
-        if padding_free and isinstance(self.data_collator, DataCollatorForDMPO) and is_flash_attention(self.model):
-            self.data_collator.packing = "single_row"
+        if padding_free and isinstance(model, str):  # loaded by DPOTrainer.__init__
+            self._enable_varlen(self.model, self.ref_model)
+            if isinstance(self.data_collator, DataCollatorForDMPO):
+                self.data_collator.packing = self._packing_for(self.model)
         if self._is_vision_dataset:
             raise ValueError("DMPOTrainer supports text conversations only; the dataset has image columns.")
 
@@ -294,6 +295,27 @@ class DMPOTrainer(DPOTrainer):
         finally:
             self._precompute_model_hash = base_hash
 
+    # --------------------------------------------------------------- packing
+    @staticmethod
+    def _enable_varlen(model, ref_model) -> None:
+        """padding_free: switch sdpa models to per-sequence (varlen) attention where safe (`dmpo_trl.attention`)."""
+        for m in (model, ref_model):
+            if m is not None and not isinstance(m, str):
+                use_varlen_sdpa(m)
+
+    @staticmethod
+    def _varlen_capable(model) -> bool:
+        """Whether the model's attention computes each packed sequence on its own (no dense row-wide mask)."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        impl = getattr(getattr(base, "config", None), "_attn_implementation", None)
+        return impl == VARLEN_SDPA or is_flash_attention(base)
+
+    @classmethod
+    def _packing_for(cls, model) -> str:
+        # One row has no padding at all and suits per-sequence attention; with a dense row-wide mask (eager, flex,
+        # sdpa that cannot be switched) attention costs rows * L^2, so rows no longer than the longest sequence win.
+        return "single_row" if cls._varlen_capable(model) else "bins"
+
     @staticmethod
     def _is_packed(inputs) -> bool:
         return "sequence_ids" in inputs
@@ -303,13 +325,15 @@ class DMPOTrainer(DPOTrainer):
         derives the block-diagonal mask from the positions, checked once per model)."""
         if not self._is_packed(inputs):
             return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-        key = id(model)
-        if key not in self._packed_attention_checked:
-            check_packed_attention(
-                self.accelerator.unwrap_model(model), inputs["input_ids"], num_rows=min(2, inputs["input_ids"].size(0))
-            )
-            self._packed_attention_checked.add(key)
-        return {"input_ids": inputs["input_ids"], "position_ids": inputs["position_ids"]}
+        unwrapped = self.accelerator.unwrap_model(model)
+        extra = varlen_kwargs if self._varlen_capable(unwrapped) else None
+        if id(model) not in self._packed_attention_checked:
+            check_packed_attention(unwrapped, inputs["input_ids"], num_rows=2, extra_kwargs=extra)
+            self._packed_attention_checked.add(id(model))
+        model_inputs = {"input_ids": inputs["input_ids"], "position_ids": inputs["position_ids"]}
+        if extra is not None:  # FlashAttention and dmpo_varlen_sdpa read the sequence boundaries from these
+            model_inputs.update(extra(inputs["position_ids"]))
+        return model_inputs
 
     def _per_token_logps(self, model, inputs, **extra):
         """One fused-LM-head forward: log-probs of the action tokens (others 0), aligned with ``input_ids[:, 1:]``."""
