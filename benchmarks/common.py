@@ -97,7 +97,7 @@ def measure(trainer, warmup: int) -> dict:
     """Train, timing every step and counting the real and the computed tokens of every batch."""
     from transformers import TrainerCallback
 
-    times, shapes = [], []
+    times, cpu_times, shapes = [], [], []
     collate = trainer.data_collator
 
     def counting_collator(examples):
@@ -111,10 +111,11 @@ def measure(trainer, warmup: int) -> dict:
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *a, **k):
-            self.t = time.perf_counter()
+            self.t, self.c = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter() - self.t)
+            cpu_times.append(time.process_time() - self.c)
 
     trainer.data_collator = counting_collator
     trainer.add_callback(Timer())
@@ -132,6 +133,7 @@ def measure(trainer, warmup: int) -> dict:
         "step_times": timed,
         "step_time_s": statistics.median(timed),
         "time_s": sum(timed),
+        "cpu_time_s": sum(cpu_times[warmup:]),
         "pairs": trainer.args.per_device_train_batch_size * len(timed),
         "real_tokens": real,
         "computed_tokens": computed,

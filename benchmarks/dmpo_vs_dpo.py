@@ -49,14 +49,20 @@ def main():
     results = run_workers(__file__, ("dmpo", "dpo"), args, args.repeats, forward_args(args))
     keys = ("step_time_s", "peak_rss_growth_mb", "peak_rss_mb")
     med = {w: {k: statistics.median(x[k] for x in v) for k in keys} for w, v in results.items()}
+    for w, v in results.items():  # CPU time per step: less sensitive to other load on a shared machine
+        med[w]["cpu_step_s"] = statistics.median(x["cpu_time_s"] / len(x["step_times"]) for x in v)
     print(f"load average after: {load_average()}")
     print(f"\nmodel: Llama hidden={args.hidden} layers={args.layers}; batch={args.batch} pairs; "
           f"{results['dmpo'][0]['tokens_per_pair']:.0f} tokens/pair (chosen+rejected, incl. prompt twice)")
-    print("| trainer | step time (s) | peak RSS growth (MB) | peak RSS (MB) |")
-    print("| --- | --- | --- | --- |")
+    print("| trainer | step time (s) | CPU time / step (s) | peak RSS growth (MB) | peak RSS (MB) |")
+    print("| --- | --- | --- | --- | --- |")
     for w in ("dpo", "dmpo"):
-        print(f"| {w.upper()}Trainer | {med[w]['step_time_s']:.3f} | {med[w]['peak_rss_growth_mb']:.0f} | {med[w]['peak_rss_mb']:.0f} |")
+        m = med[w]
+        print(f"| {w.upper()}Trainer | {m['step_time_s']:.3f} | {m['cpu_step_s']:.3f} | {m['peak_rss_growth_mb']:.0f} | "
+              f"{m['peak_rss_mb']:.0f} |")
+    print("batch shapes of the first runs: " + "; ".join(f"{w} {results[w][0]['shapes']}" for w in ("dpo", "dmpo")))
     print(f"\nratio DMPO/DPO: step time {med['dmpo']['step_time_s'] / med['dpo']['step_time_s']:.3f}, "
+          f"CPU time per step {med['dmpo']['cpu_step_s'] / med['dpo']['cpu_step_s']:.3f}, "
           f"peak RSS growth {med['dmpo']['peak_rss_growth_mb'] / max(med['dpo']['peak_rss_growth_mb'], 1e-9):.3f}, "
           f"peak RSS {med['dmpo']['peak_rss_mb'] / med['dpo']['peak_rss_mb']:.3f}")
 

@@ -41,8 +41,20 @@ def _row_segments_from_positions(position_ids: torch.Tensor, rows: int) -> list[
     return out
 
 
+_SEGMENTS_CACHE: list = [None, None]  # (cu_seq_lens tensor of the last call, its segments): one sync per forward
+
+
 def _row_segments_from_cu(cu_seq_lens: torch.Tensor, rows: int, length: int) -> list[list[int]]:
     """Segment lengths of each row from cumulative lengths over the flattened ``rows * length`` tokens."""
+    cached, segments = _SEGMENTS_CACHE
+    if cached is cu_seq_lens and len(segments) == rows and all(sum(r) == length for r in segments):
+        return segments  # the same tensor object is passed to every layer of one forward
+    segments = _compute_row_segments(cu_seq_lens, rows, length)
+    _SEGMENTS_CACHE[:] = [cu_seq_lens, segments]
+    return segments
+
+
+def _compute_row_segments(cu_seq_lens: torch.Tensor, rows: int, length: int) -> list[list[int]]:
     cu = [int(x) for x in cu_seq_lens.tolist()]
     if cu[0] != 0 or cu[-1] != rows * length:
         raise ValueError(f"cu_seq_lens must run from 0 to rows * length = {rows * length}, got {cu[0]} .. {cu[-1]}")

@@ -214,7 +214,7 @@ class DMPOTrainer(DPOTrainer):
         finally:
             args.padding_free = padding_free
         self.padding_free = padding_free
-        if padding_free and isinstance(model, str):  # loaded by DPOTrainer.__init__
+        if padding_free:  # models loaded by DPOTrainer.__init__ from a name (a no-op for those switched above)
             self._enable_varlen(self.model, self.ref_model)
             if isinstance(self.data_collator, DataCollatorForDMPO):
                 self.data_collator.packing = self._packing_for(self.model)

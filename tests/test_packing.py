@@ -76,8 +76,12 @@ COMPOSITIONS = {
 }
 
 
-@pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("composition", list(COMPOSITIONS))
+CASES = [(c, "varlen_single_row") for c in COMPOSITIONS] + [
+    (c, p) for c in ("mixed_lengths", "single_action_pairs") for p in PATHS if p != "varlen_single_row"
+]
+
+
+@pytest.mark.parametrize("composition,path", CASES)
 def test_packed_equals_padded_loss_scores_and_gradients(tmp_path, tok, path, composition):
     rows = COMPOSITIONS[composition]()
     padded = make_trainer(tmp_path / "a", tok, rows, padding_free=False, path=path)
@@ -126,11 +130,11 @@ def boundary_rows(tok):
         out = tokenize_pair(tok, row)
         return len(out["prompt_ids"]) + len(out["chosen_ids"]), len(out["prompt_ids"]) + len(out["rejected_ids"])
 
-    a, b = agent_pair(1, 1, system=False), agent_pair(1, 1, system=False)
+    a, b = agent_pair(1, 1, system=False), agent_pair(1, 2, system=False)
     b["chosen"][0]["content"] = "Thought: short.\nAction: go"
     shorts = sorted([*lengths(a), lengths(b)[0]], reverse=True)
     while lengths(b)[1] < shorts[0] + shorts[1]:
-        b["rejected"][0]["content"] += " look"  # one token per word with the test tokenizer
+        b["rejected"][1]["content"] += " look"  # lengthen the observation: one token per word with this tokenizer
     assert lengths(b)[1] == shorts[0] + shorts[1]
     return [a, b]
 
