@@ -90,6 +90,7 @@ def main():
     p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--seed", type=int, default=0, help="data seed")
     p.add_argument("--kinds", default="dpo,dmpo,dmpo_pf", help=f"comma-separated, among {','.join(KINDS)}")
+    p.add_argument("--peak-tflops", type=float, help="device peak (dense) TFLOP/s, to print model FLOPs utilisation")
     add_model_args(p)
     p.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -117,9 +118,13 @@ def main():
             "growth": med(kind, lambda r: r["peak_rss_growth_mb"]),
             "peak": med(kind, lambda r: r["peak_rss_mb"]),
             "tokens_pair": med(kind, lambda r: r["real_tokens"] / r["pairs"]),
+            "tflops": med(kind, lambda r: r["model_flops"] / r["time_s"] / 1e12),
+            "gpu": med(kind, lambda r: r["peak_gpu_mb"] or 0.0),
         }
     base = rows["dpo"]
-    print(f"\nmodel: Llama hidden={args.hidden} layers={args.layers} heads={args.heads} (sdpa, float32); "
+    model = f"Llama hidden={args.hidden} layers={args.layers} heads={args.heads}" if args.preset == "tiny" else args.preset
+    print(f"\nmodel: {model} (random init, attn={args.attn}, {'bf16 autocast' if args.bf16 else 'float32'}) on "
+          f"{args.device}; "
           f"batch={args.batch} pairs; max_length={args.max_length}; {args.steps} timed steps after {args.warmup} "
           f"warm-up, {args.repeats} interleaved runs per trainer (medians); torch threads={args.threads}")
     print("| trainer | pairs/s | real tokens/s | real share of computed tokens | real tokens/pair | "
@@ -130,6 +135,13 @@ def main():
         print(f"| {LABELS[kind]} | {r['pairs_s']:.3f} | {r['tokens_s']:.0f} | {r['real_share']:.1%} | "
               f"{r['tokens_pair']:.0f} | {r['growth']:.0f} | {r['peak']:.0f} | {r['pairs_s'] / base['pairs_s']:.2f}x | "
               f"{r['growth'] / max(base['growth'], 1e-9):.2f}x |")
+    print("model FLOPs (real tokens; policy forward+backward and reference forward) per second: " + "; ".join(
+        f"{kind} {rows[kind]['tflops'] * 1e3:.1f} GFLOP/s"
+        + (f" (MFU {rows[kind]['tflops'] / args.peak_tflops:.1%})" if args.peak_tflops else "")
+        for kind in kinds
+    ))
+    if args.device == "cuda":
+        print("peak GPU memory allocated: " + "; ".join(f"{kind} {rows[kind]['gpu']:.0f} MB" for kind in kinds))
     print("\npairs per CPU-second (process time of the timed steps; less sensitive to other load) vs DPO: " + "; ".join(
         f"{kind} {rows[kind]['pairs_cpu_s'] / base['pairs_cpu_s']:.2f}x" for kind in kinds if kind != "dpo"
     ))
