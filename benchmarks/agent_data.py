@@ -21,17 +21,18 @@ def _text(rng: random.Random, lo: int, hi: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
 
 
-def _side(rng, n_actions):
+def _side(rng, n_actions, obs_words=(20, 200)):
     msgs = []
     for t in range(n_actions):
         msgs.append({"role": "assistant", "content": f"Thought: {_text(rng, 3, 15)}\nAction: {_text(rng, 2, 10)}"})
         if t < n_actions - 1:
-            msgs.append({"role": "user", "content": f"Observation: {_text(rng, 20, 200)}"})
+            msgs.append({"role": "user", "content": f"Observation: {_text(rng, *obs_words)}"})
     return msgs
 
 
-def agent_pairs(n: int, seed: int = 0, chosen=(3, 12), rejected=(3, 40)) -> list[dict]:
-    """`n` preference rows in the project's format with the length distribution above."""
+def agent_pairs(n: int, seed: int = 0, chosen=(3, 12), rejected=(3, 40), obs_words=(20, 200)) -> list[dict]:
+    """`n` preference rows in the project's format with the length distribution above (`obs_words`: words per
+    observation, uniform in the closed range)."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
@@ -39,5 +40,9 @@ def agent_pairs(n: int, seed: int = 0, chosen=(3, 12), rejected=(3, 40)) -> list
             {"role": "system", "content": "You are an agent in a text game. Answer with a thought and an action."},
             {"role": "user", "content": f"Task: {_text(rng, 20, 60)}"},
         ]
-        rows.append({"prompt": prompt, "chosen": _side(rng, rng.randint(*chosen)), "rejected": _side(rng, rng.randint(*rejected))})
+        rows.append({
+            "prompt": prompt,
+            "chosen": _side(rng, rng.randint(*chosen), obs_words),
+            "rejected": _side(rng, rng.randint(*rejected), obs_words),
+        })
     return rows

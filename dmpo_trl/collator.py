@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .loss import dmpo_turn_weights
+from .packing import PACKING_LAYOUTS, build_packed_batch
 from .tokenization import NOT_ACTION, truncate_trajectory
 
 __all__ = ["DataCollatorForDMPO"]
@@ -37,17 +38,31 @@ class DataCollatorForDMPO:
     - ``num_turns`` / ``kept_turns``: `(2B,)` actions in the trajectory / actions kept after truncation;
     - ``ref_chosen_logps`` / ``ref_rejected_logps``: `(B,)`, when the examples carry them.
 
+    With ``padding_free=True`` the ``2B`` sequences are packed into rows instead (see `dmpo_trl.packing`):
+    ``input_ids``, ``completion_mask``, ``dmpo_weights``, ``position_ids`` (restarting at 0 per sequence) and
+    ``sequence_ids`` (index of each token's sequence in ``[chosen; rejected]`` order, ``-1`` on row padding) are
+    `(rows, L)`; there is no ``attention_mask``; the per-sequence keys are unchanged.
+
     Args:
         pad_token_id (`int`): token used for padding.
         gamma (`float`): DMPO discount factor.
         max_length (`int`, *optional*): maximum sequence length (prompt + trajectory).
         pad_to_multiple_of (`int`, *optional*): pad the sequence length to a multiple of this value.
+        padding_free (`bool`, defaults to `False`): pack the sequences into rows instead of padding each one.
+        packing (`str`, defaults to `"bins"`): packed layout, ``"bins"`` (rows no longer than the longest sequence)
+            or ``"single_row"`` (one row, what FlashAttention needs); see `dmpo_trl.packing`.
     """
 
     pad_token_id: int
     gamma: float
     max_length: int | None = None
     pad_to_multiple_of: int | None = None
+    padding_free: bool = False
+    packing: str = "bins"
+
+    def __post_init__(self):
+        if self.packing not in PACKING_LAYOUTS:
+            raise ValueError(f"packing must be one of {PACKING_LAYOUTS}, got {self.packing!r}")
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         ids, turns, num_turns, kept = [], [], [], []
@@ -70,6 +85,16 @@ class DataCollatorForDMPO:
                 num_turns.append(int(ex[f"{side}_num_turns"]))
                 kept.append(kept_turns)
 
+        if self.padding_free:
+            batch = build_packed_batch(
+                ids, turns, num_turns, pad_token_id=self.pad_token_id, gamma=self.gamma, packing=self.packing,
+                pad_to_multiple_of=self.pad_to_multiple_of,
+            )
+            batch["num_turns"] = torch.tensor(num_turns, dtype=torch.long)
+            batch["kept_turns"] = torch.tensor(kept, dtype=torch.long)
+            self._add_ref_logps(batch, examples)
+            return batch
+
         length = max(len(x) for x in ids)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -83,7 +108,11 @@ class DataCollatorForDMPO:
             "num_turns": num_turns_t,
             "kept_turns": torch.tensor(kept, dtype=torch.long),
         }
+        self._add_ref_logps(batch, examples)
+        return batch
+
+    @staticmethod
+    def _add_ref_logps(batch, examples):
         for key in ("ref_chosen_logps", "ref_rejected_logps"):
             if key in examples[0]:
                 batch[key] = torch.tensor([float(ex[key]) for ex in examples], dtype=torch.float32)
-        return batch

@@ -50,9 +50,14 @@ class DMPOConfig(DPOConfig):
         precompute_ref_log_probs (`bool`, *optional*, defaults to `False`):
             Supported; the cached reference scores are DMPO-weighted, so the cache is keyed on `gamma` and
             `max_length` as well as on the dataset and the reference model.
+        padding_free (`bool`, *optional*, defaults to `False`):
+            Supported (TRL 1.16 disables it for DPO): the chosen and rejected sequences of a batch are packed into rows
+            with `position_ids` restarting per sequence and no padding between them (see `dmpo_trl.packing`); same
+            loss and gradients as the padded batch. Needs a model whose attention mask is derived from `position_ids`
+            (transformers' sdpa, eager, flex or FlashAttention); this is checked on the first batch.
 
     Not supported (rejected): `ld_alpha`, `f_divergence_type` other than `"reverse_kl"`, `use_weighting`,
-    `padding_free` (TRL 1.16 disables it for DPO too), `truncation_mode="keep_end"`.
+    `truncation_mode="keep_end"`.
     """
 
     gamma: float = field(
@@ -96,8 +101,6 @@ class DMPOConfig(DPOConfig):
             "f_divergence_type": (self.f_divergence_type != "reverse_kl", "DMPO is derived for the reverse-KL "
                                   "occupancy constraint"),
             "use_weighting": (self.use_weighting, "WPO weighting is not defined for multi-turn scores"),
-            "padding_free": (self.padding_free, "padding-free batches are not implemented for DMPO yet (TRL 1.16 "
-                             "disables them for DPO as well)"),
             "truncation_mode": (self.truncation_mode != "keep_start", "DMPO truncates whole trailing actions "
                                 "(truncation_mode='keep_start')"),
         }

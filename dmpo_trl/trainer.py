@@ -21,6 +21,8 @@ from .collator import DataCollatorForDMPO
 from .config import DMPOConfig
 from .errors import DMPODataError
 from .loss import dmpo_loss_from_scores, weighted_sequence_logps
+from .attention import VARLEN_SDPA, use_varlen_sdpa, varlen_kwargs
+from .packing import check_packed_attention, is_flash_attention, packed_sequence_scores, segment_sum
 from .validation import prepare_pair
 
 check_trl_version()
@@ -90,6 +92,9 @@ class DMPOTrainer(DPOTrainer):
     When `model` is a model object and neither `ref_model`, PEFT nor precomputed reference log-probs are used, the
     reference is a frozen copy of that object (DPOTrainer would reload it from `model.config.name_or_path`, which
     may be another model or unreachable).
+
+    `args.padding_free=True` packs each batch into rows (`dmpo_trl.packing`) for the policy and the reference pass
+    alike; the trainer checks once per model that packed sequences cannot attend to each other.
     """
 
     _tag_names = ["trl", "dmpo"]
@@ -147,12 +152,17 @@ class DMPOTrainer(DPOTrainer):
             processing_class.pad_token = processing_class.eos_token
         if args.pad_token is not None:
             processing_class.pad_token = args.pad_token
+        padding_free = args.padding_free
+        if padding_free and not isinstance(model, str):
+            self._enable_varlen(model, ref_model)
         if data_collator is None:
             data_collator = DataCollatorForDMPO(
                 pad_token_id=processing_class.pad_token_id,
                 gamma=args.gamma,
                 max_length=args.max_length,
                 pad_to_multiple_of=args.pad_to_multiple_of,
+                padding_free=padding_free,
+                packing=self._packing_for(model) if padding_free else "bins",
             )
         elif getattr(data_collator, "gamma", args.gamma) != args.gamma:
             raise ValueError(f"data_collator.gamma={data_collator.gamma} differs from args.gamma={args.gamma}.")
@@ -165,20 +175,32 @@ class DMPOTrainer(DPOTrainer):
         ):
             ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.dmpo_data_stats: dict[str, dict[str, Any]] = {}
-        super().__init__(
-            model=model,
-            ref_model=ref_model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            compute_metrics=compute_metrics,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-        )
+        self._packed_attention_checked: set[int] = set()
+        # DPOTrainer 1.16 warns that padding_free is "disabled" and turns it off; DMPO implements it, so hide the flag
+        # from DPOTrainer.__init__ (no misleading warning) and restore it afterwards.
+        args.padding_free = False
+        try:
+            super().__init__(
+                model=model,
+                ref_model=ref_model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                compute_metrics=compute_metrics,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+            )
+        finally:
+            args.padding_free = padding_free
+        self.padding_free = padding_free
+        if padding_free:  # models loaded by DPOTrainer.__init__ from a name (a no-op for those switched above)
+            self._enable_varlen(self.model, self.ref_model)
+            if isinstance(self.data_collator, DataCollatorForDMPO):
+                self.data_collator.packing = self._packing_for(self.model)
         if self._is_vision_dataset:
             raise ValueError("DMPOTrainer supports text conversations only; the dataset has image columns.")
 
@@ -256,18 +278,74 @@ class DMPOTrainer(DPOTrainer):
         finally:
             self._precompute_model_hash = base_hash
 
+    # --------------------------------------------------------------- packing
+    @staticmethod
+    def _enable_varlen(model, ref_model) -> None:
+        """padding_free: switch sdpa models to per-sequence (varlen) attention where safe (`dmpo_trl.attention`)."""
+        for m in (model, ref_model):
+            if m is not None and not isinstance(m, str):
+                use_varlen_sdpa(m)
+
+    @staticmethod
+    def _varlen_capable(model) -> bool:
+        """Whether the model's attention computes each packed sequence on its own (no dense row-wide mask)."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        impl = getattr(getattr(base, "config", None), "_attn_implementation", None)
+        return impl == VARLEN_SDPA or is_flash_attention(base)
+
+    @classmethod
+    def _packing_for(cls, model) -> str:
+        # One row has no padding at all and suits per-sequence attention; with a dense row-wide mask (eager, flex,
+        # sdpa that cannot be switched) attention costs rows * L^2, so rows no longer than the longest sequence win.
+        return "single_row" if cls._varlen_capable(model) else "bins"
+
+    @staticmethod
+    def _is_packed(inputs) -> bool:
+        return "sequence_ids" in inputs
+
+    def _model_inputs(self, model, inputs) -> dict[str, Any]:
+        """``input_ids`` plus ``attention_mask`` (padded) or ``position_ids`` (packed; no mask, so that transformers
+        derives the block-diagonal mask from the positions, checked once per model)."""
+        if not self._is_packed(inputs):
+            return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+        unwrapped = self.accelerator.unwrap_model(model)
+        extra = varlen_kwargs if self._varlen_capable(unwrapped) else None
+        if id(model) not in self._packed_attention_checked:
+            check_packed_attention(unwrapped, inputs["input_ids"], num_rows=2, extra_kwargs=extra)
+            self._packed_attention_checked.add(id(model))
+        model_inputs = {"input_ids": inputs["input_ids"], "position_ids": inputs["position_ids"]}
+        if extra is not None:  # FlashAttention and dmpo_varlen_sdpa read the sequence boundaries from these
+            model_inputs.update(extra(inputs["position_ids"]))
+        return model_inputs
+
     def _per_token_logps(self, model, inputs, **extra):
         """One fused-LM-head forward: log-probs of the action tokens (others 0), aligned with ``input_ids[:, 1:]``."""
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
-        outputs = model(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            labels=labels,
-            use_cache=False,
-            fused_lm_head=True,
-            **extra,
-        )
+        if self._is_packed(inputs):  # the fused head shifts inside a row: never score a sequence's first token
+            labels = labels.masked_fill(inputs["position_ids"] == 0, -100)
+        outputs = model(**self._model_inputs(model, inputs), labels=labels, use_cache=False, fused_lm_head=True, **extra)
         return outputs.log_probs[:, -(inputs["input_ids"].size(1) - 1) :], outputs
+
+    def _sequence_scores(self, per_token_logps, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """DMPO-weighted scores ``S`` of the chosen and of the rejected sequences, `(B,)` each."""
+        weights = inputs["dmpo_weights"][:, 1:]
+        if not self._is_packed(inputs):
+            return weighted_sequence_logps(per_token_logps, weights).chunk(2, dim=0)
+        num_sequences = inputs["num_turns"].size(0)
+        scores = packed_sequence_scores(per_token_logps, weights, inputs["sequence_ids"][:, 1:], num_sequences)
+        return scores.chunk(2, dim=0)
+
+    @staticmethod
+    def _side_token_masks(inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Action-token masks of the chosen and of the rejected sequences, aligned with ``input_ids[:, 1:]``.
+
+        Padded: `(B, L-1)` each (the two halves of the batch). Packed: `(rows, L-1)` each."""
+        mask = inputs["completion_mask"][:, 1:].bool()
+        if "sequence_ids" not in inputs:
+            return mask.chunk(2, dim=0)
+        seq = inputs["sequence_ids"][:, 1:]
+        num_pairs = inputs["num_turns"].size(0) // 2
+        return mask & (seq >= 0) & (seq < num_pairs), mask & (seq >= num_pairs)
 
     def compute_ref_log_probs(self, model, inputs):
         """DMPO-weighted reference scores ``(S_ref_chosen, S_ref_rejected)`` of one collated batch."""
@@ -282,7 +360,7 @@ class DMPOTrainer(DPOTrainer):
             self.accelerator.autocast(),
         ):
             per_token_logps, _ = self._per_token_logps(model, inputs)
-        return weighted_sequence_logps(per_token_logps, inputs["dmpo_weights"][:, 1:]).chunk(2, dim=0)
+        return self._sequence_scores(per_token_logps, inputs)
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -294,8 +372,7 @@ class DMPOTrainer(DPOTrainer):
         mode = "train" if self.model.training else "eval"
         extra = {"output_router_logits": True} if self.aux_loss_enabled else {}
         per_token_logps, outputs = self._per_token_logps(model, inputs, **extra)
-        weights = inputs["dmpo_weights"][:, 1:]
-        policy_chosen, policy_rejected = weighted_sequence_logps(per_token_logps, weights).chunk(2, dim=0)
+        policy_chosen, policy_rejected = self._sequence_scores(per_token_logps, inputs)
         if self.precompute_ref_logps:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         else:
@@ -308,11 +385,17 @@ class DMPOTrainer(DPOTrainer):
         for loss_type, loss_weight in zip(self.loss_types, self.loss_weights, strict=True):
             if loss_type == "sigmoid":
                 loss = loss + out.losses.mean() * loss_weight
-            else:  # "sft": mean NLL of each chosen trajectory's action tokens, averaged over pairs
+            elif not self._is_packed(inputs):  # "sft": mean NLL of each chosen trajectory's action tokens, per pair
                 chosen_mask = inputs["completion_mask"][:, 1:].chunk(2, dim=0)[0].to(per_token_logps.dtype)
                 chosen_logps = per_token_logps.chunk(2, dim=0)[0]
                 nll = -(chosen_logps * chosen_mask).sum(1) / chosen_mask.sum(1).clamp(min=1)
                 loss = loss + nll.mean() * loss_weight
+            else:  # "sft", packed: the same per-sequence sums via the sequence ids
+                seq, num_sequences = inputs["sequence_ids"][:, 1:], inputs["num_turns"].size(0)
+                mask = inputs["completion_mask"][:, 1:].to(per_token_logps.dtype)
+                sums = segment_sum(per_token_logps * mask, seq, num_sequences).chunk(2, dim=0)[0]
+                counts = segment_sum(mask, seq, num_sequences).chunk(2, dim=0)[0]
+                loss = loss + (-sums / counts.clamp(min=1)).mean() * loss_weight
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
@@ -320,7 +403,7 @@ class DMPOTrainer(DPOTrainer):
         self._log_dmpo_metrics(mode, inputs, outputs, out, policy_chosen, policy_rejected)
         if return_outputs:
             with torch.no_grad():
-                outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+                outputs = model(**self._model_inputs(model, inputs), use_cache=False)
             return loss, outputs
         return loss
 
@@ -328,8 +411,10 @@ class DMPOTrainer(DPOTrainer):
         gather = self.accelerator.gather_for_metrics
         metrics = self._metrics[mode]
         mask = inputs["completion_mask"][:, 1:].bool()
-        chosen_mask, rejected_mask = mask.chunk(2, dim=0)
+        chosen_mask, rejected_mask = self._side_token_masks(inputs)
         seq_len = mask.size(1)
+        packed = self._is_packed(inputs)
+        real = (inputs["sequence_ids"] >= 0) if packed else inputs["attention_mask"]
 
         def masked_mean(values, m):
             total = gather(values[m].float().sum().reshape(1)).sum()
@@ -337,12 +422,18 @@ class DMPOTrainer(DPOTrainer):
             return (total / count).item() if count > 0 else 0.0
 
         metrics["entropy"].append(masked_mean(outputs.entropy[:, -seq_len:].detach(), mask))
-        chosen_logits, rejected_logits = outputs.mean_logits[:, -seq_len:].detach().chunk(2, dim=0)
+        mean_logits, is_top1 = outputs.mean_logits[:, -seq_len:].detach(), outputs.is_top1[:, -seq_len:]
+        if packed:  # side masks already span all rows
+            chosen_logits = rejected_logits = mean_logits
+            chosen_top1 = is_top1
+        else:
+            chosen_logits, rejected_logits = mean_logits.chunk(2, dim=0)
+            chosen_top1 = is_top1.chunk(2, dim=0)[0]
         metrics["logits/chosen"].append(masked_mean(chosen_logits, chosen_mask))
         metrics["logits/rejected"].append(masked_mean(rejected_logits, rejected_mask))
-        metrics["mean_token_accuracy"].append(masked_mean(outputs.is_top1[:, -seq_len:].chunk(2, dim=0)[0], chosen_mask))
+        metrics["mean_token_accuracy"].append(masked_mean(chosen_top1, chosen_mask))
         if mode == "train":
-            self._total_train_tokens += gather(inputs["attention_mask"].sum().reshape(1)).sum().item() // self._tp_size
+            self._total_train_tokens += gather(real.sum().reshape(1)).sum().item() // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
 
         chosen_rewards, rejected_rewards = gather(out.chosen_rewards), gather(out.rejected_rewards)
@@ -358,7 +449,7 @@ class DMPOTrainer(DPOTrainer):
         metrics["turns/chosen"].append(turns_w.mean().item())
         metrics["turns/rejected"].append(turns_l.mean().item())
         action_tokens = gather(inputs["completion_mask"].sum().reshape(1)).sum()
-        real_tokens = gather(inputs["attention_mask"].sum().reshape(1)).sum()
+        real_tokens = gather(real.sum().reshape(1)).sum()
         metrics["action_token_share"].append((action_tokens / real_tokens.clamp(min=1)).item())
         dropped = num_turns - kept_turns
         metrics["truncation/actions_dropped"].append(dropped.sum().item())

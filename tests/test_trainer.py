@@ -283,7 +283,6 @@ def test_model_card_carries_dmpo(tmp_path, tok):
         (dict(ld_alpha=0.5), "ld_alpha"),
         (dict(use_weighting=True), "use_weighting"),
         (dict(f_divergence_type="js_divergence"), "f_divergence_type"),
-        (dict(padding_free=True), "padding_free"),
     ],
 )
 def test_config_rejects_unsupported_options(tmp_path, kw, match):

@@ -1,0 +1,170 @@
+"""Variable-length ("varlen") SDPA attention for packed batches, as a transformers attention implementation.
+
+transformers' own handling of packed sequences under ``sdpa`` / ``eager`` materialises a block-diagonal
+``(rows, 1, L, L)`` mask and runs dense attention over the whole row: every query still computes scores against
+every key of the row, neighbours and future tokens included, and the causal fast path of the kernel is lost. This
+module registers ``"dmpo_varlen_sdpa"``: when a batch is packed (``cu_seq_lens_q`` given, or ``position_ids``
+restarting inside a row) and there is no padding mask, it runs ``torch.nn.functional.scaled_dot_product_attention``
+once per sequence with ``is_causal=True`` -- the CPU/GPU analogue of FlashAttention's varlen kernel, costing
+``sum(l_i^2) / 2`` instead of ``rows * L^2``. Every other call (a padding mask, a cache, one sequence per row) is
+delegated unchanged to transformers' ``sdpa`` implementation, so a model switched to it behaves exactly like
+``sdpa`` outside packed batches.
+
+`use_varlen_sdpa` switches a model only when that is safe: it currently runs ``sdpa`` and every layer is full causal
+attention (no sliding window, chunked or linear layers, whose masks the per-sequence path would not apply).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
+
+__all__ = ["VARLEN_SDPA", "packed_segments", "use_varlen_sdpa", "varlen_sdpa_attention_forward", "varlen_kwargs"]
+
+VARLEN_SDPA = "dmpo_varlen_sdpa"
+
+
+def _row_segments_from_positions(position_ids: torch.Tensor, rows: int) -> list[list[int]] | None:
+    """Segment lengths of each row from ``position_ids`` restarting at every sequence; None if nothing is packed."""
+    pos = position_ids.expand(rows, -1) if position_ids.size(0) != rows else position_ids
+    starts = torch.ones_like(pos, dtype=torch.bool)
+    starts[:, 1:] = (pos[:, 1:] - pos[:, :-1]) != 1
+    if int(starts.sum()) == rows:
+        return None
+    length = pos.size(1)
+    out = []
+    for row in starts.tolist():
+        idx = [i for i, s in enumerate(row) if s] + [length]
+        out.append([b - a for a, b in zip(idx[:-1], idx[1:])])
+    return out
+
+
+_SEGMENTS_CACHE: list = [None, None]  # (cu_seq_lens tensor of the last call, its segments): one sync per forward
+
+
+def _row_segments_from_cu(cu_seq_lens: torch.Tensor, rows: int, length: int) -> list[list[int]]:
+    """Segment lengths of each row from cumulative lengths over the flattened ``rows * length`` tokens."""
+    cached, segments = _SEGMENTS_CACHE
+    if cached is cu_seq_lens and len(segments) == rows and all(sum(r) == length for r in segments):
+        return segments  # the same tensor object is passed to every layer of one forward
+    segments = _compute_row_segments(cu_seq_lens, rows, length)
+    _SEGMENTS_CACHE[:] = [cu_seq_lens, segments]
+    return segments
+
+
+def _compute_row_segments(cu_seq_lens: torch.Tensor, rows: int, length: int) -> list[list[int]]:
+    cu = [int(x) for x in cu_seq_lens.tolist()]
+    if cu[0] != 0 or cu[-1] != rows * length:
+        raise ValueError(f"cu_seq_lens must run from 0 to rows * length = {rows * length}, got {cu[0]} .. {cu[-1]}")
+    out: list[list[int]] = [[] for _ in range(rows)]
+    for a, b in zip(cu[:-1], cu[1:]):
+        row = a // length
+        if b <= a or b > (row + 1) * length:
+            raise ValueError("a packed sequence crosses a row boundary or is empty")
+        out[row].append(b - a)
+    return out
+
+
+def varlen_sdpa_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    cu_seq_lens_k: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention function for ``attn_implementation="dmpo_varlen_sdpa"`` (see the module docstring).
+
+    ``query`` / ``key`` / ``value``: `(rows, heads, L, head_dim)`. Returns `(rows, L, heads, head_dim)` like
+    transformers' ``sdpa_attention_forward``.
+    """
+    rows, _, q_len, _ = query.shape
+    segments = None
+    if attention_mask is None and key.shape[2] == q_len and q_len > 1:
+        if cu_seq_lens_q is not None:
+            if cu_seq_lens_k is not None and not torch.equal(cu_seq_lens_k, cu_seq_lens_q):
+                raise ValueError("dmpo_varlen_sdpa needs cu_seq_lens_k == cu_seq_lens_q (self-attention)")
+            segments = _row_segments_from_cu(cu_seq_lens_q, rows, q_len)
+        elif position_ids is not None:
+            segments = _row_segments_from_positions(position_ids, rows)
+    if segments is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, position_ids=position_ids,
+            **kwargs,
+        )
+    kwargs.pop("is_causal", None)
+    out_rows = []
+    # `split` (not slicing): its backward concatenates the gradients instead of zero-filling a full tensor per piece
+    for r, (q_row, k_row, v_row) in enumerate(zip(query.split(1), key.split(1), value.split(1))):
+        sizes = segments[r]
+        pieces = [
+            sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, **kwargs)[0]
+            for q, k, v in zip(q_row.split(sizes, dim=2), k_row.split(sizes, dim=2), v_row.split(sizes, dim=2))
+        ]
+        out_rows.append(torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0])
+    return (torch.cat(out_rows, dim=0) if rows > 1 else out_rows[0]), None
+
+
+def varlen_mask(*args, attention_mask=None, q_length=None, kv_length=None, **kwargs):
+    """Mask function for ``dmpo_varlen_sdpa``: none when there is no padding mask and no cache (the attention function
+    then applies the causal, per-sequence structure itself), transformers' ``sdpa`` mask otherwise."""
+    if attention_mask is None and q_length == kv_length and not kwargs.get("q_offset") and not kwargs.get("kv_offset"):
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, q_length=q_length, kv_length=kv_length, **kwargs)
+
+
+AttentionInterface.register(VARLEN_SDPA, varlen_sdpa_attention_forward)
+AttentionMaskInterface.register(VARLEN_SDPA, varlen_mask)
+assert VARLEN_SDPA in ALL_MASK_ATTENTION_FUNCTIONS
+
+
+def _full_causal_only(config) -> bool:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and any(t != "full_attention" for t in layer_types):
+        return False
+    if getattr(config, "use_sliding_window", True) and getattr(config, "sliding_window", None) is not None:
+        return False
+    return getattr(config, "attention_chunk_size", None) is None and getattr(config, "is_causal", True)
+
+
+def use_varlen_sdpa(model) -> bool:
+    """Switch a transformers model from ``sdpa`` to ``dmpo_varlen_sdpa`` when that is safe; return whether it did.
+
+    Safe: the model currently uses ``sdpa``, supports setting its attention implementation (the functional
+    ``AttentionInterface`` design) and all its layers are full causal attention. Outside packed batches the new
+    implementation is ``sdpa``, so generation and padded batches are unchanged.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    if not hasattr(base, "set_attn_implementation") or not base._can_set_attn_implementation():
+        return False
+    if not _full_causal_only(config):
+        return False
+    base.set_attn_implementation(VARLEN_SDPA)
+    return getattr(base.config, "_attn_implementation", None) == VARLEN_SDPA
+
+
+def packed_segments(position_ids: torch.Tensor) -> torch.Tensor:
+    """Cumulative sequence lengths over the flattened rows (``cu_seq_lens``, int32) from packed ``position_ids``."""
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[:, 1:] = (position_ids[:, 1:] - position_ids[:, :-1]) != 1
+    idx = starts.reshape(-1).nonzero().reshape(-1)
+    total = torch.tensor([position_ids.numel()], device=position_ids.device)
+    return torch.cat([idx, total]).to(torch.int32)
+
+
+def varlen_kwargs(position_ids: torch.Tensor) -> dict[str, torch.Tensor | int]:
+    """FlashAttention-style varlen keyword arguments (``cu_seq_lens_q/k``, ``max_length_q/k``) of a packed batch."""
+    cu = packed_segments(position_ids)
+    max_len = int((cu[1:] - cu[:-1]).max())
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len}

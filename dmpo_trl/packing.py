@@ -1,0 +1,220 @@
+"""Padding-free (packed) DMPO batches: layout, exact per-sequence sums, and a guard against cross-sequence attention.
+
+A packed batch holds the ``2B`` sequences of ``B`` preference pairs (``prompt + chosen`` and ``prompt + rejected``)
+concatenated into rows, with ``position_ids`` restarting at 0 at every sequence start and no ``attention_mask``.
+``sequence_ids`` maps every token to its sequence in TRL's ``[chosen; rejected]`` order (``0 .. B-1`` chosen,
+``B .. 2B-1`` rejected, ``-1`` row padding), so the per-sequence DMPO scores are recovered exactly with a
+``scatter_add``.
+
+Attention stays inside each sequence because transformers (5.x) derives a block-diagonal causal mask from packed
+``position_ids`` when ``attention_mask is None`` and no cache is used (``find_packed_sequence_indices`` in
+``transformers.masking_utils``, for sdpa, eager and flex attention), and FlashAttention 2/3 derives ``cu_seqlens``
+from them, but only for a single row (``_is_packed_sequence`` requires batch size 1). Whether a given model honours
+this is checked once per model by `check_packed_attention` (two tiny forwards) rather than assumed.
+
+Layouts (``packing``):
+
+- ``"bins"`` (default): first-fit-decreasing bins whose capacity is the longest sequence of the batch, so a row is
+  never longer than the padded batch would be. With a dense attention kernel (sdpa / eager on CPU, where the
+  block-diagonal mask is materialised) attention costs ``rows * L^2``, far less than one row of all tokens.
+- ``"single_row"``: every sequence in one row: no padding at all; the layout FlashAttention needs (``cu_seqlens``
+  from position ids), chosen automatically by `DMPOTrainer` for flash attention implementations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .loss import dmpo_phi
+
+__all__ = [
+    "PACKING_LAYOUTS",
+    "build_packed_batch",
+    "check_packed_attention",
+    "pack_rows",
+    "packed_sequence_scores",
+    "segment_sum",
+]
+
+PACKING_LAYOUTS = ("bins", "single_row")
+
+
+def pack_rows(lengths: Sequence[int], packing: str = "bins") -> list[list[int]]:
+    """Assign sequences (by index) to rows.
+
+    ``"bins"``: first-fit decreasing into rows of capacity ``max(lengths)`` (ties keep the input order, so the plan is
+    deterministic). ``"single_row"``: one row holding every sequence in input order.
+    """
+    if packing not in PACKING_LAYOUTS:
+        raise ValueError(f"packing must be one of {PACKING_LAYOUTS}, got {packing!r}")
+    if not lengths:
+        return []
+    if packing == "single_row":
+        return [list(range(len(lengths)))]
+    capacity = max(lengths)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+    return rows
+
+
+def build_packed_batch(
+    ids: list[list[int]],
+    turns: list[list[int]],
+    num_turns: list[int],
+    *,
+    pad_token_id: int,
+    gamma: float,
+    packing: str = "bins",
+    pad_to_multiple_of: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Pack ``2B`` tokenized sequences (``[chosen; rejected]`` order) into rows.
+
+    Args:
+        ids: token ids of each sequence (prompt + trajectory, already truncated).
+        turns: aligned turn ids (``-1`` = not an action).
+        num_turns: ``T`` of each sequence (the trajectory's real number of actions).
+        pad_token_id: id used for row padding.
+        gamma: DMPO discount factor.
+        packing: ``"bins"`` or ``"single_row"`` (see the module docstring).
+        pad_to_multiple_of: pad the row length to a multiple of this value.
+
+    Returns:
+        ``input_ids``, ``position_ids``, ``sequence_ids``, ``completion_mask`` (int64) and ``dmpo_weights`` (float32),
+        all `(rows, L)`. ``completion_mask`` is 0 on the first token of every sequence, so the fused LM head, which
+        shifts labels inside a row, never scores a sequence's first token as the continuation of its neighbour.
+    """
+    lengths = [len(x) for x in ids]
+    if min(lengths, default=1) < 1:
+        raise ValueError("cannot pack an empty sequence")
+    plan = pack_rows(lengths, packing)
+    length = max(sum(lengths[i] for i in row) for row in plan)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    n_rows = len(plan)
+    input_ids = torch.full((n_rows, length), pad_token_id, dtype=torch.long)
+    position_ids = torch.empty((n_rows, length), dtype=torch.long)
+    sequence_ids = torch.full((n_rows, length), -1, dtype=torch.long)
+    turn_ids = torch.full((n_rows, length), -1, dtype=torch.long)
+    turn_count = torch.ones((n_rows, length), dtype=torch.long)
+    for r, row in enumerate(plan):
+        start = 0
+        for i in row:
+            end = start + lengths[i]
+            input_ids[r, start:end] = torch.tensor(ids[i], dtype=torch.long)
+            turn_ids[r, start:end] = torch.tensor(turns[i], dtype=torch.long)
+            position_ids[r, start:end] = torch.arange(lengths[i])
+            sequence_ids[r, start:end] = i
+            turn_count[r, start:end] = num_turns[i]
+            start = end
+        # Row padding is its own segment: positions restart at 0, so it never joins the previous sequence
+        position_ids[r, start:] = torch.arange(length - start)
+    turn_ids[position_ids == 0] = -1  # a sequence's first token is never a label (it is a prompt token anyway)
+    is_action = turn_ids >= 0
+    if bool((turn_ids >= turn_count).any()):
+        raise ValueError("a turn index is >= the sequence's number of turns")
+    weights = torch.zeros((n_rows, length), dtype=torch.float64)
+    if bool(is_action.any()):
+        weights[is_action] = dmpo_phi(turn_ids[is_action], turn_count[is_action], gamma)
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "sequence_ids": sequence_ids,
+        "completion_mask": is_action.long(),
+        "dmpo_weights": weights.to(torch.float32),
+    }
+
+
+def segment_sum(values: torch.Tensor, segment_ids: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Sum of ``values`` per segment: `(num_segments,)`; positions with ``segment_ids < 0`` are ignored.
+
+    Differentiable in ``values`` (``scatter_add``); ``values`` and ``segment_ids`` have the same shape.
+    """
+    if values.shape != segment_ids.shape:
+        raise ValueError(f"shape mismatch: values {tuple(values.shape)} vs segment ids {tuple(segment_ids.shape)}")
+    valid = segment_ids >= 0
+    flat = torch.where(valid, values, torch.zeros_like(values)).reshape(-1)
+    index = segment_ids.clamp(min=0).reshape(-1).to(values.device)
+    return values.new_zeros(num_segments).scatter_add(0, index, flat)
+
+
+def packed_sequence_scores(
+    per_token_logps: torch.Tensor, weights: torch.Tensor, segment_ids: torch.Tensor, num_segments: int
+) -> torch.Tensor:
+    """``S = sum_k w_k logp_k`` per sequence of a packed batch, in ``[chosen; rejected]`` order: `(num_segments,)`.
+
+    The packed counterpart of `dmpo_trl.loss.weighted_sequence_logps`: positions with weight 0 contribute exactly 0
+    even if their log-prob is not finite.
+    """
+    if per_token_logps.shape != weights.shape:
+        raise ValueError(f"shape mismatch: logps {tuple(per_token_logps.shape)} vs weights {tuple(weights.shape)}")
+    contributions = per_token_logps * weights.to(per_token_logps.dtype)
+    contributions = torch.where(weights != 0, contributions, torch.zeros_like(contributions))
+    return segment_sum(contributions, segment_ids, num_segments)
+
+
+def _attn_implementation(model) -> str | None:
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    return getattr(config, "_attn_implementation", None)
+
+
+def is_flash_attention(model) -> bool:
+    """Whether the model runs a FlashAttention implementation (which separates packed sequences in one row only)."""
+    impl = _attn_implementation(model) or ""
+    return "flash" in impl and "flex" not in impl
+
+
+@torch.no_grad()
+def check_packed_attention(
+    model, token_ids: torch.Tensor, num_rows: int = 2, seq_len: int = 6, extra_kwargs=None
+) -> None:
+    """Raise `ValueError` unless packed sequences of this model are independent (checked, not assumed).
+
+    Builds ``num_rows`` rows of two sequences ``[A | B]`` from ``token_ids``, runs the model on them and on
+    ``[A' | B]`` (A's tokens changed), and requires B's logits to be unchanged: any attention from B into A (a mask
+    not derived from ``position_ids``, a model that ignores them, FlashAttention with several rows, ...) shows up.
+    Runs in eval mode (no dropout) and restores the training mode. ``extra_kwargs(position_ids)`` returns further
+    forward arguments (the varlen ``cu_seq_lens`` the trainer passes), so the check runs the same path as training.
+    """
+    device = next(model.parameters()).device
+    token_ids = token_ids.reshape(-1)[: 2 * seq_len].to(device)
+    if token_ids.numel() < 2 * seq_len:
+        token_ids = token_ids.repeat(2 * seq_len)[: 2 * seq_len]
+    a, b = token_ids[:seq_len], token_ids[seq_len:]
+    a_changed = torch.flip(b, dims=[0])
+    if torch.equal(a_changed, a):
+        a_changed = torch.roll(a, 1)
+    positions = torch.cat([torch.arange(seq_len), torch.arange(seq_len)]).to(device).expand(num_rows, -1)
+    was_training = model.training
+    model.eval()
+    try:
+        outs = []
+        for first in (a, a_changed):
+            row = torch.cat([first, b]).expand(num_rows, -1).contiguous()
+            extra = extra_kwargs(positions) if extra_kwargs is not None else {}
+            logits = model(input_ids=row, position_ids=positions, use_cache=False, **extra).logits
+            outs.append(logits[:, seq_len:].float())
+    finally:
+        model.train(was_training)
+    diff = (outs[0] - outs[1]).abs().max().item()
+    scale = outs[0].abs().max().item()
+    if not diff <= 1e-5 * max(scale, 1.0):
+        raise ValueError(
+            f"padding_free=True: with this model (attention implementation {_attn_implementation(model)!r}, "
+            f"{num_rows} packed row(s)) a packed sequence attends to the sequence before it (its logits change by "
+            f"{diff:.3g} when the other sequence changes). Packed batches need a model whose attention mask is "
+            "derived from `position_ids` when `attention_mask` is None (transformers' sdpa / eager / flex attention, "
+            "or FlashAttention with a single row). Use padding_free=False or another attn_implementation."
+        )
