@@ -408,7 +408,11 @@ class DMPOTrainer(DPOTrainer):
         return loss
 
     def _log_dmpo_metrics(self, mode, inputs, outputs, out, policy_chosen, policy_rejected):
+        # Per-pair tensors go through gather_for_metrics, which drops the duplicates padding the last batch; it trims
+        # along dim 0 by pairs, so [chosen; rejected] tensors are split into halves first. Token counts are (1,)-shaped
+        # sums, gathered as they are (gather_for_metrics would trim them like samples).
         gather = self.accelerator.gather_for_metrics
+        gather_sum = self.accelerator.gather
         metrics = self._metrics[mode]
         mask = inputs["completion_mask"][:, 1:].bool()
         chosen_mask, rejected_mask = self._side_token_masks(inputs)
@@ -417,8 +421,8 @@ class DMPOTrainer(DPOTrainer):
         real = (inputs["sequence_ids"] >= 0) if packed else inputs["attention_mask"]
 
         def masked_mean(values, m):
-            total = gather(values[m].float().sum().reshape(1)).sum()
-            count = gather(m.sum().reshape(1)).sum()
+            total = gather_sum(values[m].float().sum().reshape(1)).sum()
+            count = gather_sum(m.sum().reshape(1)).sum()
             return (total / count).item() if count > 0 else 0.0
 
         metrics["entropy"].append(masked_mean(outputs.entropy[:, -seq_len:].detach(), mask))
@@ -433,7 +437,7 @@ class DMPOTrainer(DPOTrainer):
         metrics["logits/rejected"].append(masked_mean(rejected_logits, rejected_mask))
         metrics["mean_token_accuracy"].append(masked_mean(chosen_top1, chosen_mask))
         if mode == "train":
-            self._total_train_tokens += gather(real.sum().reshape(1)).sum().item() // self._tp_size
+            self._total_train_tokens += gather_sum(real.sum().reshape(1)).sum().item() // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
 
         chosen_rewards, rejected_rewards = gather(out.chosen_rewards), gather(out.rejected_rewards)
@@ -444,17 +448,16 @@ class DMPOTrainer(DPOTrainer):
         metrics["logps/chosen"].append(gather(policy_chosen.detach()).mean().item())
         metrics["logps/rejected"].append(gather(policy_rejected.detach()).mean().item())
 
-        num_turns, kept_turns = gather(inputs["num_turns"]), gather(inputs["kept_turns"])
-        turns_w, turns_l = num_turns.float().chunk(2, dim=0)
-        metrics["turns/chosen"].append(turns_w.mean().item())
-        metrics["turns/rejected"].append(turns_l.mean().item())
-        action_tokens = gather(inputs["completion_mask"].sum().reshape(1)).sum()
-        real_tokens = gather(real.sum().reshape(1)).sum()
+        turns_w, turns_l = (gather(x) for x in inputs["num_turns"].chunk(2, dim=0))
+        kept_w, kept_l = (gather(x) for x in inputs["kept_turns"].chunk(2, dim=0))
+        metrics["turns/chosen"].append(turns_w.float().mean().item())
+        metrics["turns/rejected"].append(turns_l.float().mean().item())
+        action_tokens = gather_sum(inputs["completion_mask"].sum().reshape(1)).sum()
+        real_tokens = gather_sum(real.sum().reshape(1)).sum()
         metrics["action_token_share"].append((action_tokens / real_tokens.clamp(min=1)).item())
-        dropped = num_turns - kept_turns
-        metrics["truncation/actions_dropped"].append(dropped.sum().item())
-        pair_truncated = (dropped.chunk(2, dim=0)[0] > 0) | (dropped.chunk(2, dim=0)[1] > 0)
-        metrics["truncation/pairs_truncated"].append(pair_truncated.float().mean().item())
+        dropped_w, dropped_l = turns_w - kept_w, turns_l - kept_l
+        metrics["truncation/actions_dropped"].append((dropped_w.sum() + dropped_l.sum()).item())
+        metrics["truncation/pairs_truncated"].append(((dropped_w > 0) | (dropped_l > 0)).float().mean().item())
 
     # ------------------------------------------------------------ model card
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):

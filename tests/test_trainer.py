@@ -317,3 +317,15 @@ def test_trainer_applies_the_structural_checks(tmp_path, tok):
     with pytest.raises(ValueError, match=r"row 1, chosen: "):
         DMPOTrainer(model=tiny_model(tok), args=make_args(tmp_path),
                     train_dataset=Dataset.from_list(rows), processing_class=tok)
+
+
+def test_short_last_batch_trains_and_logs(tmp_path, tok):
+    """5 pairs, batch 2: the last batch holds one pair; metrics gathered per pair must not break on it."""
+    trainer = DMPOTrainer(
+        model=tiny_model(tok), args=make_args(tmp_path, per_device_train_batch_size=2, max_steps=-1, num_train_epochs=1),
+        train_dataset=Dataset.from_list(dataset_rows(5)), processing_class=tok,
+    )
+    trainer.train()
+    assert trainer.state.global_step == 3
+    turns = {sum(m["role"] == "assistant" for m in r["chosen"]) for r in dataset_rows(5)}
+    assert trainer.state.log_history[2]["turns/chosen"] in turns  # one pair: its own T, not a mix of halves
