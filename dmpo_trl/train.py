@@ -166,6 +166,8 @@ def main(argv: Sequence[str] | None = None, callbacks: list[TrainerCallback] | N
     """Parse, train, save; returns the exit code. `callbacks` is for programmatic use (tests, wrappers)."""
     script_args, training_args, model_args = parse_args(argv)
     trainer = run(script_args, training_args, model_args, callbacks)
+    # Every rank must be done with saving / the card / the push before any rank tears the process group down.
+    trainer.accelerator.wait_for_everyone()
     end = getattr(trainer, "end", None)
     if callable(end):  # transformers >= 5.18: finish trackers, destroy the process group
         end()
