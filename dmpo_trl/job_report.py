@@ -116,12 +116,34 @@ def write_report(path: str | Path, summary: dict[str, Any]) -> Path:
     ]:
         metric_rows.append([label, _fmt(before[key]), _fmt(after[key]), _fmt(gold[key]) if gold else "-"])
     train = s["train"]
+    runtime = (
+        f"Finished: {s['finished']}; machine: {s['machine']}; total runtime **{s['runtime_s']:.0f} s** "
+        f"({s['runtime_s'] / 60:.1f} min)."
+    )
+    heldout = (
+        f"{before['episodes']:.0f} held-out episodes (unseen game seeds, disjoint from the training ones); at most "
+        f"{s['settings']['eval_max_steps']} actions each. Gold path lengths of these episodes (actions: episodes): "
+        f"{s['heldout_gold_lengths']}."
+    )
+    training = (
+        f"{train['steps']} optimizer steps on {train['pairs']} pairs in {train['runtime_s']:.0f} s. "
+        f"Loss {_fmt(train['first_loss'])} -> {_fmt(train['last_loss'])}; reward margin "
+        f"{_fmt(train['first_margin'])} -> {_fmt(train['last_margin'])}; reward accuracy (last step) "
+        f"{_fmt(train['last_accuracy'])}."
+    )
+    during = []
+    if s.get("eval_during_training"):
+        points = ", ".join(f"step {step}: {m['success_rate']:.3f}" for step, m in s["eval_during_training"])
+        during = [f"Held-out success during training (EnvEvalCallback): {points}", ""]
+    turns = (
+        f"Mean implicit reward `beta * r_t` per turn index on {s['turn_rewards']['pairs']} held-out pairs "
+        "(after training):"
+    )
     parts = [
         "# DMPO main job report",
         "",
         f"Command: `{s['command']}`  ",
-        f"Finished: {s['finished']}; machine: {s['machine']}; total runtime **{s['runtime_s']:.0f} s** "
-        f"({s['runtime_s'] / 60:.1f} min).",
+        runtime,
         "",
         "## Settings",
         "",
@@ -129,9 +151,7 @@ def write_report(path: str | Path, summary: dict[str, Any]) -> Path:
         "",
         "## Held-out episodes (greedy decoding)",
         "",
-        f"{before['episodes']:.0f} held-out episodes (unseen game seeds, disjoint from the training ones); at most "
-        f"{s['settings']['eval_max_steps']} actions each. Gold path lengths of these episodes (actions: episodes): "
-        f"{s['heldout_gold_lengths']}.",
+        heldout,
         "",
         _table(metric_rows, ["figure", "before", "after DMPO", "gold actions (oracle)"]),
         "",
@@ -139,24 +159,12 @@ def write_report(path: str | Path, summary: dict[str, Any]) -> Path:
         "",
         "## Training",
         "",
-        f"{train['steps']} optimizer steps on {train['pairs']} pairs in {train['runtime_s']:.0f} s. "
-        f"Loss {_fmt(train['first_loss'])} -> {_fmt(train['last_loss'])}; reward margin "
-        f"{_fmt(train['first_margin'])} -> {_fmt(train['last_margin'])}; reward accuracy (last step) "
-        f"{_fmt(train['last_accuracy'])}.",
+        training,
         "",
         "![loss and reward margin](training.png)",
         "",
-        *(
-            [
-                "Held-out success during training (EnvEvalCallback): "
-                + ", ".join(f"step {step}: {m['success_rate']:.3f}" for step, m in s["eval_during_training"]),
-                "",
-            ]
-            if s.get("eval_during_training")
-            else []
-        ),
-        f"Mean implicit reward `beta * r_t` per turn index on {s['turn_rewards']['pairs']} held-out pairs "
-        "(after training):",
+        *during,
+        turns,
         "",
         _table(
             [[t, _fmt(c), _fmt(r)] for t, c, r in s["turn_rewards"]["table"]],

@@ -160,8 +160,16 @@ def run_main_job(cfg: MainJobConfig, command: str | None = None) -> dict[str, An
     stages("3/6 evaluation before training")
     gold = evaluate_policy(env, GoldPolicy(), heldout, max_steps=cfg.eval_max_steps, progress=False)
     autocast = torch.bfloat16 if cfg.bf16 else None
-    before = evaluate_model(model, tokenizer, env, heldout, max_steps=cfg.eval_max_steps,
-                            max_new_tokens=cfg.max_new_tokens, desc="eval before", autocast_dtype=autocast)
+    before = evaluate_model(
+        model,
+        tokenizer,
+        env,
+        heldout,
+        max_steps=cfg.eval_max_steps,
+        max_new_tokens=cfg.max_new_tokens,
+        desc="eval before",
+        autocast_dtype=autocast,
+    )
     print(f"    before: {before.metrics()}")
 
     stages("4/6 DMPO training (LoRA)")
@@ -199,8 +207,9 @@ def run_main_job(cfg: MainJobConfig, command: str | None = None) -> dict[str, An
     if cfg.eval_every:
         from .envs.callback import EnvEvalCallback
 
-        env_callback = EnvEvalCallback(env, heldout, max_steps=cfg.eval_max_steps, max_new_tokens=cfg.max_new_tokens,
-                                       every_n_steps=cfg.eval_every).attach(trainer)
+        env_callback = EnvEvalCallback(
+            env, heldout, max_steps=cfg.eval_max_steps, max_new_tokens=cfg.max_new_tokens, every_n_steps=cfg.eval_every
+        ).attach(trainer)
     t0 = time.perf_counter()
     trainer.train()
     train_summary = _train_summary(trainer.state.log_history, time.perf_counter() - t0, len(splits.train))
@@ -211,8 +220,16 @@ def run_main_job(cfg: MainJobConfig, command: str | None = None) -> dict[str, An
     from .turn_rewards import mean_by_turn, turn_log_ratios
 
     policy = trainer.model
-    after = evaluate_model(policy, tokenizer, env, heldout, max_steps=cfg.eval_max_steps,
-                           max_new_tokens=cfg.max_new_tokens, desc="eval after", autocast_dtype=autocast)
+    after = evaluate_model(
+        policy,
+        tokenizer,
+        env,
+        heldout,
+        max_steps=cfg.eval_max_steps,
+        max_new_tokens=cfg.max_new_tokens,
+        desc="eval after",
+        autocast_dtype=autocast,
+    )
     print(f"    after: {after.metrics()}")
     ratios = turn_log_ratios(policy, tokenizer, splits.heldout[: cfg.turn_reward_pairs])
     env.close()
@@ -226,9 +243,7 @@ def run_main_job(cfg: MainJobConfig, command: str | None = None) -> dict[str, An
     plot_success(before.metrics(), after.metrics(), out / "success.png")
     chosen = {t: v for t, v, _ in mean_by_turn(ratios, "chosen", cfg.beta)}
     rejected = {t: v for t, v, _ in mean_by_turn(ratios, "rejected", cfg.beta)}
-    turn_table = [
-        [t, chosen.get(t, "-"), rejected.get(t, "-")] for t in sorted(set(chosen) | set(rejected))
-    ]
+    turn_table = [[t, chosen.get(t, "-"), rejected.get(t, "-")] for t in sorted(set(chosen) | set(rejected))]
     stages.close()
     summary = {
         "command": command or "python -m dmpo_trl.main_job " + " ".join(map(shlex.quote, sys.argv[1:])),
@@ -236,8 +251,13 @@ def run_main_job(cfg: MainJobConfig, command: str | None = None) -> dict[str, An
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
         f"{'CUDA' if torch.cuda.is_available() else 'CPU'}",
         "runtime_s": stages.elapsed,
-        "settings": {**asdict(cfg), "model": model_path, "train_pairs": len(splits.train),
-                     "heldout_episodes": len(heldout), "skipped_episodes": splits.info["skipped"]},
+        "settings": {
+            **asdict(cfg),
+            "model": model_path,
+            "train_pairs": len(splits.train),
+            "heldout_episodes": len(heldout),
+            "skipped_episodes": splits.info["skipped"],
+        },
         "eval": {"before": before.metrics(), "after": after.metrics(), "gold": gold.metrics()},
         "eval_during_training": during,
         "heldout_gold_lengths": dict(sorted(Counter(e.steps for e in gold.episodes).items())),
@@ -254,8 +274,10 @@ def run_main_job(cfg: MainJobConfig, command: str | None = None) -> dict[str, An
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     write_report(out / "report.md", summary)
     print(f"\nreport: {out / 'report.md'}  (total {stages.elapsed:.0f} s)")
-    print(f"success rate on {len(heldout)} held-out episodes: before {before.success_rate:.3f}, "
-          f"after {after.success_rate:.3f}")
+    print(
+        f"success rate on {len(heldout)} held-out episodes: before {before.success_rate:.3f}, "
+        f"after {after.success_rate:.3f}"
+    )
     return summary
 
 

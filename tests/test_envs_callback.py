@@ -22,13 +22,23 @@ def test_callback_logs_through_dmpo_trainer(tmp_path):
     env = KeyDoorEnv()
     tok = make_tokenizer("qwen2_5")
     rows = build_pairs(env, [0, 1, 2, 3], seed=0, progress=False)
-    callback = EnvEvalCallback(lambda: env, [100, 101], max_steps=2, max_new_tokens=4, every_n_steps=2,
-                               on_train_begin=True, progress=False)
-    args = DMPOConfig(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, logging_steps=1,
-                      report_to=[], save_strategy="no", use_cpu=True, activation_checkpointing=False,
-                      disable_tqdm=True)
-    trainer = DMPOTrainer(model=tiny_model(tok), args=args, train_dataset=to_dataset(rows), processing_class=tok,
-                          callbacks=[callback])
+    callback = EnvEvalCallback(
+        lambda: env, [100, 101], max_steps=2, max_new_tokens=4, every_n_steps=2, on_train_begin=True, progress=False
+    )
+    args = DMPOConfig(
+        output_dir=str(tmp_path),
+        max_steps=4,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        activation_checkpointing=False,
+        disable_tqdm=True,
+    )
+    trainer = DMPOTrainer(
+        model=tiny_model(tok), args=args, train_dataset=to_dataset(rows), processing_class=tok, callbacks=[callback]
+    )
     callback.attach(trainer)
     assert trainer.callback_handler.callbacks.count(callback) == 1  # attach does not register twice
     trainer.train()

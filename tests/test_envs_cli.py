@@ -13,8 +13,25 @@ from dmpo_trl.testing import make_tokenizer, save_tiny_model
 
 def test_build_pairs_command(tmp_path, capsys):
     out = tmp_path / "pairs"
-    code = cli.main(["build-pairs", "--env", "twx", "--task", "coin", "--setting", "clean", "--train", "4",
-                     "--heldout", "2", "--seed", "5", "-o", str(out)])
+    code = cli.main(
+        [
+            "build-pairs",
+            "--env",
+            "twx",
+            "--task",
+            "coin",
+            "--setting",
+            "clean",
+            "--train",
+            "4",
+            "--heldout",
+            "2",
+            "--seed",
+            "5",
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 0
     train, heldout = read_jsonl(out / "train.jsonl"), read_jsonl(out / "heldout.jsonl")
     assert len(train) == 4 and len(heldout) == 2

@@ -84,7 +84,12 @@ def test_base_bookkeeping():
     env = KeyDoorEnv()
     env.reset(2)
     first = env.step("take green key")
-    assert (first.score, first.reward, first.valid, env.num_steps) == (pytest.approx(1 / 3), pytest.approx(1 / 3), True, 1)
+    assert (first.score, first.reward, first.valid, env.num_steps) == (
+        pytest.approx(1 / 3),
+        pytest.approx(1 / 3),
+        True,
+        1,
+    )
     bad = env.step("dance")
     assert not bad.valid and bad.reward == 0 and env.num_steps == 2
 

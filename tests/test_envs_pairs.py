@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from dmpo_trl.envs import make_env
+from dmpo_trl.envs import DMPOEnvError, make_env
 from dmpo_trl.envs.io import read_jsonl, save_jsonl_splits, to_dataset_dict
 from dmpo_trl.envs.pairs import build_pairs, build_splits
 from dmpo_trl.envs.trajectory import check_replay, replay_mismatches
-from dmpo_trl.envs import DMPOEnvError
 
 from .envs_checks import assert_pair_semantics
 from .toy_env import KeyDoorEnv
@@ -34,7 +33,7 @@ def test_textworld_express_pairs_replay_and_gold_wins(twx, setting):
     assert len(splits.train) == 8 and len(splits.heldout) == 4
     assert not set(splits.train_variations) & set(splits.heldout_variations)
     # TextWorld-Express splits by game seed: train seeds < 10000, test seeds >= 20000
-    assert max(splits.train_variations) < 10000 <= 20000 <= min(splits.heldout_variations)
+    assert max(splits.train_variations) < 10000 and min(splits.heldout_variations) >= 20000
     for row in splits.train + splits.heldout:
         assert row["env"] == "textworld-express" and row["task"] == "coin" and row["setting"] == setting
         assert_pair_semantics(twx, row)
@@ -73,8 +72,9 @@ def test_same_seed_same_pairs_other_seed_other_pairs(twx):
 
 def test_custom_environment_pairs_and_splits():
     env = KeyDoorEnv()
-    splits = build_splits(env, num_train=5, num_heldout=3, setting="clean", seed=0, pairs_per_variation=2,
-                          progress=False)
+    splits = build_splits(
+        env, num_train=5, num_heldout=3, setting="clean", seed=0, pairs_per_variation=2, progress=False
+    )
     assert len(splits.train) == 10 and len(splits.heldout) == 6
     assert {r["split"] for r in splits.train} == {"train"} and {r["split"] for r in splits.heldout} == {"heldout"}
     for row in splits.train + splits.heldout:

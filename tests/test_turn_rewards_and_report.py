@@ -47,11 +47,12 @@ def test_mean_by_turn():
 
 
 def test_report_and_plots(tmp_path):
-    figures = {"success_rate": 0.25, "mean_score": 0.5, "mean_steps": 2.5, "invalid_action_rate": 0.75,
-               "episodes": 4.0}
+    figures = {"success_rate": 0.25, "mean_score": 0.5, "mean_steps": 2.5, "invalid_action_rate": 0.75, "episodes": 4.0}
     after = {**figures, "success_rate": 0.75}
-    history = [{"loss": 0.69, "rewards/margins": 0.0, "rewards/accuracies": 0.0, "step": 1},
-               {"loss": 0.41, "rewards/margins": 0.9, "rewards/accuracies": 1.0, "step": 2}]
+    history = [
+        {"loss": 0.69, "rewards/margins": 0.0, "rewards/accuracies": 0.0, "step": 1},
+        {"loss": 0.41, "rewards/margins": 0.9, "rewards/accuracies": 1.0, "step": 2},
+    ]
     ratios = [{"chosen": [0.1, 0.2], "rejected": [-0.3]}]
     for path in (
         plot_training(history, tmp_path / "training.png", [(1, 0.0), (2, 0.5)]),
@@ -68,8 +69,16 @@ def test_report_and_plots(tmp_path):
         "eval": {"before": figures, "after": after, "gold": {**figures, "success_rate": 1.0}},
         "eval_during_training": [(2, after)],
         "heldout_gold_lengths": {1: 3, 2: 1},
-        "train": {"steps": 2, "pairs": 4, "runtime_s": 10.0, "first_loss": 0.69, "last_loss": 0.41,
-                  "first_margin": 0.0, "last_margin": 0.9, "last_accuracy": 1.0},
+        "train": {
+            "steps": 2,
+            "pairs": 4,
+            "runtime_s": 10.0,
+            "first_loss": 0.69,
+            "last_loss": 0.41,
+            "first_margin": 0.0,
+            "last_margin": 0.9,
+            "last_accuracy": 1.0,
+        },
         "turn_rewards": {"pairs": 1, "table": [[0, 0.01, -0.03], [1, 0.02, "-"]]},
         "stage_times_s": {"train": 10.0},
         "samples": [{"variation": 7, "before": ["dance"], "after": ["take coin"]}],

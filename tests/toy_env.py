@@ -67,4 +67,4 @@ class KeyDoorEnv(AgentEnv):
         return [f"take {self.key} key", "open door", "move north", "take coin"]
 
     def variations(self, split: str) -> list[int]:
-        return {"train": list(range(0, 50)), "dev": list(range(50, 60)), "test": list(range(100, 120))}[split]
+        return {"train": list(range(50)), "dev": list(range(50, 60)), "test": list(range(100, 120))}[split]

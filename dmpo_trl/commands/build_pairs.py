@@ -20,15 +20,25 @@ def register(subparsers) -> None:
     parser.add_argument("--train", type=int, default=64, metavar="N", help="training episodes (default 64)")
     parser.add_argument("--heldout", type=int, default=16, metavar="N", help="held-out episodes (default 16)")
     parser.add_argument("--pairs-per-episode", type=int, default=1, metavar="K", help="losing trajectories per episode")
-    parser.add_argument("--max-extra-turns", type=int, default=2, metavar="N",
-                        help="a losing trajectory has at most len(gold)+N actions (default 2)")
+    parser.add_argument(
+        "--max-extra-turns",
+        type=int,
+        default=2,
+        metavar="N",
+        help="a losing trajectory has at most len(gold)+N actions (default 2)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same pairs)")
-    parser.add_argument("--game-params", default=None,
-                        help="TextWorld-Express game parameters, e.g. numLocations=3,includeDoors=0")
+    parser.add_argument(
+        "--game-params", default=None, help="TextWorld-Express game parameters, e.g. numLocations=3,includeDoors=0"
+    )
     parser.add_argument("--simplifications", default=None, help="ScienceWorld simplifications (default: easy)")
     parser.add_argument("--output-dir", "-o", required=True, metavar="OUT", help="where to write the JSONL files")
-    parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also push both splits to this Hub "
-                        "dataset repository (needs network access and a login)")
+    parser.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="REPO_ID",
+        help="also push both splits to this Hub dataset repository (needs network access and a login)",
+    )
     parser.add_argument("--public", action="store_true", help="make the Hub repository public (default private)")
     parser.set_defaults(func=run)
 

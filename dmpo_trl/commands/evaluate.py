@@ -16,15 +16,21 @@ def register(subparsers) -> None:
         "folder (adapter_config.json; its base model is loaded), a Hub id (needs network), 'default' for the "
         "embedded SmolLM2-135M-Instruct, or 'gold' for the gold-action oracle.",
     )
-    parser.add_argument("--model", required=True, metavar="PATH", help="model folder, adapter folder, Hub id, "
-                        "'default' or 'gold'")
+    parser.add_argument(
+        "--model", required=True, metavar="PATH", help="model folder, adapter folder, Hub id, 'default' or 'gold'"
+    )
     parser.add_argument("--env", default="textworld-express", help="textworld-express (twx) or scienceworld")
     parser.add_argument("--task", default=None, help="game/task (default: coin / lifespan-longest-lived)")
     parser.add_argument("--episodes", type=int, default=16, metavar="N", help="number of episodes (default 16)")
-    parser.add_argument("--split", default="test", choices=("train", "dev", "test"),
-                        help="which of the environment's splits to draw the episodes from (default test)")
-    parser.add_argument("--first-variation", type=int, default=0, metavar="I",
-                        help="skip the split's first I episodes (default 0)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "dev", "test"),
+        help="which of the environment's splits to draw the episodes from (default test)",
+    )
+    parser.add_argument(
+        "--first-variation", type=int, default=0, metavar="I", help="skip the split's first I episodes (default 0)"
+    )
     parser.add_argument("--max-steps", type=int, default=10, help="actions per episode (default 10)")
     parser.add_argument("--max-new-tokens", type=int, default=24, help="tokens per reply (default 24)")
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -66,7 +72,12 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
             model, tokenizer = load_model(args.model)
             extra = {"do_sample": True} if args.sample else {}
             result = evaluate_model(
-                model, tokenizer, env, variations, max_steps=args.max_steps, max_new_tokens=args.max_new_tokens,
+                model,
+                tokenizer,
+                env,
+                variations,
+                max_steps=args.max_steps,
+                max_new_tokens=args.max_new_tokens,
                 policy_factory=lambda m, t, **kw: _policy(m, t, **kw, **extra),
             )
     finally:

@@ -33,8 +33,9 @@ def require_java(env_name: str) -> str:
                 f" JAVA_HOME is set to {java_home!r}, but {env_name} starts `java` from PATH: add "
                 f"{os.path.join(java_home, 'bin')!r} to PATH."
             )
-        raise JavaNotFoundError(f"{env_name} needs Java, and no `java` executable was found on PATH.{extra} "
-                                f"{JAVA_INSTALL_HINT}")
+        raise JavaNotFoundError(
+            f"{env_name} needs Java, and no `java` executable was found on PATH.{extra} {JAVA_INSTALL_HINT}"
+        )
     return java
 
 

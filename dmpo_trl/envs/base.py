@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "AgentEnv",
@@ -197,7 +200,7 @@ class AgentEnv(abc.ABC):
         """`"<env>/<task>"`, for messages."""
         return f"{self.env_name}/{self.task}"
 
-    def __enter__(self) -> AgentEnv:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -91,10 +91,17 @@ class EnvEvalCallback(TrainerCallback):
         """Run the evaluation now and log it; returns the logged figures."""
         tokenizer = self.tokenizer or tokenizer
         if tokenizer is None:
-            raise ValueError("EnvEvalCallback needs a tokenizer: pass tokenizer= or give the trainer a processing_class")
+            raise ValueError(
+                "EnvEvalCallback needs a tokenizer: pass tokenizer= or give the trainer a processing_class"
+            )
         result = evaluate_model(
-            model, tokenizer, self.env, self.variations, max_steps=self.max_steps,
-            max_new_tokens=self.max_new_tokens, progress=self.progress,
+            model,
+            tokenizer,
+            self.env,
+            self.variations,
+            max_steps=self.max_steps,
+            max_new_tokens=self.max_new_tokens,
+            progress=self.progress,
             desc=f"env eval @ step {state.global_step}",
         )
         self.history.append((state.global_step, result))

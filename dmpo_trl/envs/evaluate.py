@@ -163,15 +163,27 @@ class HFPolicy:
         **generate_kwargs: passed to `model.generate`.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 24, do_sample: bool = False,
-                 reuse_cache: bool = True, **generate_kwargs: Any):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_new_tokens: int = 24,
+        do_sample: bool = False,
+        reuse_cache: bool = True,
+        **generate_kwargs: Any,
+    ):
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError("the tokenizer has no chat template; HFPolicy needs one to render the conversation")
         self.model, self.tokenizer = model, tokenizer
         self.reuse_cache = reuse_cache
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.generate_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "pad_token_id": pad,
-                                **generate_kwargs}
+        self.generate_kwargs = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample,
+            "pad_token_id": pad,
+            **generate_kwargs,
+        }
         self._cache: Any = None
         self._cached_ids: list[int] = []
 

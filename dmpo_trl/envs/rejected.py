@@ -31,8 +31,18 @@ logger = logging.getLogger(__name__)
 # Actions that change nothing in the world (used by the clean sampler only as a last resort).
 META_ACTIONS = frozenset({"look around", "inventory", "task", "help", "wait", "wait1", "look"})
 
-_UNKNOWN_VERBS = {"take": "grab", "move": "walk", "open": "unlock", "put": "place", "read": "study",
-                  "go": "run", "focus": "concentrate", "pick": "lift", "look": "peek", "close": "shut"}
+_UNKNOWN_VERBS = {
+    "take": "grab",
+    "move": "walk",
+    "open": "unlock",
+    "put": "place",
+    "read": "study",
+    "go": "run",
+    "focus": "concentrate",
+    "pick": "lift",
+    "look": "peek",
+    "close": "shut",
+}
 _ABSENT_OBJECTS = ("unicorn", "treasure chest", "golden key", "spaceship", "dragon")
 _CHATTER = ("I should {a} next.", "Let me think about what to do.", "{a}, then check the result.")
 
@@ -58,19 +68,24 @@ def _take(env: AgentEnv, variation: int, traj: Trajectory, action: str, *, must_
     understand it), undo it by replaying the trajectory without it and return False."""
     step = env.step(action)
     if step.success or (must_be_valid and not step.valid):
-        logger.debug("%s variation %s: taking back %r (%s)", env.describe(), variation, action,
-                     "solves the task" if step.success else f"rejected: {step.observation[:60]!r}")
+        logger.debug(
+            "%s variation %s: taking back %r (%s)",
+            env.describe(),
+            variation,
+            action,
+            "solves the task" if step.success else f"rejected: {step.observation[:60]!r}",
+        )
         replay = run_actions(env, variation, traj.actions)
         if replay.done:
-            raise DMPOEnvError(f"{env.describe()} variation {variation}: replay ended early, the env is not deterministic")
+            raise DMPOEnvError(
+                f"{env.describe()} variation {variation}: replay ended early, the env is not deterministic"
+            )
         return False
     traj.add(action, step)
     return True
 
 
-def sample_noisy(
-    env: AgentEnv, variation: int, gold: Sequence[str], rng: random.Random, max_turns: int
-) -> Trajectory:
+def sample_noisy(env: AgentEnv, variation: int, gold: Sequence[str], rng: random.Random, max_turns: int) -> Trajectory:
     """Gold prefix, then repeated or invalid actions (at least one), never solving the task."""
     k = _prefix_len(rng, gold)
     traj = run_actions(env, variation, gold[:k])
@@ -100,9 +115,7 @@ def _deviation_point(env: AgentEnv, variation: int, gold: Sequence[str], rng: ra
     return order[0], run_actions(env, variation, gold[: order[0]])
 
 
-def sample_clean(
-    env: AgentEnv, variation: int, gold: Sequence[str], rng: random.Random, max_turns: int
-) -> Trajectory:
+def sample_clean(env: AgentEnv, variation: int, gold: Sequence[str], rng: random.Random, max_turns: int) -> Trajectory:
     """Gold prefix, then valid, non-repeated, non-gold actions that do not solve the task."""
     k, traj = _deviation_point(env, variation, gold, rng)
     target = max(k + 1, rng.randint(k + 1, max(k + 1, max_turns)))

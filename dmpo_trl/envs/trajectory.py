@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -46,7 +47,7 @@ class Trajectory:
     @property
     def num_repeated(self) -> int:
         """Actions identical to the action right before them."""
-        return sum(a == b for a, b in zip(self.actions, self.actions[1:]))
+        return sum(a == b for a, b in itertools.pairwise(self.actions))
 
     def messages(self) -> list[dict[str, str]]:
         """The completion as messages: assistant action, user observation, assistant action, ..."""
