@@ -1,14 +1,14 @@
 """Throughput suite: DPOTrainer (padded) vs DMPOTrainer (padded) vs DMPOTrainer (padding-free) on agent-like data.
 
-    python benchmarks/suite.py [--steps 4] [--warmup 1] [--repeats 2] [--batch 2] [--max-length 2048]
+    python benchmarks/suite.py [--steps 4] [--warmup 1] [--repeats 2] [--batch 2] [--max-length 4096]
                                [--hidden 256] [--layers 4] [--kinds dpo,dmpo,dmpo_pf]
 
 Length distribution (`benchmarks.agent_data.agent_pairs(..., obs_words=(8, 80))`, seeded): a system message and a
 task of 20-60 words (prompt ~100-210 tokens); chosen trajectories of 3-12 actions, rejected ones of 3-40 actions
 (failures run longer); each action "Thought: ... Action: ..." of 5-25 words (~10-90 tokens); each observation 8-80
 words, i.e. ~20-200 tokens with the benchmark tokenizer. Trajectories are truncated to `--max-length` tokens by each
-trainer's own rule (DMPO drops whole trailing actions, DPO cuts at the token). The parent prints the measured token
-lengths.
+trainer's own rule (DMPO drops whole trailing actions, DPO cuts at the token); the default 4096 is the authors'
+setting. The parent prints the measured token lengths.
 
 Every trainer gets the same tiny Llama (random init, seed 0, `sdpa` attention, float32, `bf16=False`), the same
 frozen reference copy, the same `TrainingArguments` and the same batches. Each measurement is a fresh process (see
@@ -87,7 +87,7 @@ def main():
     p.add_argument("--steps", type=int, default=4, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=1, help="untimed first steps per run")
     p.add_argument("--repeats", type=int, default=2, help="runs per trainer, interleaved")
-    p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--max-length", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0, help="data seed")
     p.add_argument("--kinds", default="dpo,dmpo,dmpo_pf", help=f"comma-separated, among {','.join(KINDS)}")
     p.add_argument("--peak-tflops", type=float, help="device peak (dense) TFLOP/s, to print model FLOPs utilisation")

@@ -17,11 +17,11 @@ from datasets.fingerprint import Hasher
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ._compat import check_trl_version
+from .attention import VARLEN_SDPA, use_varlen_sdpa, varlen_kwargs
 from .collator import DataCollatorForDMPO
 from .config import DMPOConfig
 from .errors import DMPODataError
 from .loss import dmpo_loss_from_scores, weighted_sequence_logps
-from .attention import VARLEN_SDPA, use_varlen_sdpa, varlen_kwargs
 from .packing import check_packed_attention, is_flash_attention, packed_sequence_scores, segment_sum
 from .validation import prepare_pair
 
@@ -94,7 +94,9 @@ class DMPOTrainer(DPOTrainer):
     may be another model or unreachable).
 
     `args.padding_free=True` packs each batch into rows (`dmpo_trl.packing`) for the policy and the reference pass
-    alike; the trainer checks once per model that packed sequences cannot attend to each other.
+    alike; models using ``sdpa`` (with full causal attention only) are switched to the per-sequence
+    ``dmpo_varlen_sdpa`` attention (`dmpo_trl.attention`, identical to ``sdpa`` outside packed batches), and the
+    trainer checks once per model that packed sequences cannot attend to each other.
     """
 
     _tag_names = ["trl", "dmpo"]
@@ -304,8 +306,9 @@ class DMPOTrainer(DPOTrainer):
         return "sequence_ids" in inputs
 
     def _model_inputs(self, model, inputs) -> dict[str, Any]:
-        """``input_ids`` plus ``attention_mask`` (padded) or ``position_ids`` (packed; no mask, so that transformers
-        derives the block-diagonal mask from the positions, checked once per model)."""
+        """``input_ids`` plus ``attention_mask`` (padded) or ``position_ids`` (packed: no mask; per-sequence
+        attention reads the boundaries from ``cu_seq_lens_*``, other implementations get transformers'
+        block-diagonal mask derived from the positions; isolation is checked once per model)."""
         if not self._is_packed(inputs):
             return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
         unwrapped = self.accelerator.unwrap_model(model)

@@ -304,3 +304,50 @@ def test_precomputed_reference_and_sft_term_with_padding_free(tmp_path, tok):
 
 def test_config_accepts_padding_free(tmp_path):
     assert DMPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, padding_free=True).padding_free
+
+
+def test_varlen_switch_is_sdpa_outside_packed_batches(tok):
+    from dmpo_trl.attention import use_varlen_sdpa
+
+    sdpa = tiny_model(tok, seed=3, attn_implementation="sdpa")
+    varlen = copy.deepcopy(sdpa)
+    assert use_varlen_sdpa(varlen) and varlen.config._attn_implementation == VARLEN_SDPA
+    ids = torch.randint(5, 400, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0  # right padding
+    with torch.no_grad():
+        assert torch.equal(sdpa(input_ids=ids, attention_mask=mask).logits, varlen(input_ids=ids, attention_mask=mask).logits)
+        assert torch.equal(sdpa(input_ids=ids).logits, varlen(input_ids=ids).logits)
+    prompt = ids[:1, :5]
+    out_a = sdpa.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    out_b = varlen.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert torch.equal(out_a, out_b)
+
+
+def test_sliding_window_model_keeps_transformers_mask_and_stays_exact(tmp_path, tok):
+    """A model with sliding-window layers is not switched (its window would be lost); packed batches then rely on
+    transformers' position-id mask, in bins, and still equal the padded batch."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    def model(seed):
+        torch.manual_seed(seed)
+        cfg = Qwen2Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, use_sliding_window=True, sliding_window=48,
+                          max_window_layers=0, pad_token_id=tok.pad_token_id, attn_implementation="sdpa")
+        return Qwen2ForCausalLM(cfg).float()
+
+    rows = dataset_rows(4, seed=6)
+    runs = {}
+    for padding_free in (False, True):
+        trainer = DMPOTrainer(model=model(0), ref_model=model(1), train_dataset=Dataset.from_list(rows),
+                              args=make_args(tmp_path / str(padding_free), padding_free=padding_free),
+                              processing_class=tok)
+        runs[padding_free] = (trainer, batch_of(trainer, 4))
+    packed_trainer, packed_batch = runs[True]
+    assert packed_trainer.model.config._attn_implementation == "sdpa" and packed_trainer.data_collator.packing == "bins"
+    assert packed_batch["position_ids"].max() > 48  # the window really cuts into the sequences
+    loss_a, scores_a, grads_a = loss_scores_grads(*runs[False])
+    loss_b, scores_b, grads_b = loss_scores_grads(*runs[True])
+    assert abs(loss_a.item() - loss_b.item()) < 1e-5 and torch.allclose(scores_a, scores_b, atol=1e-5, rtol=1e-6)
+    for name, g in grads_a.items():
+        assert torch.allclose(g, grads_b[name], atol=1e-5, rtol=0), name
