@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 
+
 WORDS = (
     "look around open door north south east west take coin key box table kitchen room fridge counter drawer "
     "move go to the a you see there is nothing special here score task done inventory examine put in on"
@@ -40,9 +41,11 @@ def agent_pairs(n: int, seed: int = 0, chosen=(3, 12), rejected=(3, 40), obs_wor
             {"role": "system", "content": "You are an agent in a text game. Answer with a thought and an action."},
             {"role": "user", "content": f"Task: {_text(rng, 20, 60)}"},
         ]
-        rows.append({
-            "prompt": prompt,
-            "chosen": _side(rng, rng.randint(*chosen), obs_words),
-            "rejected": _side(rng, rng.randint(*rejected), obs_words),
-        })
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": _side(rng, rng.randint(*chosen), obs_words),
+                "rejected": _side(rng, rng.randint(*rejected), obs_words),
+            }
+        )
     return rows

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ("dpo", "dmpo", "dmpo_pf", "dmpo_pf_bins", "dmpo_pf_dense")
 LABELS = {
@@ -47,16 +48,27 @@ def proc_status(field: str) -> int:
 # Random-init models from real configs (the benchmark tokenizer's ids are a subset of the vocabulary)
 PRESETS = {
     "qwen2.5-0.5b": dict(
-        hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-        vocab_size=151936, max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
         tie_word_embeddings=True,
     ),
 }
 
 
 def add_model_args(p) -> None:
-    p.add_argument("--preset", choices=["tiny", *PRESETS], default="tiny",
-                   help="tiny: a Llama sized by --hidden/--layers/--heads; otherwise a random-init real config")
+    p.add_argument(
+        "--preset",
+        choices=["tiny", *PRESETS],
+        default="tiny",
+        help="tiny: a Llama sized by --hidden/--layers/--heads; otherwise a random-init real config",
+    )
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
@@ -75,15 +87,24 @@ def build_model(args, tok):
 
     if args.preset == "tiny":
         return tiny_model(
-            tok, hidden_size=args.hidden, intermediate_size=args.hidden * 4, num_hidden_layers=args.layers,
-            num_attention_heads=args.heads, num_key_value_heads=args.heads, max_position_embeddings=16384,
+            tok,
+            hidden_size=args.hidden,
+            intermediate_size=args.hidden * 4,
+            num_hidden_layers=args.layers,
+            num_attention_heads=args.heads,
+            num_key_value_heads=args.heads,
+            max_position_embeddings=16384,
             attn_implementation=args.attn,
         )
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    config = Qwen2Config(**PRESETS[args.preset], pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                         attn_implementation=args.attn)
+    config = Qwen2Config(
+        **PRESETS[args.preset],
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        attn_implementation=args.attn,
+    )
     return Qwen2ForCausalLM(config).float()
 
 
@@ -100,18 +121,27 @@ def build_trainer(kind: str, args, rows):
     model = build_model(args, tok)
     ref_model = copy.deepcopy(model)  # every trainer gets the same explicit frozen reference
     common = dict(
-        output_dir=f"/tmp/dmpo_bench_{kind}_{os.getpid()}", per_device_train_batch_size=args.batch,
-        max_steps=args.steps + args.warmup, max_length=args.max_length, learning_rate=1e-5, report_to=[],
-        save_strategy="no", use_cpu=args.device == "cpu", bf16=args.bf16, gradient_checkpointing=False,
+        output_dir=f"/tmp/dmpo_bench_{kind}_{os.getpid()}",
+        per_device_train_batch_size=args.batch,
+        max_steps=args.steps + args.warmup,
+        max_length=args.max_length,
+        learning_rate=1e-5,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=args.device == "cpu",
+        bf16=args.bf16,
+        gradient_checkpointing=False,
         logging_steps=10_000,
-        disable_tqdm=True, seed=0,
+        disable_tqdm=True,
+        seed=0,
     )
     data = Dataset.from_list(rows)
     if kind == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        return DPOTrainer(model=model, ref_model=ref_model, args=DPOConfig(**common), train_dataset=data,
-                          processing_class=tok)
+        return DPOTrainer(
+            model=model, ref_model=ref_model, args=DPOConfig(**common), train_dataset=data, processing_class=tok
+        )
     from dmpo_trl import DMPOConfig, DMPOTrainer
 
     config = DMPOConfig(gamma=0.7, padding_free=kind != "dmpo", **common)
@@ -127,9 +157,8 @@ def build_trainer(kind: str, args, rows):
 
 def measure(trainer, warmup: int) -> dict:
     """Train, timing every step and counting the real and the computed tokens of every batch."""
-    from transformers import TrainerCallback
-
     import torch
+    from transformers import TrainerCallback
 
     times, cpu_times, shapes = [], [], []
     collate = trainer.data_collator

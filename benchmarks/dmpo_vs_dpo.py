@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import add_model_args, build_trainer, forward_args, load_average, measure, run_workers  # noqa: E402
@@ -28,7 +29,9 @@ def worker(args) -> dict:
     rows = agent_pairs(args.batch * (args.steps + args.warmup), seed=0)
     trainer = build_trainer(args.worker, args, rows)
     res = measure(trainer, args.warmup)
-    tokens = sum(len(r["prompt_ids"]) * 2 + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in trainer.train_dataset)
+    tokens = sum(
+        len(r["prompt_ids"]) * 2 + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in trainer.train_dataset
+    )
     res.update(trainer=args.worker, tokens_per_pair=tokens / len(trainer.train_dataset))
     return res
 
@@ -52,19 +55,25 @@ def main():
     for w, v in results.items():  # CPU time per step: less sensitive to other load on a shared machine
         med[w]["cpu_step_s"] = statistics.median(x["cpu_time_s"] / len(x["step_times"]) for x in v)
     print(f"load average after: {load_average()}")
-    print(f"\nmodel: Llama hidden={args.hidden} layers={args.layers}; batch={args.batch} pairs; "
-          f"{results['dmpo'][0]['tokens_per_pair']:.0f} tokens/pair (chosen+rejected, incl. prompt twice)")
+    print(
+        f"\nmodel: Llama hidden={args.hidden} layers={args.layers}; batch={args.batch} pairs; "
+        f"{results['dmpo'][0]['tokens_per_pair']:.0f} tokens/pair (chosen+rejected, incl. prompt twice)"
+    )
     print("| trainer | step time (s) | CPU time / step (s) | peak RSS growth (MB) | peak RSS (MB) |")
     print("| --- | --- | --- | --- | --- |")
     for w in ("dpo", "dmpo"):
         m = med[w]
-        print(f"| {w.upper()}Trainer | {m['step_time_s']:.3f} | {m['cpu_step_s']:.3f} | {m['peak_rss_growth_mb']:.0f} | "
-              f"{m['peak_rss_mb']:.0f} |")
+        print(
+            f"| {w.upper()}Trainer | {m['step_time_s']:.3f} | {m['cpu_step_s']:.3f} | {m['peak_rss_growth_mb']:.0f} | "
+            f"{m['peak_rss_mb']:.0f} |"
+        )
     print("batch shapes of the first runs: " + "; ".join(f"{w} {results[w][0]['shapes']}" for w in ("dpo", "dmpo")))
-    print(f"\nratio DMPO/DPO: step time {med['dmpo']['step_time_s'] / med['dpo']['step_time_s']:.3f}, "
-          f"CPU time per step {med['dmpo']['cpu_step_s'] / med['dpo']['cpu_step_s']:.3f}, "
-          f"peak RSS growth {med['dmpo']['peak_rss_growth_mb'] / max(med['dpo']['peak_rss_growth_mb'], 1e-9):.3f}, "
-          f"peak RSS {med['dmpo']['peak_rss_mb'] / med['dpo']['peak_rss_mb']:.3f}")
+    print(
+        f"\nratio DMPO/DPO: step time {med['dmpo']['step_time_s'] / med['dpo']['step_time_s']:.3f}, "
+        f"CPU time per step {med['dmpo']['cpu_step_s'] / med['dpo']['cpu_step_s']:.3f}, "
+        f"peak RSS growth {med['dmpo']['peak_rss_growth_mb'] / max(med['dpo']['peak_rss_growth_mb'], 1e-9):.3f}, "
+        f"peak RSS {med['dmpo']['peak_rss_mb'] / med['dpo']['peak_rss_mb']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import os
 import statistics
 import sys
 
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import (  # noqa: E402
@@ -43,6 +44,7 @@ from benchmarks.common import (  # noqa: E402
     measure,
     run_workers,
 )
+
 
 OBS_WORDS = (8, 80)
 
@@ -122,39 +124,59 @@ def main():
             "gpu": med(kind, lambda r: r["peak_gpu_mb"] or 0.0),
         }
     base = rows["dpo"]
-    model = f"Llama hidden={args.hidden} layers={args.layers} heads={args.heads}" if args.preset == "tiny" else args.preset
-    print(f"\nmodel: {model} (random init, attn={args.attn}, {'bf16 autocast' if args.bf16 else 'float32'}) on "
-          f"{args.device}; "
-          f"batch={args.batch} pairs; max_length={args.max_length}; {args.steps} timed steps after {args.warmup} "
-          f"warm-up, {args.repeats} interleaved runs per trainer (medians); torch threads={args.threads}")
-    print("| trainer | pairs/s | real tokens/s | real share of computed tokens | real tokens/pair | "
-          "peak RSS growth (MB) | peak RSS (MB) | pairs/s vs DPO | peak RSS growth vs DPO |")
+    model = (
+        f"Llama hidden={args.hidden} layers={args.layers} heads={args.heads}" if args.preset == "tiny" else args.preset
+    )
+    print(
+        f"\nmodel: {model} (random init, attn={args.attn}, {'bf16 autocast' if args.bf16 else 'float32'}) on "
+        f"{args.device}; "
+        f"batch={args.batch} pairs; max_length={args.max_length}; {args.steps} timed steps after {args.warmup} "
+        f"warm-up, {args.repeats} interleaved runs per trainer (medians); torch threads={args.threads}"
+    )
+    print(
+        "| trainer | pairs/s | real tokens/s | real share of computed tokens | real tokens/pair | "
+        "peak RSS growth (MB) | peak RSS (MB) | pairs/s vs DPO | peak RSS growth vs DPO |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for kind in kinds:
         r = rows[kind]
-        print(f"| {LABELS[kind]} | {r['pairs_s']:.3f} | {r['tokens_s']:.0f} | {r['real_share']:.1%} | "
-              f"{r['tokens_pair']:.0f} | {r['growth']:.0f} | {r['peak']:.0f} | {r['pairs_s'] / base['pairs_s']:.2f}x | "
-              f"{r['growth'] / max(base['growth'], 1e-9):.2f}x |")
-    print("model FLOPs (real tokens; policy forward+backward and reference forward) per second: " + "; ".join(
-        f"{kind} {rows[kind]['tflops'] * 1e3:.1f} GFLOP/s"
-        + (f" (MFU {rows[kind]['tflops'] / args.peak_tflops:.1%})" if args.peak_tflops else "")
-        for kind in kinds
-    ))
+        print(
+            f"| {LABELS[kind]} | {r['pairs_s']:.3f} | {r['tokens_s']:.0f} | {r['real_share']:.1%} | "
+            f"{r['tokens_pair']:.0f} | {r['growth']:.0f} | {r['peak']:.0f} | {r['pairs_s'] / base['pairs_s']:.2f}x | "
+            f"{r['growth'] / max(base['growth'], 1e-9):.2f}x |"
+        )
+    print(
+        "model FLOPs (real tokens; policy forward+backward and reference forward) per second: "
+        + "; ".join(
+            f"{kind} {rows[kind]['tflops'] * 1e3:.1f} GFLOP/s"
+            + (f" (MFU {rows[kind]['tflops'] / args.peak_tflops:.1%})" if args.peak_tflops else "")
+            for kind in kinds
+        )
+    )
     if args.device == "cuda":
         print("peak GPU memory allocated: " + "; ".join(f"{kind} {rows[kind]['gpu']:.0f} MB" for kind in kinds))
-    print("\npairs per CPU-second (process time of the timed steps; less sensitive to other load) vs DPO: " + "; ".join(
-        f"{kind} {rows[kind]['pairs_cpu_s'] / base['pairs_cpu_s']:.2f}x" for kind in kinds if kind != "dpo"
-    ))
-    print("per-run pairs/s ratio to the DPO run of the same round: " + "; ".join(
-        f"{kind} " + ", ".join(
-            f"{(a['pairs'] / a['time_s']) / (b['pairs'] / b['time_s']):.2f}"
-            for a, b in zip(results[kind], results["dpo"])
+    print(
+        "\npairs per CPU-second (process time of the timed steps; less sensitive to other load) vs DPO: "
+        + "; ".join(
+            f"{kind} {rows[kind]['pairs_cpu_s'] / base['pairs_cpu_s']:.2f}x" for kind in kinds if kind != "dpo"
         )
-        for kind in kinds if kind != "dpo"
-    ))
-    print("batch shapes (rows x length) of the first run: " + "; ".join(
-        f"{kind} {[tuple(s) for s in results[kind][0]['shapes']]}" for kind in kinds
-    ))
+    )
+    print(
+        "per-run pairs/s ratio to the DPO run of the same round: "
+        + "; ".join(
+            f"{kind} "
+            + ", ".join(
+                f"{(a['pairs'] / a['time_s']) / (b['pairs'] / b['time_s']):.2f}"
+                for a, b in zip(results[kind], results["dpo"], strict=True)
+            )
+            for kind in kinds
+            if kind != "dpo"
+        )
+    )
+    print(
+        "batch shapes (rows x length) of the first run: "
+        + "; ".join(f"{kind} {[tuple(s) for s in results[kind][0]['shapes']]}" for kind in kinds)
+    )
 
 
 if __name__ == "__main__":

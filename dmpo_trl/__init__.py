@@ -6,6 +6,7 @@
 
 from typing import TYPE_CHECKING
 
+
 __version__ = "0.1.0"
 
 __all__ = ["DMPOConfig", "DMPOTrainer", "DataCollatorForDMPO", "DMPODataError", "__version__"]

@@ -21,7 +21,17 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
 
-__all__ = ["VARLEN_SDPA", "packed_segments", "use_varlen_sdpa", "varlen_sdpa_attention_forward", "varlen_kwargs"]
+
+__all__ = [
+    "VARLEN_SDPA",
+    "attn_implementation",
+    "is_flash_attention",
+    "is_varlen_capable",
+    "packed_segments",
+    "use_varlen_sdpa",
+    "varlen_kwargs",
+    "varlen_sdpa_attention_forward",
+]
 
 VARLEN_SDPA = "dmpo_varlen_sdpa"
 
@@ -37,7 +47,7 @@ def _row_segments_from_positions(position_ids: torch.Tensor, rows: int) -> list[
     out = []
     for row in starts.tolist():
         idx = [i for i, s in enumerate(row) if s] + [length]
-        out.append([b - a for a, b in zip(idx[:-1], idx[1:])])
+        out.append([b - a for a, b in zip(idx[:-1], idx[1:], strict=True)])
     return out
 
 
@@ -59,7 +69,7 @@ def _compute_row_segments(cu_seq_lens: torch.Tensor, rows: int, length: int) -> 
     if cu[0] != 0 or cu[-1] != rows * length:
         raise ValueError(f"cu_seq_lens must run from 0 to rows * length = {rows * length}, got {cu[0]} .. {cu[-1]}")
     out: list[list[int]] = [[] for _ in range(rows)]
-    for a, b in zip(cu[:-1], cu[1:]):
+    for a, b in zip(cu[:-1], cu[1:], strict=True):
         row = a // length
         if b <= a or b > (row + 1) * length:
             raise ValueError("a packed sequence crosses a row boundary or is empty")
@@ -96,17 +106,26 @@ def varlen_sdpa_attention_forward(
             segments = _row_segments_from_positions(position_ids, rows)
     if segments is None:
         return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, position_ids=position_ids,
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            position_ids=position_ids,
             **kwargs,
         )
     kwargs.pop("is_causal", None)
     out_rows = []
     # `split` (not slicing): its backward concatenates the gradients instead of zero-filling a full tensor per piece
-    for r, (q_row, k_row, v_row) in enumerate(zip(query.split(1), key.split(1), value.split(1))):
+    for r, (q_row, k_row, v_row) in enumerate(zip(query.split(1), key.split(1), value.split(1), strict=True)):
         sizes = segments[r]
         pieces = [
             sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, **kwargs)[0]
-            for q, k, v in zip(q_row.split(sizes, dim=2), k_row.split(sizes, dim=2), v_row.split(sizes, dim=2))
+            for q, k, v in zip(
+                q_row.split(sizes, dim=2), k_row.split(sizes, dim=2), v_row.split(sizes, dim=2), strict=True
+            )
         ]
         out_rows.append(torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0])
     return (torch.cat(out_rows, dim=0) if rows > 1 else out_rows[0]), None
@@ -135,14 +154,41 @@ def _full_causal_only(config) -> bool:
     return getattr(config, "attention_chunk_size", None) is None and getattr(config, "is_causal", True)
 
 
+def _base_model(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def attn_implementation(model) -> str | None:
+    """The attention implementation a model (or a PEFT model around it) runs, read from its text config."""
+    config = getattr(_base_model(model), "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    return getattr(config, "_attn_implementation", None)
+
+
+def is_flash_attention(model) -> bool:
+    """Whether the model runs a FlashAttention implementation (which separates packed sequences in one row only)."""
+    impl = attn_implementation(model) or ""
+    return "flash" in impl and "flex" not in impl
+
+
+def is_varlen_capable(model) -> bool:
+    """Whether the model's attention computes each packed sequence on its own (no dense row-wide mask):
+    ``dmpo_varlen_sdpa`` or FlashAttention. Such models get every sequence of a batch in one row."""
+    return attn_implementation(model) == VARLEN_SDPA or is_flash_attention(model)
+
+
 def use_varlen_sdpa(model) -> bool:
     """Switch a transformers model from ``sdpa`` to ``dmpo_varlen_sdpa`` when that is safe; return whether it did.
 
     Safe: the model currently uses ``sdpa``, supports setting its attention implementation (the functional
     ``AttentionInterface`` design) and all its layers are full causal attention. Outside packed batches the new
-    implementation is ``sdpa``, so generation and padded batches are unchanged.
+    implementation is ``sdpa``, so generation and padded batches are unchanged. ``None`` and model names (not yet
+    loaded) are left alone.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if model is None or isinstance(model, str):
+        return False
+    base = _base_model(model)
     config = getattr(base, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
         return False

@@ -1,17 +1,27 @@
-"""`DataCollatorForDMPO`: the concatenated ``[chosen; rejected]`` batch with per-token DMPO weights."""
+"""The DMPO batch: `DataCollatorForDMPO` builds it, `DMPOBatch` reads it.
+
+A batch holds the ``2B`` sequences of ``B`` preference pairs in TRL's ``[chosen; rejected]`` order, either
+right-padded (one sequence per row, with ``attention_mask``) or packed (``padding_free=True``: sequences concatenated
+into rows, see `dmpo_trl.packing`). `DMPOBatch` hides that difference from the trainer: model inputs, labels,
+per-sequence sums, side masks and token counts come out the same way for both layouts.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers.data.data_collator import DataCollatorMixin
 
-from .loss import dmpo_turn_weights
-from .packing import PACKING_LAYOUTS, build_packed_batch
+from .checks import REFERENCE_COLUMNS
+from .loss import dmpo_turn_weights, weighted_sequence_logps
+from .packing import PACKING_LAYOUTS, build_packed_batch, segment_sum
 from .tokenization import NOT_ACTION, truncate_trajectory
 
-__all__ = ["DataCollatorForDMPO"]
+
+__all__ = ["DMPOBatch", "DataCollatorForDMPO"]
 
 
 def _pad(rows: list[list], value, dtype: torch.dtype, length: int) -> torch.Tensor:
@@ -22,8 +32,8 @@ def _pad(rows: list[list], value, dtype: torch.dtype, length: int) -> torch.Tens
 
 
 @dataclass
-class DataCollatorForDMPO:
-    """Collate tokenized preference pairs (see `tokenize_pair`) into one right-padded ``[chosen; rejected]`` batch.
+class DataCollatorForDMPO(DataCollatorMixin):
+    """Collate tokenized preference pairs (`dmpo_trl.checks.prepare_pair`) into one ``[chosen; rejected]`` batch.
 
     Each example holds ``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ``chosen_turn_ids``, ``rejected_turn_ids``,
     ``chosen_num_turns``, ``rejected_num_turns`` and optionally ``ref_chosen_logps`` / ``ref_rejected_logps``
@@ -51,6 +61,7 @@ class DataCollatorForDMPO:
         padding_free (`bool`, defaults to `False`): pack the sequences into rows instead of padding each one.
         packing (`str`, defaults to `"bins"`): packed layout, ``"bins"`` (rows no longer than the longest sequence)
             or ``"single_row"`` (one row, what FlashAttention needs); see `dmpo_trl.packing`.
+        return_tensors (`str`, defaults to `"pt"`): only ``"pt"`` (PyTorch) is implemented.
     """
 
     pad_token_id: int
@@ -59,12 +70,13 @@ class DataCollatorForDMPO:
     pad_to_multiple_of: int | None = None
     padding_free: bool = False
     packing: str = "bins"
+    return_tensors: str = "pt"
 
     def __post_init__(self):
         if self.packing not in PACKING_LAYOUTS:
             raise ValueError(f"packing must be one of {PACKING_LAYOUTS}, got {self.packing!r}")
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         ids, turns, num_turns, kept = [], [], [], []
         for side in ("chosen", "rejected"):
             for ex in examples:
@@ -85,34 +97,118 @@ class DataCollatorForDMPO:
                 num_turns.append(int(ex[f"{side}_num_turns"]))
                 kept.append(kept_turns)
 
+        num_turns_t = torch.tensor(num_turns, dtype=torch.long)
         if self.padding_free:
             batch = build_packed_batch(
-                ids, turns, num_turns, pad_token_id=self.pad_token_id, gamma=self.gamma, packing=self.packing,
+                ids,
+                turns,
+                num_turns,
+                pad_token_id=self.pad_token_id,
+                gamma=self.gamma,
+                packing=self.packing,
                 pad_to_multiple_of=self.pad_to_multiple_of,
             )
-            batch["num_turns"] = torch.tensor(num_turns, dtype=torch.long)
-            batch["kept_turns"] = torch.tensor(kept, dtype=torch.long)
-            self._add_ref_logps(batch, examples)
-            return batch
-
-        length = max(len(x) for x in ids)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        turn_ids = _pad(turns, NOT_ACTION, torch.long, length)
-        num_turns_t = torch.tensor(num_turns, dtype=torch.long)
-        batch = {
-            "input_ids": _pad(ids, self.pad_token_id, torch.long, length),
-            "attention_mask": _pad([[1] * len(x) for x in ids], 0, torch.long, length),
-            "completion_mask": (turn_ids >= 0).long(),
-            "dmpo_weights": dmpo_turn_weights(turn_ids, num_turns_t, self.gamma),
-            "num_turns": num_turns_t,
-            "kept_turns": torch.tensor(kept, dtype=torch.long),
-        }
-        self._add_ref_logps(batch, examples)
-        return batch
-
-    @staticmethod
-    def _add_ref_logps(batch, examples):
-        for key in ("ref_chosen_logps", "ref_rejected_logps"):
+        else:
+            length = max(len(x) for x in ids)
+            if self.pad_to_multiple_of:
+                length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+            turn_ids = _pad(turns, NOT_ACTION, torch.long, length)
+            batch = {
+                "input_ids": _pad(ids, self.pad_token_id, torch.long, length),
+                "attention_mask": _pad([[1] * len(x) for x in ids], 0, torch.long, length),
+                "completion_mask": (turn_ids >= 0).long(),
+                "dmpo_weights": dmpo_turn_weights(turn_ids, num_turns_t, self.gamma),
+            }
+        batch["num_turns"] = num_turns_t
+        batch["kept_turns"] = torch.tensor(kept, dtype=torch.long)
+        for key in REFERENCE_COLUMNS:
             if key in examples[0]:
                 batch[key] = torch.tensor([float(ex[key]) for ex in examples], dtype=torch.float32)
+        return batch
+
+
+class DMPOBatch:
+    """Read access to a collated batch, the same for the padded and the packed layout.
+
+    Per-token tensors handed to it (log-probs, entropies, ...) are aligned with ``input_ids[:, 1:]`` (what the fused
+    LM head returns); per-sequence results are `(2B,)` in ``[chosen; rejected]`` order or split into halves.
+    """
+
+    def __init__(self, inputs: dict[str, torch.Tensor]):
+        if "dmpo_weights" not in inputs:
+            raise ValueError(
+                "The batch has no `dmpo_weights`: DMPOTrainer needs `DataCollatorForDMPO` (or a collator that emits "
+                "the same keys)."
+            )
+        self.inputs = inputs
+        self.packed = "sequence_ids" in inputs
+        self.num_sequences = inputs["num_turns"].size(0)
+        self.num_pairs = self.num_sequences // 2
+
+    def model_inputs(self, varlen_kwargs: Callable[[torch.Tensor], dict] | None = None) -> dict[str, Any]:
+        """``input_ids`` plus ``attention_mask`` (padded) or ``position_ids`` (packed, no mask; ``varlen_kwargs``
+        adds the sequence boundaries that per-sequence attention reads)."""
+        if not self.packed:
+            return {"input_ids": self.inputs["input_ids"], "attention_mask": self.inputs["attention_mask"]}
+        model_inputs = {"input_ids": self.inputs["input_ids"], "position_ids": self.inputs["position_ids"]}
+        if varlen_kwargs is not None:
+            model_inputs.update(varlen_kwargs(self.inputs["position_ids"]))
+        return model_inputs
+
+    def labels(self) -> torch.Tensor:
+        """``input_ids`` with every non-action token set to ``-100`` (packed: also each sequence's first token, which
+        the fused LM head, shifting inside a row, would otherwise score as the continuation of its neighbour)."""
+        labels = self.inputs["input_ids"].masked_fill(self.inputs["completion_mask"] == 0, -100)
+        if self.packed:
+            labels = labels.masked_fill(self.inputs["position_ids"] == 0, -100)
+        return labels
+
+    @property
+    def action_mask(self) -> torch.Tensor:
+        """Action tokens, aligned with ``input_ids[:, 1:]``."""
+        return self.inputs["completion_mask"][:, 1:].bool()
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """DMPO weights, aligned with ``input_ids[:, 1:]``."""
+        return self.inputs["dmpo_weights"][:, 1:]
+
+    def sequence_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum of a per-token tensor over each sequence: `(2B,)`."""
+        if not self.packed:
+            return values.sum(dim=-1)
+        return segment_sum(values, self.inputs["sequence_ids"][:, 1:], self.num_sequences)
+
+    def scores(self, per_token_logps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DMPO-weighted scores ``S`` of the chosen and of the rejected sequences, `(B,)` each."""
+        weights = self.weights
+        if not self.packed:
+            return weighted_sequence_logps(per_token_logps, weights).chunk(2, dim=0)
+        contributions = per_token_logps * weights.to(per_token_logps.dtype)
+        contributions = torch.where(weights != 0, contributions, torch.zeros_like(contributions))
+        return self.sequence_sums(contributions).chunk(2, dim=0)
+
+    def chosen_nll(self, per_token_logps: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood of each chosen trajectory's action tokens: `(B,)`."""
+        mask = self.action_mask.to(per_token_logps.dtype)
+        sums = self.sequence_sums(per_token_logps * mask)[: self.num_pairs]
+        counts = self.sequence_sums(mask)[: self.num_pairs]
+        return -sums / counts.clamp(min=1)
+
+    def side_masks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Action-token masks of the chosen and of the rejected sequences, each shaped like ``input_ids[:, 1:]``."""
+        mask = self.action_mask
+        if self.packed:
+            seq = self.inputs["sequence_ids"][:, 1:]
+            return mask & (seq >= 0) & (seq < self.num_pairs), mask & (seq >= self.num_pairs)
+        is_chosen = (torch.arange(mask.size(0), device=mask.device) < self.num_pairs).unsqueeze(1)
+        return mask & is_chosen, mask & ~is_chosen
+
+    def real_tokens(self) -> torch.Tensor:
+        """Number of non-padding tokens, a 0-dim tensor."""
+        real = (self.inputs["sequence_ids"] >= 0) if self.packed else self.inputs["attention_mask"].bool()
+        return real.sum()
+
+    def action_tokens(self) -> torch.Tensor:
+        """Number of action tokens, a 0-dim tensor."""
+        return self.inputs["completion_mask"].sum()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ._compat import check_trl_version
+from . import _compat  # noqa: F401  (refuses an untested TRL before TRL itself is imported)
 
-check_trl_version()
 
-from trl import DPOConfig  # noqa: E402
+# isort: split
+from trl import DPOConfig
+
 
 __all__ = ["DMPOConfig", "SUPPORTED_LOSS_TYPES"]
 
@@ -96,13 +97,19 @@ class DMPOConfig(DPOConfig):
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"`label_smoothing` must lie in [0, 0.5) for DMPO, got {self.label_smoothing}.")
         rejected = {
-            "ld_alpha": (self.ld_alpha is not None, "LD-DPO re-weights tokens by position, which conflicts with "
-                         "DMPO's per-turn weights"),
-            "f_divergence_type": (self.f_divergence_type != "reverse_kl", "DMPO is derived for the reverse-KL "
-                                  "occupancy constraint"),
+            "ld_alpha": (
+                self.ld_alpha is not None,
+                "LD-DPO re-weights tokens by position, which conflicts with DMPO's per-turn weights",
+            ),
+            "f_divergence_type": (
+                self.f_divergence_type != "reverse_kl",
+                "DMPO is derived for the reverse-KL occupancy constraint",
+            ),
             "use_weighting": (self.use_weighting, "WPO weighting is not defined for multi-turn scores"),
-            "truncation_mode": (self.truncation_mode != "keep_start", "DMPO truncates whole trailing actions "
-                                "(truncation_mode='keep_start')"),
+            "truncation_mode": (
+                self.truncation_mode != "keep_start",
+                "DMPO truncates whole trailing actions (truncation_mode='keep_start')",
+            ),
         }
         bad = [f"`{name}` ({why})" for name, (is_set, why) in rejected.items() if is_set]
         if bad:

@@ -30,6 +30,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+
 __all__ = [
     "DMPOLossOutput",
     "dmpo_loss",

@@ -27,14 +27,15 @@ from collections.abc import Sequence
 
 import torch
 
+from .attention import attn_implementation
 from .loss import dmpo_phi
+
 
 __all__ = [
     "PACKING_LAYOUTS",
     "build_packed_batch",
     "check_packed_attention",
     "pack_rows",
-    "packed_sequence_scores",
     "segment_sum",
 ]
 
@@ -148,34 +149,6 @@ def segment_sum(values: torch.Tensor, segment_ids: torch.Tensor, num_segments: i
     return values.new_zeros(num_segments).scatter_add(0, index, flat)
 
 
-def packed_sequence_scores(
-    per_token_logps: torch.Tensor, weights: torch.Tensor, segment_ids: torch.Tensor, num_segments: int
-) -> torch.Tensor:
-    """``S = sum_k w_k logp_k`` per sequence of a packed batch, in ``[chosen; rejected]`` order: `(num_segments,)`.
-
-    The packed counterpart of `dmpo_trl.loss.weighted_sequence_logps`: positions with weight 0 contribute exactly 0
-    even if their log-prob is not finite.
-    """
-    if per_token_logps.shape != weights.shape:
-        raise ValueError(f"shape mismatch: logps {tuple(per_token_logps.shape)} vs weights {tuple(weights.shape)}")
-    contributions = per_token_logps * weights.to(per_token_logps.dtype)
-    contributions = torch.where(weights != 0, contributions, torch.zeros_like(contributions))
-    return segment_sum(contributions, segment_ids, num_segments)
-
-
-def _attn_implementation(model) -> str | None:
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "get_text_config"):
-        config = config.get_text_config()
-    return getattr(config, "_attn_implementation", None)
-
-
-def is_flash_attention(model) -> bool:
-    """Whether the model runs a FlashAttention implementation (which separates packed sequences in one row only)."""
-    impl = _attn_implementation(model) or ""
-    return "flash" in impl and "flex" not in impl
-
-
 @torch.no_grad()
 def check_packed_attention(
     model, token_ids: torch.Tensor, num_rows: int = 2, seq_len: int = 6, extra_kwargs=None
@@ -212,7 +185,7 @@ def check_packed_attention(
     scale = outs[0].abs().max().item()
     if not diff <= 1e-5 * max(scale, 1.0):
         raise ValueError(
-            f"padding_free=True: with this model (attention implementation {_attn_implementation(model)!r}, "
+            f"padding_free=True: with this model (attention implementation {attn_implementation(model)!r}, "
             f"{num_rows} packed row(s)) a packed sequence attends to the sequence before it (its logits change by "
             f"{diff:.3g} when the other sequence changes). Packed batches need a model whose attention mask is "
             "derived from `position_ids` when `attention_mask` is None (transformers' sdpa / eager / flex attention, "

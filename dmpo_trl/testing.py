@@ -7,11 +7,11 @@ tokens of each template family; chat templates are the real ones TRL ships in `t
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
 
 import torch
+
 
 TEMPLATE_DIR = Path(__import__("trl").__file__).parent / "chat_templates"
 
@@ -21,7 +21,14 @@ FAMILIES = {
     "qwen3": ("qwen3_training.jinja", ["<|im_start|>", "<|im_end|>", "<|endoftext|>"], "<|im_end|>", None),
     "llama3_1": (
         "llama3_1.jinja",
-        ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"],
+        [
+            "<|begin_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+            "<|eom_id|>",
+            "<|python_tag|>",
+        ],
         "<|eot_id|>",
         "<|begin_of_text|>",
     ),
@@ -64,7 +71,7 @@ CORPUS = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_tokenizer(family: str = "qwen2_5"):
     """A fast byte-level BPE tokenizer (vocab ~500) with the special tokens and the real chat template of `family`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -76,7 +83,10 @@ def make_tokenizer(family: str = "qwen2_5"):
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=500, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=500,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(CORPUS, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=bos, pad_token=specials[-1])
@@ -140,9 +150,3 @@ def dataset_rows(n: int = 8, seed: int = 0) -> list[dict]:
 
     rng = random.Random(seed)
     return [agent_pair(rng.randint(1, 4), rng.randint(1, 5), system=bool(i % 2)) for i in range(n)]
-
-
-def write_jsonl(path, rows):
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")

@@ -29,6 +29,7 @@ from typing import Any
 
 from .errors import DMPODataError
 
+
 __all__ = [
     "TokenizedConversation",
     "split_prompt",
@@ -150,14 +151,17 @@ def tokenize_conversation(
     except _TemplateRejected as err:
         raise DMPODataError(f"the chat template rejected the conversation ({err})", row=row, side=side) from err
     char_spans = []
-    for j, (start_text, end_text) in zip(action_positions, renders):
+    for j, (start_text, end_text) in zip(action_positions, renders, strict=True):
         for text, what in ((start_text, "with the generation prompt"), (end_text, "")):
             if not full_text.startswith(text):
-                cut = next((i for i, (a, b) in enumerate(zip(text, full_text)) if a != b), min(len(text), len(full_text)))
+                cut = next(
+                    (i for i, (a, b) in enumerate(zip(text, full_text, strict=False)) if a != b),
+                    min(len(text), len(full_text)),
+                )
                 raise DMPODataError(
                     f"the chat template breaks the prefix property: messages[:{j if what else j + 1}] rendered "
                     f"{what + ' ' if what else ''}is not a prefix of the whole conversation (they differ at character "
-                    f"{cut}: {text[cut:cut + 30]!r} vs {full_text[cut:cut + 30]!r}). DMPO needs every turn rendered "
+                    f"{cut}: {text[cut : cut + 30]!r} vs {full_text[cut : cut + 30]!r}). DMPO needs every turn rendered "
                     "the same way in every prefix; templates that rewrite history (e.g. dropping past reasoning) "
                     "need a training variant such as trl's `*_training.jinja` templates",
                     row=row,

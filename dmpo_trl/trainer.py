@@ -7,62 +7,51 @@ import copy
 import os
 import textwrap
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate.logging import get_logger
 from accelerate.utils import is_peft_model
-from datasets import Dataset, IterableDataset
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 from datasets.fingerprint import Hasher
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoTokenizer,
+    DataCollator,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    ProcessorMixin,
+    TrainerCallback,
+)
+from transformers.trainer_utils import EvalPrediction
 
-from ._compat import check_trl_version
-from .attention import VARLEN_SDPA, use_varlen_sdpa, varlen_kwargs
-from .collator import DataCollatorForDMPO
+from . import _compat  # noqa: F401  (refuses an untested TRL before TRL itself is imported)
+
+
+# isort: split
+from trl import DPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import get_config_model_id, use_adapter
+
+from .attention import is_varlen_capable, use_varlen_sdpa, varlen_kwargs
+from .checks import COLLATOR_COLUMNS, SKIP_REASON_COLUMN, prepare_row, truncation_stats
+from .collator import DataCollatorForDMPO, DMPOBatch
 from .config import DMPOConfig
-from .errors import DMPODataError
-from .loss import dmpo_loss_from_scores, weighted_sequence_logps
-from .packing import check_packed_attention, is_flash_attention, packed_sequence_scores, segment_sum
-from .validation import prepare_pair
+from .loss import dmpo_loss_from_scores
+from .model_card import card_rows, is_hub_id, write_card_section
+from .packing import check_packed_attention
 
-check_trl_version()
 
-from trl import DPOTrainer  # noqa: E402
-from trl.models.utils import disable_gradient_checkpointing  # noqa: E402
-from trl.trainer.utils import get_config_model_id, use_adapter  # noqa: E402
+if TYPE_CHECKING:
+    from peft import PeftConfig, PeftModel
+    from transformers import BitsAndBytesConfig
 
 __all__ = ["DMPOTrainer"]
 
 logger = get_logger(__name__)
 
-# Columns the collator reads; everything else is removed by `remove_unused_columns`.
-DMPO_COLUMNS = [
-    "prompt_ids",
-    "chosen_ids",
-    "rejected_ids",
-    "chosen_turn_ids",
-    "rejected_turn_ids",
-    "chosen_num_turns",
-    "rejected_num_turns",
-    "ref_chosen_logps",
-    "ref_rejected_logps",
-]
 # Bump when the tokenization or masking rules change, so cached reference scores are not reused across versions.
 MASKING_VERSION = 1
-
-
-def _tokenize_row(example, idx, tokenizer, max_length, skip_invalid):
-    """`datasets.map` function: check and tokenize one pair (`prepare_pair`), or record why it cannot be used."""
-    try:
-        out = prepare_pair(tokenizer, example, row=idx, max_length=max_length)
-        out["dmpo_error"] = ""
-    except DMPODataError as err:
-        if not skip_invalid:
-            raise
-        out = {key: [] for key in ("prompt_ids", "chosen_ids", "rejected_ids", "chosen_turn_ids", "rejected_turn_ids")}
-        out.update(chosen_num_turns=0, rejected_num_turns=0, chosen_kept_turns=0, rejected_kept_turns=0)
-        out["dmpo_error"] = str(err)
-    return out
 
 
 class DMPOTrainer(DPOTrainer):
@@ -97,6 +86,13 @@ class DMPOTrainer(DPOTrainer):
     alike; models using ``sdpa`` (with full causal attention only) are switched to the per-sequence
     ``dmpo_varlen_sdpa`` attention (`dmpo_trl.attention`, identical to ``sdpa`` outside packed batches), and the
     trainer checks once per model that packed sequences cannot attend to each other.
+
+    Attributes:
+        card_base_model (`str`, *optional*): the base model to name in the model card, for a model loaded from a
+            local copy of a Hub model (default: the model's `name_or_path`).
+        card_dataset (`str`, *optional*): the training data to name in the model card when it is not a Hub dataset
+            passed as `dataset_name` (e.g. local file names).
+        dmpo_data_stats (`dict`): per prepared dataset, pairs, skipped pairs and what truncation drops.
     """
 
     _tag_names = ["trl", "dmpo"]
@@ -118,20 +114,24 @@ class DMPOTrainer(DPOTrainer):
 
     def __init__(
         self,
-        model,
-        ref_model=None,
+        model: str | PreTrainedModel | PeftModel,
+        ref_model: PreTrainedModel | None = None,
         args: DMPOConfig | None = None,
-        data_collator=None,
+        data_collator: DataCollator | None = None,
         train_dataset: Dataset | IterableDataset | None = None,
-        eval_dataset=None,
-        processing_class: PreTrainedTokenizerBase | None = None,
-        compute_metrics=None,
-        callbacks=None,
-        optimizers=(None, None),
-        quantization_config=None,
-        peft_config=None,
+        eval_dataset: Dataset
+        | IterableDataset
+        | DatasetDict
+        | IterableDatasetDict
+        | dict[str, Dataset | IterableDataset]
+        | None = None,
+        processing_class: PreTrainedTokenizerBase | ProcessorMixin | None = None,
+        compute_metrics: Callable[[EvalPrediction], dict] | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
+        quantization_config: BitsAndBytesConfig | None = None,
+        peft_config: PeftConfig | None = None,
     ):
-        check_trl_version()
         if args is None:
             name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = DMPOConfig(f"{name.split('/')[-1]}-DMPO")
@@ -155,8 +155,9 @@ class DMPOTrainer(DPOTrainer):
         if args.pad_token is not None:
             processing_class.pad_token = args.pad_token
         padding_free = args.padding_free
-        if padding_free and not isinstance(model, str):
-            self._enable_varlen(model, ref_model)
+        if padding_free:
+            use_varlen_sdpa(model)
+            use_varlen_sdpa(ref_model)
         if data_collator is None:
             data_collator = DataCollatorForDMPO(
                 pad_token_id=processing_class.pad_token_id,
@@ -164,7 +165,6 @@ class DMPOTrainer(DPOTrainer):
                 max_length=args.max_length,
                 pad_to_multiple_of=args.pad_to_multiple_of,
                 padding_free=padding_free,
-                packing=self._packing_for(model) if padding_free else "bins",
             )
         elif getattr(data_collator, "gamma", args.gamma) != args.gamma:
             raise ValueError(f"data_collator.gamma={data_collator.gamma} differs from args.gamma={args.gamma}.")
@@ -177,6 +177,8 @@ class DMPOTrainer(DPOTrainer):
         ):
             ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.dmpo_data_stats: dict[str, dict[str, Any]] = {}
+        self.card_base_model: str | None = None
+        self.card_dataset: str | None = None
         self._packed_attention_checked: set[int] = set()
         # DPOTrainer 1.16 warns that padding_free is "disabled" and turns it off; DMPO implements it, so hide the flag
         # from DPOTrainer.__init__ (no misleading warning) and restore it afterwards.
@@ -200,9 +202,13 @@ class DMPOTrainer(DPOTrainer):
             args.padding_free = padding_free
         self.padding_free = padding_free
         if padding_free:  # models loaded by DPOTrainer.__init__ from a name (a no-op for those switched above)
-            self._enable_varlen(self.model, self.ref_model)
+            use_varlen_sdpa(self.model)
+            use_varlen_sdpa(self.ref_model)
             if isinstance(self.data_collator, DataCollatorForDMPO):
-                self.data_collator.packing = self._packing_for(self.model)
+                # One row has no padding and suits per-sequence attention; with a dense row-wide mask (eager, flex,
+                # sdpa that cannot be switched) attention costs rows * L^2, so rows no longer than the longest
+                # sequence win.
+                self.data_collator.packing = "single_row" if is_varlen_capable(self.model) else "bins"
         if self._is_vision_dataset:
             raise ValueError("DMPOTrainer supports text conversations only; the dataset has image columns.")
 
@@ -213,16 +219,18 @@ class DMPOTrainer(DPOTrainer):
             return dataset
         map_kwargs: dict[str, Any] = {"with_indices": True}
         if isinstance(dataset, Dataset):
-            map_kwargs.update(num_proc=args.dataset_num_proc, desc=f"Tokenizing {dataset_name} dataset with turn masks")
+            map_kwargs.update(
+                num_proc=args.dataset_num_proc, desc=f"Tokenizing {dataset_name} dataset with turn masks"
+            )
         fn_kwargs = {
             "tokenizer": processing_class,
             "max_length": args.max_length,
             "skip_invalid": args.skip_invalid_pairs,
         }
-        dataset = dataset.map(_tokenize_row, fn_kwargs=fn_kwargs, **map_kwargs)
+        dataset = dataset.map(prepare_row, fn_kwargs=fn_kwargs, **map_kwargs)
         if not isinstance(dataset, Dataset):  # streaming: no up-front statistics
-            return dataset.filter(lambda ex: ex["dmpo_error"] == "")
-        errors = [e for e in dataset["dmpo_error"] if e]
+            return dataset.filter(lambda ex: ex[SKIP_REASON_COLUMN] == "")
+        errors = [e for e in dataset[SKIP_REASON_COLUMN] if e]
         if errors:
             reasons = Counter(e.split(": ", 2)[-1] for e in errors)
             logger.warning(
@@ -230,8 +238,8 @@ class DMPOTrainer(DPOTrainer):
                 f"(skip_invalid_pairs=True). Reasons: " + "; ".join(f"{n}x {r}" for r, n in reasons.most_common(5)),
                 main_process_only=True,
             )
-            dataset = dataset.filter(lambda e: e == "", input_columns="dmpo_error", desc="Dropping invalid rows")
-        self.dmpo_data_stats[dataset_name] = stats = self._truncation_stats(dataset, args.max_length, len(errors))
+            dataset = dataset.filter(lambda e: e == "", input_columns=SKIP_REASON_COLUMN, desc="Dropping invalid rows")
+        self.dmpo_data_stats[dataset_name] = stats = truncation_stats(dataset, args.max_length, len(errors))
         if stats["pairs_truncated"]:
             logger.warning(
                 f"{dataset_name}: at max_length={args.max_length}, {stats['pairs_truncated']}/{stats['pairs']} pairs "
@@ -241,31 +249,9 @@ class DMPOTrainer(DPOTrainer):
             )
         return dataset
 
-    @staticmethod
-    def _truncation_stats(dataset: Dataset, max_length, skipped: int) -> dict[str, Any]:
-        total = kept = truncated = 0
-        for tw, tl, kw, kl in zip(
-            dataset["chosen_num_turns"],
-            dataset["rejected_num_turns"],
-            dataset["chosen_kept_turns"],
-            dataset["rejected_kept_turns"],
-            strict=True,
-        ):
-            total += tw + tl
-            kept += kw + kl
-            truncated += (kw < tw) or (kl < tl)
-        return {
-            "pairs": len(dataset),
-            "pairs_skipped": skipped,
-            "pairs_truncated": truncated,
-            "actions": total,
-            "actions_dropped": total - kept,
-            "max_length": max_length,
-        }
-
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = list(DMPO_COLUMNS)
+            self._signature_columns = list(COLLATOR_COLUMNS)
 
     # ------------------------------------------------------------- reference
     def _precompute_ref_logps(self, dataset, name, batch_size):
@@ -279,76 +265,6 @@ class DMPOTrainer(DPOTrainer):
             return super()._precompute_ref_logps(dataset, name, batch_size)
         finally:
             self._precompute_model_hash = base_hash
-
-    # --------------------------------------------------------------- packing
-    @staticmethod
-    def _enable_varlen(model, ref_model) -> None:
-        """padding_free: switch sdpa models to per-sequence (varlen) attention where safe (`dmpo_trl.attention`)."""
-        for m in (model, ref_model):
-            if m is not None and not isinstance(m, str):
-                use_varlen_sdpa(m)
-
-    @staticmethod
-    def _varlen_capable(model) -> bool:
-        """Whether the model's attention computes each packed sequence on its own (no dense row-wide mask)."""
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        impl = getattr(getattr(base, "config", None), "_attn_implementation", None)
-        return impl == VARLEN_SDPA or is_flash_attention(base)
-
-    @classmethod
-    def _packing_for(cls, model) -> str:
-        # One row has no padding at all and suits per-sequence attention; with a dense row-wide mask (eager, flex,
-        # sdpa that cannot be switched) attention costs rows * L^2, so rows no longer than the longest sequence win.
-        return "single_row" if cls._varlen_capable(model) else "bins"
-
-    @staticmethod
-    def _is_packed(inputs) -> bool:
-        return "sequence_ids" in inputs
-
-    def _model_inputs(self, model, inputs) -> dict[str, Any]:
-        """``input_ids`` plus ``attention_mask`` (padded) or ``position_ids`` (packed: no mask; per-sequence
-        attention reads the boundaries from ``cu_seq_lens_*``, other implementations get transformers'
-        block-diagonal mask derived from the positions; isolation is checked once per model)."""
-        if not self._is_packed(inputs):
-            return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-        unwrapped = self.accelerator.unwrap_model(model)
-        extra = varlen_kwargs if self._varlen_capable(unwrapped) else None
-        if id(model) not in self._packed_attention_checked:
-            check_packed_attention(unwrapped, inputs["input_ids"], num_rows=2, extra_kwargs=extra)
-            self._packed_attention_checked.add(id(model))
-        model_inputs = {"input_ids": inputs["input_ids"], "position_ids": inputs["position_ids"]}
-        if extra is not None:  # FlashAttention and dmpo_varlen_sdpa read the sequence boundaries from these
-            model_inputs.update(extra(inputs["position_ids"]))
-        return model_inputs
-
-    def _per_token_logps(self, model, inputs, **extra):
-        """One fused-LM-head forward: log-probs of the action tokens (others 0), aligned with ``input_ids[:, 1:]``."""
-        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
-        if self._is_packed(inputs):  # the fused head shifts inside a row: never score a sequence's first token
-            labels = labels.masked_fill(inputs["position_ids"] == 0, -100)
-        outputs = model(**self._model_inputs(model, inputs), labels=labels, use_cache=False, fused_lm_head=True, **extra)
-        return outputs.log_probs[:, -(inputs["input_ids"].size(1) - 1) :], outputs
-
-    def _sequence_scores(self, per_token_logps, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """DMPO-weighted scores ``S`` of the chosen and of the rejected sequences, `(B,)` each."""
-        weights = inputs["dmpo_weights"][:, 1:]
-        if not self._is_packed(inputs):
-            return weighted_sequence_logps(per_token_logps, weights).chunk(2, dim=0)
-        num_sequences = inputs["num_turns"].size(0)
-        scores = packed_sequence_scores(per_token_logps, weights, inputs["sequence_ids"][:, 1:], num_sequences)
-        return scores.chunk(2, dim=0)
-
-    @staticmethod
-    def _side_token_masks(inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Action-token masks of the chosen and of the rejected sequences, aligned with ``input_ids[:, 1:]``.
-
-        Padded: `(B, L-1)` each (the two halves of the batch). Packed: `(rows, L-1)` each."""
-        mask = inputs["completion_mask"][:, 1:].bool()
-        if "sequence_ids" not in inputs:
-            return mask.chunk(2, dim=0)
-        seq = inputs["sequence_ids"][:, 1:]
-        num_pairs = inputs["num_turns"].size(0) // 2
-        return mask & (seq >= 0) & (seq < num_pairs), mask & (seq >= num_pairs)
 
     def compute_ref_log_probs(self, model, inputs):
         """DMPO-weighted reference scores ``(S_ref_chosen, S_ref_rejected)`` of one collated batch."""
@@ -366,16 +282,35 @@ class DMPOTrainer(DPOTrainer):
         return self._sequence_scores(per_token_logps, inputs)
 
     # ------------------------------------------------------------------ loss
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if "dmpo_weights" not in inputs:
-            raise ValueError(
-                "The batch has no `dmpo_weights`: DMPOTrainer needs `DataCollatorForDMPO` (or a collator that emits "
-                "the same keys)."
-            )
+    def _model_inputs(self, model, batch: DMPOBatch) -> dict[str, Any]:
+        """The batch's model inputs; for a packed batch, checks once per model that sequences stay isolated."""
+        if not batch.packed:
+            return batch.model_inputs()
+        unwrapped = self.accelerator.unwrap_model(model)
+        extra = varlen_kwargs if is_varlen_capable(unwrapped) else None
+        if id(model) not in self._packed_attention_checked:
+            check_packed_attention(unwrapped, batch.inputs["input_ids"], num_rows=2, extra_kwargs=extra)
+            self._packed_attention_checked.add(id(model))
+        return batch.model_inputs(extra)
+
+    def _per_token_logps(self, model, inputs, **extra):
+        """One fused-LM-head forward: log-probs of the action tokens (others 0), aligned with ``input_ids[:, 1:]``."""
+        batch = DMPOBatch(inputs)
+        model_inputs = self._model_inputs(model, batch)
+        outputs = model(**model_inputs, labels=batch.labels(), use_cache=False, fused_lm_head=True, **extra)
+        return outputs.log_probs[:, -(inputs["input_ids"].size(1) - 1) :], outputs
+
+    @staticmethod
+    def _sequence_scores(per_token_logps, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """DMPO-weighted scores ``S`` of the chosen and of the rejected sequences, `(B,)` each."""
+        return DMPOBatch(inputs).scores(per_token_logps)
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        batch = DMPOBatch(inputs)
         mode = "train" if self.model.training else "eval"
         extra = {"output_router_logits": True} if self.aux_loss_enabled else {}
         per_token_logps, outputs = self._per_token_logps(model, inputs, **extra)
-        policy_chosen, policy_rejected = self._sequence_scores(per_token_logps, inputs)
+        policy_chosen, policy_rejected = batch.scores(per_token_logps)
         if self.precompute_ref_logps:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         else:
@@ -388,59 +323,43 @@ class DMPOTrainer(DPOTrainer):
         for loss_type, loss_weight in zip(self.loss_types, self.loss_weights, strict=True):
             if loss_type == "sigmoid":
                 loss = loss + out.losses.mean() * loss_weight
-            elif not self._is_packed(inputs):  # "sft": mean NLL of each chosen trajectory's action tokens, per pair
-                chosen_mask = inputs["completion_mask"][:, 1:].chunk(2, dim=0)[0].to(per_token_logps.dtype)
-                chosen_logps = per_token_logps.chunk(2, dim=0)[0]
-                nll = -(chosen_logps * chosen_mask).sum(1) / chosen_mask.sum(1).clamp(min=1)
-                loss = loss + nll.mean() * loss_weight
-            else:  # "sft", packed: the same per-sequence sums via the sequence ids
-                seq, num_sequences = inputs["sequence_ids"][:, 1:], inputs["num_turns"].size(0)
-                mask = inputs["completion_mask"][:, 1:].to(per_token_logps.dtype)
-                sums = segment_sum(per_token_logps * mask, seq, num_sequences).chunk(2, dim=0)[0]
-                counts = segment_sum(mask, seq, num_sequences).chunk(2, dim=0)[0]
-                loss = loss + (-sums / counts.clamp(min=1)).mean() * loss_weight
+            else:  # "sft": mean NLL of each chosen trajectory's action tokens, averaged over pairs
+                loss = loss + batch.chosen_nll(per_token_logps).mean() * loss_weight
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
 
-        self._log_dmpo_metrics(mode, inputs, outputs, out, policy_chosen, policy_rejected)
+        self._log_dmpo_metrics(mode, batch, outputs, out, policy_chosen, policy_rejected)
         if return_outputs:
             with torch.no_grad():
-                outputs = model(**self._model_inputs(model, inputs), use_cache=False)
+                outputs = model(**self._model_inputs(model, batch), use_cache=False)
             return loss, outputs
         return loss
 
-    def _log_dmpo_metrics(self, mode, inputs, outputs, out, policy_chosen, policy_rejected):
+    def _log_dmpo_metrics(self, mode, batch: DMPOBatch, outputs, out, policy_chosen, policy_rejected):
         # Per-pair tensors go through gather_for_metrics, which drops the duplicates padding the last batch; it trims
         # along dim 0 by pairs, so [chosen; rejected] tensors are split into halves first. Token counts are (1,)-shaped
         # sums, gathered as they are (gather_for_metrics would trim them like samples).
         gather = self.accelerator.gather_for_metrics
-        gather_sum = self.accelerator.gather
-        metrics = self._metrics[mode]
-        mask = inputs["completion_mask"][:, 1:].bool()
-        chosen_mask, rejected_mask = self._side_token_masks(inputs)
-        seq_len = mask.size(1)
-        packed = self._is_packed(inputs)
-        real = (inputs["sequence_ids"] >= 0) if packed else inputs["attention_mask"]
+
+        def gather_sum(value: torch.Tensor) -> torch.Tensor:
+            return self.accelerator.gather(value.reshape(1)).sum()
 
         def masked_mean(values, m):
-            total = gather_sum(values[m].float().sum().reshape(1)).sum()
-            count = gather_sum(m.sum().reshape(1)).sum()
+            total, count = gather_sum(values[m].float().sum()), gather_sum(m.sum())
             return (total / count).item() if count > 0 else 0.0
 
-        metrics["entropy"].append(masked_mean(outputs.entropy[:, -seq_len:].detach(), mask))
-        mean_logits, is_top1 = outputs.mean_logits[:, -seq_len:].detach(), outputs.is_top1[:, -seq_len:]
-        if packed:  # side masks already span all rows
-            chosen_logits = rejected_logits = mean_logits
-            chosen_top1 = is_top1
-        else:
-            chosen_logits, rejected_logits = mean_logits.chunk(2, dim=0)
-            chosen_top1 = is_top1.chunk(2, dim=0)[0]
-        metrics["logits/chosen"].append(masked_mean(chosen_logits, chosen_mask))
-        metrics["logits/rejected"].append(masked_mean(rejected_logits, rejected_mask))
-        metrics["mean_token_accuracy"].append(masked_mean(chosen_top1, chosen_mask))
+        metrics = self._metrics[mode]
+        seq_len = batch.action_mask.size(1)
+        chosen_mask, rejected_mask = batch.side_masks()
+        mean_logits = outputs.mean_logits[:, -seq_len:].detach()
+        metrics["entropy"].append(masked_mean(outputs.entropy[:, -seq_len:].detach(), batch.action_mask))
+        metrics["logits/chosen"].append(masked_mean(mean_logits, chosen_mask))
+        metrics["logits/rejected"].append(masked_mean(mean_logits, rejected_mask))
+        metrics["mean_token_accuracy"].append(masked_mean(outputs.is_top1[:, -seq_len:], chosen_mask))
+        real_tokens = gather_sum(batch.real_tokens())
         if mode == "train":
-            self._total_train_tokens += gather_sum(real.sum().reshape(1)).sum().item() // self._tp_size
+            self._total_train_tokens += real_tokens.item() // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
 
         chosen_rewards, rejected_rewards = gather(out.chosen_rewards), gather(out.rejected_rewards)
@@ -451,39 +370,29 @@ class DMPOTrainer(DPOTrainer):
         metrics["logps/chosen"].append(gather(policy_chosen.detach()).mean().item())
         metrics["logps/rejected"].append(gather(policy_rejected.detach()).mean().item())
 
-        turns_w, turns_l = (gather(x) for x in inputs["num_turns"].chunk(2, dim=0))
-        kept_w, kept_l = (gather(x) for x in inputs["kept_turns"].chunk(2, dim=0))
+        turns_w, turns_l = (gather(x) for x in batch.inputs["num_turns"].chunk(2, dim=0))
+        kept_w, kept_l = (gather(x) for x in batch.inputs["kept_turns"].chunk(2, dim=0))
         metrics["turns/chosen"].append(turns_w.float().mean().item())
         metrics["turns/rejected"].append(turns_l.float().mean().item())
-        action_tokens = gather_sum(inputs["completion_mask"].sum().reshape(1)).sum()
-        real_tokens = gather_sum(real.sum().reshape(1)).sum()
-        metrics["action_token_share"].append((action_tokens / real_tokens.clamp(min=1)).item())
+        metrics["action_token_share"].append((gather_sum(batch.action_tokens()) / real_tokens.clamp(min=1)).item())
         dropped_w, dropped_l = turns_w - kept_w, turns_l - kept_l
         metrics["truncation/actions_dropped"].append((dropped_w.sum() + dropped_l.sum()).item())
         metrics["truncation/pairs_truncated"].append(((dropped_w > 0) | (dropped_l > 0)).float().mean().item())
 
     # ------------------------------------------------------------ model card
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
-        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
-        if not self.is_world_process_zero():
+        """TRL's card (TRL links `dataset_name` as a Hub dataset, so only Hub ids go there) plus one "Run
+        configuration" section with the DMPO settings, written again every time the card is (re)generated."""
+        super().create_model_card(
+            model_name=model_name, dataset_name=dataset_name if is_hub_id(dataset_name) else None, tags=tags
+        )
+        readme = os.path.join(self.args.output_dir, "README.md")
+        if not self.is_world_process_zero() or not os.path.isfile(readme):
             return
-        path = os.path.join(self.args.output_dir, "README.md")
-        base_model = get_config_model_id(self.model.config) or "unknown"
-        details = textwrap.dedent(f"""
-
-            ## DMPO training details
-
-            | setting | value |
-            | --- | --- |
-            | method | DMPO (Direct Multi-Turn Preference Optimization, arXiv 2406.14868) |
-            | base model | {base_model} |
-            | dataset | {dataset_name or "not recorded"} |
-            | gamma | {self.args.gamma} |
-            | beta | {self.args.beta} |
-            | loss_type | {", ".join(self.args.loss_type)} |
-            | max_length | {self.args.max_length} |
-            | learning_rate | {self.args.learning_rate} |
-            | PEFT adapter | {"yes" if is_peft_model(self.model) else "no"} |
-            """)
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(details)
+        base_model = self.card_base_model or get_config_model_id(self.model.config) or "unknown"
+        write_card_section(
+            readme,
+            card_rows(self, base_model, self.card_dataset or dataset_name),
+            base_model,
+            dataset_name or self.card_dataset,
+        )

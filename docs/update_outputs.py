@@ -7,7 +7,7 @@
   variables for the later ones) and the lines after it become its output (stdout and stderr, progress bars
   left out).
 
-`tests/test_dataset_format_doc.py` checks that the page matches what these commands print.
+`tests/docs/test_dataset_format_doc.py` checks that the page matches what these commands print.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pathlib
 import re
 import subprocess
 import sys
+
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"```(\w+)\n(.*?)```", flags=re.S)

@@ -1,10 +1,15 @@
-"""Data handling: converters from common trajectory formats, structural checks, file I/O.
+"""Data tools around the trainer: converters from agent-trajectory formats, file I/O, the validation report.
 
-Use `dmpo_trl.converters` (the public entry point) or the modules here directly. Nothing here imports torch.
+* `convert`: `convert(records, fmt)` and one converter per format (ETO, ShareGPT, OpenAI chat, project).
+* `io`: the one JSON / JSONL / Parquet reader-writer of the project.
+* `validation`: `validate_dataset`, the report of what the trainer will train on.
+
+The row checks themselves are the trainer's (`dmpo_trl.checks`). Nothing here imports torch.
 """
 
-from dmpo_trl.data.checks import check_pair, split_shared_prefix
-from dmpo_trl.data.common import ConvertedRows, SkippedRow
+from dmpo_trl.checks import check_pair
+from dmpo_trl.data.common import ConvertedRows, SkippedRow, split_shared_prefix
 from dmpo_trl.data.io import read_records, write_records
+
 
 __all__ = ["ConvertedRows", "SkippedRow", "check_pair", "read_records", "split_shared_prefix", "write_records"]

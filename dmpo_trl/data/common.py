@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dmpo_trl.data.checks import check_pair, split_shared_prefix
+from dmpo_trl.checks import check_pair
 from dmpo_trl.errors import DMPODataError
+
 
 Row = dict[str, Any]
 
@@ -72,6 +73,40 @@ def convert_rows(
         result.append(converted)
     result.stats = dict(stats or {})
     return result
+
+
+def split_shared_prefix(
+    chosen: Sequence[Mapping[str, Any]], rejected: Sequence[Mapping[str, Any]], row: int | None = None
+) -> tuple[list[Row], list[Row], list[Row]]:
+    """Split two full conversations into (prompt, chosen, rejected) for rows without an explicit prompt.
+
+    The split goes at the first message where the two differ; when that message is not an assistant action on
+    both sides (e.g. identical actions followed by different observations), the split moves back to the
+    latest earlier position where both sides have an assistant message, so both continuations start with an
+    action. Identical leading actions therefore become part of the prompt (they carry no weight).
+    Raises `DMPODataError` when the two share no prefix, are identical, or first differ before any action
+    (their prompts differ).
+    """
+    n = min(len(chosen), len(rejected))
+    k = next((i for i in range(n) if chosen[i] != rejected[i]), n)
+    if k == len(chosen) == len(rejected):
+        raise DMPODataError("chosen and rejected are identical conversations", row)
+    if k == 0:
+        raise DMPODataError(
+            "prompt differs between chosen and rejected: they share no prefix (message 0 differs); "
+            "give the shared context as an explicit 'prompt' column",
+            row,
+        )
+    j = k
+    while j > 0 and not (_role_at(chosen, j) == "assistant" and _role_at(rejected, j) == "assistant"):
+        j -= 1
+    if j == 0:
+        raise DMPODataError(
+            f"prompt differs between chosen and rejected: they first differ at message {k} "
+            f"({_role_at(chosen, k)!r} vs {_role_at(rejected, k)!r}), before any assistant action",
+            row,
+        )
+    return list(chosen[:j]), list(chosen[j:]), list(rejected[j:])
 
 
 def split_implicit(chosen: list[Row], rejected: list[Row], row: int, stats: dict[str, int]) -> tuple[list, list, list]:
@@ -160,3 +195,10 @@ def normalize_tools(tools: Any, row: int | None) -> list[Row] | None:
         else:
             raise DMPODataError(f"malformed tools: tool {i} is neither a function schema nor {{'function': ...}}", row)
     return result or None
+
+
+def _role_at(messages: Sequence[Mapping[str, Any]], i: int) -> Any:
+    if i >= len(messages):
+        return None
+    message = messages[i]
+    return message.get("role") if isinstance(message, Mapping) else None

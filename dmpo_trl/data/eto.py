@@ -11,9 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dmpo_trl.data.checks import check_pair
+from dmpo_trl.checks import check_pair
 from dmpo_trl.data.common import ConvertedRows, Row, SkippedRow, convert_rows, metadata
 from dmpo_trl.errors import DMPODataError
+
 
 FASTCHAT_ROLES = {"human": "user", "gpt": "assistant"}
 UNSET: Any = object()  # "not given": the task preset (or the base default) applies
@@ -28,7 +29,12 @@ ETO_TASK_PRESETS: dict[str, dict[str, Any]] = {
         "expert_reward": 1.0,
         "strip_task_prefix": "Task Description:\n",
     },
-    "alfworld": {"rollout_offset": 12, "max_extra_rejected_turns": None, "expert_reward": 1.0, "id_scheme": "alfworld"},
+    "alfworld": {
+        "rollout_offset": 12,
+        "max_extra_rejected_turns": None,
+        "expert_reward": 1.0,
+        "id_scheme": "alfworld",
+    },
 }
 
 

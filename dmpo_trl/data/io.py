@@ -1,15 +1,23 @@
-"""Reading and writing record files: .json (a list), .jsonl, .parquet, or a folder of .json files."""
+"""The project's one reader-writer of record files: .json (a list), .jsonl, .parquet, or a folder of .json files.
+
+`read_records` / `write_records` work on lists of dicts (converters, validation, environments' pair sets, tests);
+`expand_data_files` / `load_dataset_files` give the `datasets` split that `dmpo-trl train` trains on.
+"""
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from dmpo_trl.errors import DMPODataError
 
+
 SUFFIXES = (".json", ".jsonl", ".parquet")
+__all__ = ["SUFFIXES", "builder_of", "expand_data_files", "load_dataset_files", "read_records", "write_records"]
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
@@ -97,3 +105,46 @@ def _drop_none(value: Any) -> Any:
     if isinstance(value, list):
         return [_drop_none(v) for v in value]
     return value
+
+
+#: File suffix -> `datasets` builder.
+_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def expand_data_files(patterns: list[str] | str) -> list[str]:
+    """Expand globs, check every file exists, and return the sorted unique paths.
+
+    Raises:
+        FileNotFoundError: a pattern matches nothing.
+        ValueError: a file has an unsupported suffix, or the files mix JSON and Parquet.
+    """
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    files: list[str] = []
+    for pattern in patterns:
+        pattern = os.path.expanduser(pattern)
+        matches = [m for m in sorted(glob.glob(pattern)) if os.path.isfile(m)]
+        if not matches:
+            raise FileNotFoundError(f"data file {pattern!r} does not exist (or the glob matches no file).")
+        files.extend(matches)
+    builder_of(files)  # validates suffixes
+    return list(dict.fromkeys(files))
+
+
+def builder_of(files: list[str]) -> str:
+    """The `datasets` builder ("json" or "parquet") for these files; they must all need the same one."""
+    builders = set()
+    for f in files:
+        suffix = Path(f).suffix.lower()
+        if suffix not in _BUILDERS:
+            raise ValueError(f"unsupported data file {f!r}: expected one of {sorted(_BUILDERS)}.")
+        builders.add(_BUILDERS[suffix])
+    if len(builders) != 1:
+        raise ValueError(f"data files mix formats {sorted(builders)}; use one format per split.")
+    return builders.pop()
+
+
+def load_dataset_files(files: list[str], streaming: bool = False):
+    """The files (one format: JSON/JSONL or Parquet) as one `datasets` split, streamed if asked."""
+    from datasets import load_dataset
+
+    return load_dataset(builder_of(files), data_files=files, split="train", streaming=streaming)

@@ -13,7 +13,7 @@ Pair layouts accepted (other keys are kept as metadata; `tools` is kept, legacy 
 2. OpenAI's preference fine-tuning format: `{"input": {"messages", "tools"?}, "preferred_output": [...],
    "non_preferred_output": [...]}`;
 3. `chosen` + `rejected` only, each a full conversation: the prompt is their shared prefix
-   (`dmpo_trl.data.checks.split_shared_prefix`; an error if they share none).
+   (`dmpo_trl.data.common.split_shared_prefix`; an error if they share none).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from dmpo_trl.data.common import (
     tool_call,
 )
 from dmpo_trl.errors import DMPODataError
+
 
 OPENAI_ROLES = {
     "system": "system",

@@ -18,7 +18,7 @@ as metadata):
    gpt/function_call message each -- or, for multi-turn data, lists of messages.
 2. `prompt` + `chosen` + `rejected`, all lists of messages (the ETO layout with any ShareGPT roles).
 3. `chosen` + `rejected` only, each a full conversation: the prompt is their shared prefix
-   (`dmpo_trl.data.checks.split_shared_prefix`).
+   (`dmpo_trl.data.common.split_shared_prefix`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from dmpo_trl.data.common import (
     tool_call,
 )
 from dmpo_trl.errors import DMPODataError
+
 
 SHAREGPT_ROLES = {
     "human": "user",

@@ -23,6 +23,7 @@ from .base import (
     UnknownTaskError,
 )
 
+
 __all__ = [
     "ENV_NAMES",
     "AgentEnv",

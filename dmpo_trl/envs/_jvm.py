@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from .base import EnvCrashedError, JavaNotFoundError
 
+
 T = TypeVar("T")
 
 JAVA_INSTALL_HINT = (

@@ -13,6 +13,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -131,7 +132,7 @@ class AgentEnv(abc.ABC):
         """Episode ids of a split (`"train"`, `"dev"`, `"test"`), disjoint between splits."""
         raise NotImplementedError(f"{type(self).__name__} does not define train/dev/test variations")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: most environments hold nothing to release)
         """Release the environment's resources (processes, files)."""
 
     def same_observation(self, a: str, b: str) -> bool:

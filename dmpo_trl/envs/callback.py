@@ -11,6 +11,7 @@ from transformers import Trainer, TrainerCallback
 from .base import AgentEnv
 from .evaluate import EvalResult, evaluate_model
 
+
 __all__ = ["EnvEvalCallback"]
 
 logger = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .base import AgentEnv
 from .prompting import action_message, build_prompt, observation_message, parse_action
 
+
 __all__ = [
     "EpisodeResult",
     "EvalResult",
@@ -195,7 +196,7 @@ class HFPolicy:
         if not self.reuse_cache or self._cache is None:
             return None
         keep = 0
-        for a, b in zip(ids, self._cached_ids):
+        for a, b in zip(ids, self._cached_ids, strict=False):
             if a != b:
                 break
             keep += 1

@@ -1,34 +1,23 @@
-"""Writing pair sets: JSONL files, `datasets.Dataset`s, and the Hugging Face Hub."""
+"""Writing pair sets: JSONL files (through `dmpo_trl.data.io`), `datasets.Dataset`s, and the Hugging Face Hub."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["push_to_hub", "read_jsonl", "save_jsonl_splits", "to_dataset", "to_dataset_dict", "write_jsonl"]
+from dmpo_trl.data.io import write_records
 
 
-def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
-    """Write one JSON object per line (UTF-8); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file written by `write_jsonl`."""
-    with Path(path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+__all__ = ["push_to_hub", "save_jsonl_splits", "to_dataset", "to_dataset_dict"]
 
 
 def save_jsonl_splits(splits: Mapping[str, list[dict[str, Any]]], out_dir: str | Path) -> dict[str, Path]:
     """Write ``<out_dir>/<split>.jsonl`` for every split; returns the paths."""
-    return {name: write_jsonl(rows, Path(out_dir) / f"{name}.jsonl") for name, rows in splits.items()}
+    paths = {name: Path(out_dir) / f"{name}.jsonl" for name in splits}
+    for name, rows in splits.items():
+        write_records(rows, paths[name])
+    return paths
 
 
 def to_dataset(rows: list[dict[str, Any]]):

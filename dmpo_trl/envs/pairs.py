@@ -30,6 +30,7 @@ from .prompting import build_prompt
 from .rejected import sample_clean, sample_noisy
 from .trajectory import Trajectory, run_actions
 
+
 __all__ = ["PairSplits", "Setting", "build_pairs", "build_splits", "gold_trajectory"]
 
 logger = logging.getLogger(__name__)

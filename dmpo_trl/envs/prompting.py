@@ -18,6 +18,7 @@ import re
 
 from .base import AgentEnv, EnvReset
 
+
 __all__ = ["SYSTEM_PROMPT", "action_message", "build_prompt", "observation_message", "parse_action"]
 
 SYSTEM_PROMPT = (

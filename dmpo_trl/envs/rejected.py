@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from .base import AgentEnv, DMPOEnvError
 from .trajectory import Trajectory, run_actions
 
+
 __all__ = ["META_ACTIONS", "sample_clean", "sample_noisy"]
 
 logger = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ import re
 from . import _jvm
 from .base import AgentEnv, EnvReset, EnvStep, Split, UnknownTaskError
 
+
 __all__ = ["SCIENCEWORLD_INVALID_PREFIXES", "ScienceWorldAgentEnv", "scienceworld_tasks"]
 
 # The simulator's replies to actions it could not parse or resolve.

@@ -17,6 +17,7 @@ from typing import Any
 from . import _jvm
 from .base import AgentEnv, EnvReset, EnvStep, Split, UnknownTaskError
 
+
 __all__ = ["DEFAULT_GAME_PARAMS", "TEXTWORLD_EXPRESS_TASKS", "TextWorldExpressAgentEnv"]
 
 TEXTWORLD_EXPRESS_TASKS = (

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from .base import AgentEnv, DMPOEnvError, EnvReset, EnvStep
 from .prompting import action_message, observation_message
 
+
 __all__ = ["Trajectory", "replay_mismatches", "run_actions"]
 
 
@@ -52,7 +53,7 @@ class Trajectory:
     def messages(self) -> list[dict[str, str]]:
         """The completion as messages: assistant action, user observation, assistant action, ..."""
         out: list[dict[str, str]] = []
-        for action, step in zip(self.actions, self.steps):
+        for action, step in zip(self.actions, self.steps, strict=True):
             out.append(action_message(action))
             out.append(observation_message(step.observation))
         return out
@@ -80,7 +81,7 @@ def replay_mismatches(env: AgentEnv, variation: int, completion: Sequence[dict])
     if len(observations) != len(actions):
         problems.append(f"{len(actions)} actions but {len(observations)} observations")
     env.reset(variation)
-    for t, (action, recorded) in enumerate(zip(actions, observations)):
+    for t, (action, recorded) in enumerate(zip(actions, observations, strict=False)):
         if env.done:
             problems.append(f"turn {t}: the episode was already over before action {action!r}")
             break

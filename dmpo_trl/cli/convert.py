@@ -1,0 +1,88 @@
+"""`dmpo-trl convert --from FORMAT IN OUT`: convert trajectories to the project's dataset format."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+FORMATS = ("eto", "eto-rollouts", "sharegpt", "openai", "project")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert ETO / ShareGPT / OpenAI trajectories to the project's preference format",
+        description="Convert IN (.json, .jsonl, .parquet; for eto-rollouts also a folder of ETO rollout .json "
+        "files) to OUT (.json, .jsonl, .parquet) in the project format. Every output row passes the same checks "
+        "as `dmpo-trl validate` (structure only). Exits 1 at the first bad row unless --skip-invalid.",
+    )
+    parser.add_argument("--from", dest="fmt", required=True, choices=FORMATS, help="input format")
+    parser.add_argument("input", metavar="IN", help="input file (eto-rollouts: rollout file or folder)")
+    parser.add_argument("output", metavar="OUT", help="output file")
+    parser.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="leave out bad rows and list them (count and reasons) instead of stopping",
+    )
+    rollouts = parser.add_argument_group("eto-rollouts (pairing as ETO's construct_preference.py)")
+    rollouts.add_argument(
+        "--expert", metavar="FILE", help="expert (SFT) trajectories, e.g. ETO's data/webshop_sft.json"
+    )
+    rollouts.add_argument(
+        "--task",
+        choices=("webshop", "sciworld", "alfworld"),
+        help="ETO task: sets the rollout offset, rejected cap and reward rules ETO uses",
+    )
+    rollouts.add_argument(
+        "--rollout-offset",
+        type=int,
+        metavar="N",
+        help="messages before the task description in a rollout (instruction, OK, example)",
+    )
+    rollouts.add_argument(
+        "--max-extra-rejected-turns",
+        metavar="N|none",
+        help="cap a rejected rollout at the expert's actions + N (ETO: 5); 'none': no cap",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, rest: list[str]) -> int:
+    from dmpo_trl.data.convert import convert, pair_eto_rollouts
+    from dmpo_trl.data.io import read_records, write_records
+    from dmpo_trl.errors import DMPODataError
+
+    try:
+        if args.fmt == "eto-rollouts":
+            if not args.expert:
+                print("dmpo-trl convert: --from eto-rollouts needs --expert FILE", file=sys.stderr)
+                return 2
+            kwargs = {}
+            if args.rollout_offset is not None:
+                kwargs["rollout_offset"] = args.rollout_offset
+            if args.max_extra_rejected_turns is not None:
+                cap = args.max_extra_rejected_turns
+                kwargs["max_extra_rejected_turns"] = None if cap.lower() == "none" else int(cap)
+            if args.task is None and args.rollout_offset is None:
+                print("dmpo-trl convert: --from eto-rollouts needs --task or --rollout-offset", file=sys.stderr)
+                return 2
+            rows = pair_eto_rollouts(
+                read_records(args.expert),
+                read_records(args.input),
+                task=args.task,
+                skip_invalid=args.skip_invalid,
+                **kwargs,
+            )
+        else:
+            rows = convert(read_records(args.input), args.fmt, skip_invalid=args.skip_invalid)
+    except DMPODataError as err:
+        print(f"dmpo-trl convert: {args.input}: {err}", file=sys.stderr)
+        return 1
+    write_records(rows, args.output)
+    summary = {"written": len(rows), "output": args.output, **rows.stats, "skipped": len(rows.skipped)}
+    print(json.dumps(summary))
+    for skipped in rows.skipped:
+        print(f"skipped {skipped.reason}", file=sys.stderr)
+    return 0

@@ -1,0 +1,117 @@
+"""The one model / tokenizer loader of the tools: `dmpo-trl train`, `validate`, `evaluate` and the main job.
+
+Names resolve the same way everywhere: ``"default"`` (or ``"smollm2"``) is the embedded SmolLM2-135M-Instruct
+(`dmpo_trl.demo.default_model`), a path to a ``.gguf`` file loads the tokenizer stored in it, a folder with an
+``adapter_config.json`` is a PEFT adapter on its base model, anything else is a local folder or a Hub id.
+`trust_remote_code` is off unless asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from trl import ModelConfig
+
+    from dmpo_trl import DMPOConfig
+
+__all__ = ["build_model_init_kwargs", "kbit_device_map", "load_model", "load_tokenizer", "resolve_model"]
+
+
+def resolve_model(name_or_path: str | None) -> str:
+    """``None`` or a default alias -> the cached embedded model's folder (converted once); anything else unchanged."""
+    from dmpo_trl.demo.default_model import DEFAULT_MODEL_ALIASES, load_default_model
+
+    if name_or_path is None or name_or_path.lower() in DEFAULT_MODEL_ALIASES:
+        return load_default_model()
+    return name_or_path
+
+
+def load_tokenizer(
+    name_or_path: str,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    chat_template_path: str | None = None,
+    require_chat_template: bool = False,
+) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model folder, Hub id, default alias or ``.gguf`` file, with a pad token (EOS when the
+    tokenizer has none) and, with `chat_template_path`, that Jinja template instead of its own.
+
+    Raises:
+        ValueError: `require_chat_template` and the tokenizer has no chat template.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(resolve_model(name_or_path))
+    if path.suffix == ".gguf" and path.is_file():
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if chat_template_path is not None:
+        tokenizer.chat_template = Path(chat_template_path).read_text(encoding="utf-8")
+    if require_chat_template and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"the tokenizer of {name_or_path!r} has no chat template; DMPO data is conversational. "
+            "Use an instruct/chat checkpoint or add a template to its tokenizer_config.json."
+        )
+    return tokenizer
+
+
+def load_model(name_or_path: str | None, **kwargs: Any) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) for a model folder, a PEFT adapter folder (its base model is loaded), a Hub id or a default
+    alias; `kwargs` go to `from_pretrained` (e.g. ``dtype``)."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(name_or_path)
+    kwargs.setdefault("trust_remote_code", False)
+    if (Path(path) / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return model, load_tokenizer(path, trust_remote_code=kwargs["trust_remote_code"])
+
+
+def kbit_device_map() -> dict[str, int | str] | None:
+    """Device map for a bitsandbytes-quantized model: the whole model on this process's GPU (`{"": local_rank}`),
+    or None on CPU (TRL 1.16 dropped its own `get_kbit_device_map`)."""
+    import torch
+    from accelerate import PartialState
+
+    if torch.cuda.is_available():
+        return {"": PartialState().local_process_index}
+    return None
+
+
+def build_model_init_kwargs(model_args: ModelConfig, training_args: DMPOConfig) -> dict[str, Any]:
+    """`from_pretrained` keyword arguments for policy and reference model (DPOTrainer loads both from these).
+
+    Recipe-level `model_init_kwargs` win over the `ModelConfig` fields. Quantized runs get a per-process device map.
+    """
+    kwargs: dict[str, Any] = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        if not model_args.use_peft:
+            raise ValueError("load_in_4bit / load_in_8bit train only adapters: set `use_peft: true` (QLoRA).")
+        device_map = kbit_device_map()
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+    if training_args.model_init_kwargs:
+        extra = training_args.model_init_kwargs
+        if isinstance(extra, str):  # a JSON string from the command line
+            import json
+
+            extra = json.loads(extra)
+        kwargs.update(extra)
+    return {k: v for k, v in kwargs.items() if v is not None}
