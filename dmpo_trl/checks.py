@@ -27,6 +27,7 @@ __all__ = [
     "check_pair",
     "prepare_pair",
     "prepare_row",
+    "skipped_summary",
     "truncation_stats",
 ]
 
@@ -48,7 +49,7 @@ TOKENIZED_COLUMNS = (
 REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 #: What `DataCollatorForDMPO` reads (the kept-turn counts it recomputes from the truncation).
 COLLATOR_COLUMNS = TOKENIZED_COLUMNS[:7] + REFERENCE_COLUMNS
-#: Why `prepare_row` could not use a row (``""`` for a usable row); only with ``skip_invalid``.
+#: Why `prepare_row` could not use a row, ``"<side>: <reason>"`` (``""`` for a usable row); only with ``skip_invalid``.
 SKIP_REASON_COLUMN = "dmpo_skip_reason"
 
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
@@ -283,8 +284,25 @@ def prepare_row(
             raise
         out = {key: [] for key in TOKENIZED_COLUMNS[:5]}
         out.update(dict.fromkeys(TOKENIZED_COLUMNS[5:], 0))
-        out[SKIP_REASON_COLUMN] = str(err)
+        out[SKIP_REASON_COLUMN] = f"{err.side}: {err.reason}" if err.side else err.reason
     return out
+
+
+def skipped_summary(reasons: Sequence[str], most: int = 5, rows_shown: int = 5) -> str:
+    """``"2x <reason> (rows 1, 3); 1x <reason> (rows 4)"``: the non-empty `SKIP_REASON_COLUMN` values, grouped by
+    their whole text (most frequent first), with the first row indices of each."""
+    rows: dict[str, list[int]] = {}
+    for row, reason in enumerate(reasons):
+        if reason:
+            rows.setdefault(reason, []).append(row)
+    groups = sorted(rows.items(), key=lambda item: -len(item[1]))
+    parts = []
+    for reason, where in groups[:most]:
+        shown = ", ".join(map(str, where[:rows_shown])) + (", ..." if len(where) > rows_shown else "")
+        parts.append(f"{len(where)}x {reason} (rows {shown})")
+    if len(groups) > most:
+        parts.append(f"and {len(groups) - most} other reasons")
+    return "; ".join(parts)
 
 
 def truncation_stats(dataset, max_length: int | None, skipped: int) -> dict[str, Any]:

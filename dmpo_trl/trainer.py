@@ -6,7 +6,6 @@ import contextlib
 import copy
 import os
 import textwrap
-from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +33,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, use_adapter
 
 from .attention import is_varlen_capable, use_varlen_sdpa, varlen_kwargs
-from .checks import COLLATOR_COLUMNS, SKIP_REASON_COLUMN, prepare_row, truncation_stats
+from .checks import COLLATOR_COLUMNS, SKIP_REASON_COLUMN, prepare_row, skipped_summary, truncation_stats
 from .collator import DataCollatorForDMPO, DMPOBatch
 from .config import DMPOConfig
 from .loss import dmpo_loss_from_scores
@@ -230,16 +229,16 @@ class DMPOTrainer(DPOTrainer):
         dataset = dataset.map(prepare_row, fn_kwargs=fn_kwargs, **map_kwargs)
         if not isinstance(dataset, Dataset):  # streaming: no up-front statistics
             return dataset.filter(lambda ex: ex[SKIP_REASON_COLUMN] == "")
-        errors = [e for e in dataset[SKIP_REASON_COLUMN] if e]
-        if errors:
-            reasons = Counter(e.split(": ", 2)[-1] for e in errors)
+        reasons = dataset[SKIP_REASON_COLUMN]
+        skipped = sum(1 for r in reasons if r)
+        if skipped:
             logger.warning(
-                f"Skipped {len(errors)}/{len(dataset)} rows of the {dataset_name} dataset that DMPO cannot train on "
-                f"(skip_invalid_pairs=True). Reasons: " + "; ".join(f"{n}x {r}" for r, n in reasons.most_common(5)),
+                f"Skipped {skipped}/{len(dataset)} rows of the {dataset_name} dataset that DMPO cannot train on "
+                f"(skip_invalid_pairs=True): {skipped_summary(reasons)}",
                 main_process_only=True,
             )
             dataset = dataset.filter(lambda e: e == "", input_columns=SKIP_REASON_COLUMN, desc="Dropping invalid rows")
-        self.dmpo_data_stats[dataset_name] = stats = truncation_stats(dataset, args.max_length, len(errors))
+        self.dmpo_data_stats[dataset_name] = stats = truncation_stats(dataset, args.max_length, skipped)
         if stats["pairs_truncated"]:
             logger.warning(
                 f"{dataset_name}: at max_length={args.max_length}, {stats['pairs_truncated']}/{stats['pairs']} pairs "

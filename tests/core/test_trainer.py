@@ -392,3 +392,26 @@ def test_short_last_batch_trains_and_logs(tmp_path, tok):
     assert trainer.state.global_step == 3
     turns = {sum(m["role"] == "assistant" for m in r["chosen"]) for r in dataset_rows(5)}
     assert trainer.state.log_history[2]["turns/chosen"] in turns  # one pair: its own T, not a mix of halves
+
+
+def test_skipped_rows_are_reported_by_their_whole_reason(tmp_path, tok, caplog):
+    """Reasons that contain ': ' themselves are grouped as a whole, with the rows they come from."""
+    rows = dataset_rows(5)
+    for i in (1, 3):  # same reason twice
+        rows[i]["rejected"] = [{"role": "user", "content": "Observation: nothing."}]
+    rows[4]["chosen"] = [{"role": "assistant", "content": "Action: a"}, {"role": "assistant", "content": "Action: b"}]
+    with caplog.at_level("WARNING", logger="dmpo_trl.trainer"):
+        trainer = DMPOTrainer(
+            model=tiny_model(tok),
+            args=make_args(tmp_path, skip_invalid_pairs=True),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tok,
+        )
+    assert len(trainer.train_dataset) == 2
+    text = caplog.text
+    assert "Skipped 3/5 rows" in text
+    assert "2x rejected: no assistant action in rejected (roles: 'user') (rows 1, 3)" in text
+    assert (
+        "1x chosen: roles out of order: messages 0 and 1 are consecutive assistant actions with no observation "
+        "between them (rows 4)" in text
+    )
