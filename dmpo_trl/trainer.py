@@ -30,7 +30,7 @@ from . import _compat  # noqa: F401  (refuses an untested TRL before TRL itself 
 # isort: split
 from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import get_config_model_id, use_adapter
+from trl.trainer.utils import get_config_model_id, global_then_local_main_first, use_adapter
 
 from .attention import is_varlen_capable, use_varlen_sdpa, varlen_kwargs
 from .checks import COLLATOR_COLUMNS, SKIP_REASON_COLUMN, prepare_row, skipped_summary, truncation_stats
@@ -226,7 +226,9 @@ class DMPOTrainer(DPOTrainer):
             "max_length": args.max_length,
             "skip_invalid": args.skip_invalid_pairs,
         }
-        dataset = dataset.map(prepare_row, fn_kwargs=fn_kwargs, **map_kwargs)
+        # Under a multi-process launch the main process tokenizes first and the others read its cache, as in TRL
+        with global_then_local_main_first():
+            dataset = dataset.map(prepare_row, fn_kwargs=fn_kwargs, **map_kwargs)
         if not isinstance(dataset, Dataset):  # streaming: no up-front statistics
             return dataset.filter(lambda ex: ex[SKIP_REASON_COLUMN] == "")
         reasons = dataset[SKIP_REASON_COLUMN]

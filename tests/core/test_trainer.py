@@ -415,3 +415,38 @@ def test_skipped_rows_are_reported_by_their_whole_reason(tmp_path, tok, caplog):
         "1x chosen: roles out of order: messages 0 and 1 are consecutive assistant actions with no observation "
         "between them (rows 4)" in text
     )
+
+
+def test_dataset_preparation_runs_main_process_first(tmp_path, tok, monkeypatch):
+    """Every row is tokenized inside TRL's main-process-first context (the other ranks then read the cache)."""
+    import contextlib
+
+    import dmpo_trl.checks
+    import dmpo_trl.trainer
+
+    state = {"inside": False, "rows": [], "entered": 0}
+
+    @contextlib.contextmanager
+    def recording():
+        state["entered"] += 1
+        state["inside"] = True
+        try:
+            yield
+        finally:
+            state["inside"] = False
+
+    original = dmpo_trl.checks.prepare_row
+
+    def spy(example, idx, **kwargs):
+        state["rows"].append(state["inside"])
+        return original(example, idx, **kwargs)
+
+    monkeypatch.setattr(dmpo_trl.trainer, "global_then_local_main_first", recording)
+    monkeypatch.setattr(dmpo_trl.trainer, "prepare_row", spy)
+    DMPOTrainer(
+        model=tiny_model(tok),
+        args=make_args(tmp_path),
+        train_dataset=Dataset.from_list(dataset_rows(3)),
+        processing_class=tok,
+    )
+    assert state["entered"] == 1 and state["rows"] == [True, True, True]
