@@ -381,3 +381,36 @@ def test_module_entry_point_reaches_the_recipe_parser(tmp_path):
     for cmd, cwd in (([sys.executable, "-m", "dmpo_trl.cli.train", "--help"], tmp_path),):
         out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout
         assert "--gamma" in out and "--data_files" in out and "--use_peft" in out
+
+
+def test_accelerate_configs_ship_in_the_wheel_and_resolve_outside_the_repository(tmp_path):
+    """A plain (non-editable) install finds `--accelerate-config zero3` by name, with no source tree around."""
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"
+    shutil.copytree(REPO_ROOT / "dmpo_trl", src / "dmpo_trl", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, src / name)
+    env = subprocess_env()
+    env.pop("PYTHONPATH")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("dmpo_trl-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"dmpo_trl/cli/accelerate_configs/{n}.yaml" for n in SHIPPED} <= names
+    site = tmp_path / "site"
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(site), str(wheel)], env=env, check=True, capture_output=True
+    )
+    env["PYTHONPATH"] = str(site)
+    code = "from dmpo_trl.cli.launch import resolve_accelerate_config as r; print(r('zero3'))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    assert out == str(site / "dmpo_trl" / "cli" / "accelerate_configs" / "zero3.yaml")
