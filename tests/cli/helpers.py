@@ -113,3 +113,21 @@ def logged_losses(output_dir: Path) -> list[float]:
     """Per-step training losses from `trainer_state.json` (written by `dmpo_trl.cli.train` next to the final model)."""
     state = json.loads((output_dir / "trainer_state.json").read_text())
     return [h["loss"] for h in state["log_history"] if "loss" in h]
+
+
+#: Recipe flags of a small LoRA run on the tiny model.
+LORA = [
+    "--use_peft",
+    "true",
+    "--lora_r",
+    "4",
+    "--lora_alpha",
+    "8",
+    "--lora_dropout",
+    "0.0",
+    "--lora_target_modules",
+    "q_proj",
+    "v_proj",
+    "--learning_rate",
+    "1e-2",
+]

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from dmpo_trl.cli.compare import compare_runs
 from tests.cli.helpers import (
+    LORA,
     REPO_ROOT,
     base_recipe,
     cli_cmd,
@@ -32,21 +33,6 @@ from tests.cli.helpers import (
 )
 
 
-LORA = [
-    "--use_peft",
-    "true",
-    "--lora_r",
-    "4",
-    "--lora_alpha",
-    "8",
-    "--lora_dropout",
-    "0.0",
-    "--lora_target_modules",
-    "q_proj",
-    "v_proj",
-    "--learning_rate",
-    "1e-2",
-]
 # fp32 on CPU: different reduction orders (all-reduce, ZeRO partitions) move results by ~1e-6.
 LOSS_TOL = 1e-5
 WEIGHT_ATOL = 1e-5

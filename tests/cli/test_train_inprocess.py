@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from dmpo_trl.cli.train import build_trainer, parse_args, run
-from tests.cli.helpers import REPO_ROOT, base_recipe, logged_losses, write_recipe
+from tests.cli.helpers import LORA, REPO_ROOT, base_recipe, logged_losses, write_recipe
 
 
 @pytest.fixture
@@ -46,23 +46,6 @@ def offline_hub(monkeypatch):
 
 def _args(recipe: Path, *flags: str):
     return parse_args(["--config", str(recipe), *flags])
-
-
-LORA = [
-    "--use_peft",
-    "true",
-    "--lora_r",
-    "4",
-    "--lora_alpha",
-    "8",
-    "--lora_dropout",
-    "0.0",
-    "--lora_target_modules",
-    "q_proj",
-    "v_proj",
-    "--learning_rate",
-    "1e-2",
-]
 
 
 @pytest.mark.parametrize("adapter", [False, True], ids=["full", "lora"])

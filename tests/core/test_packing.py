@@ -12,6 +12,7 @@ from dmpo_trl import DMPOConfig, DMPOTrainer
 from dmpo_trl.attention import VARLEN_SDPA, packed_segments, varlen_sdpa_attention_forward
 from dmpo_trl.packing import build_packed_batch, check_packed_attention, pack_rows, segment_sum
 from dmpo_trl.testing import agent_pair, dataset_rows, tiny_model
+from tests.core.helpers import make_args
 
 
 # attention path -> (attn_implementation the model is built with, packed layout)
@@ -21,26 +22,6 @@ PATHS = {
     "sdpa_dense_bins": ("sdpa-dense", "bins"),  # transformers' own block-diagonal mask from position_ids
     "eager_bins": ("eager", "bins"),
 }
-
-
-def make_args(tmp_path, **kw):
-    base = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        max_steps=2,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        max_length=512,
-        gradient_checkpointing=False,
-        dataloader_drop_last=False,
-        bf16=False,
-        disable_tqdm=True,
-    )
-    base.update(kw)
-    return DMPOConfig(**base)
 
 
 def make_trainer(tmp_path, tok, rows, padding_free, path="varlen_single_row", **kw):

@@ -12,25 +12,7 @@ from dmpo_trl import DMPOConfig, DMPOTrainer
 from dmpo_trl.data.io import write_records
 from dmpo_trl.testing import agent_pair, dataset_rows, make_tokenizer, tiny_model
 from dmpo_trl.tokenization import tokenize_pair
-
-
-def make_args(tmp_path, **kw):
-    base = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        max_steps=2,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        max_length=512,
-        gradient_checkpointing=False,
-        dataloader_drop_last=False,
-        bf16=False,  # TRL defaults to bf16 autocast (also on CPU); the exactness tests run in float32
-    )
-    base.update(kw)
-    return DMPOConfig(**base)
+from tests.core.helpers import make_args
 
 
 def batch_of(trainer, n, split=None):
