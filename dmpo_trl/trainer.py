@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import textwrap
@@ -29,16 +28,15 @@ from . import _compat  # noqa: F401  (refuses an untested TRL before TRL itself 
 
 # isort: split
 from trl import DPOTrainer
-from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import get_config_model_id, global_then_local_main_first, use_adapter
+from trl.trainer.utils import get_config_model_id, global_then_local_main_first
 
-from .attention import is_varlen_capable, use_varlen_sdpa, varlen_kwargs
+from .attention import is_varlen_capable, use_varlen_sdpa
 from .checks import COLLATOR_COLUMNS, SKIP_REASON_COLUMN, prepare_row, skipped_summary, truncation_stats
 from .collator import DataCollatorForDMPO, DMPOBatch
 from .config import DMPOConfig
+from .forward import DMPOForwardMixin
 from .loss import dmpo_loss_from_scores
 from .model_card import card_rows, is_hub_id, write_card_section
-from .packing import check_packed_attention
 
 
 if TYPE_CHECKING:
@@ -53,7 +51,7 @@ logger = get_logger(__name__)
 MASKING_VERSION = 1
 
 
-class DMPOTrainer(DPOTrainer):
+class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
     """Trainer for DMPO (Direct Multi-Turn Preference Optimization), a drop-in replacement for [`~trl.DPOTrainer`].
 
     Same constructor and same dataset format as `DPOTrainer` (conversational ``prompt`` / ``chosen`` / ``rejected``
@@ -178,7 +176,7 @@ class DMPOTrainer(DPOTrainer):
         self.dmpo_data_stats: dict[str, dict[str, Any]] = {}
         self.card_base_model: str | None = None
         self.card_dataset: str | None = None
-        self._packed_attention_checked: set[int] = set()
+        self._packed_attention_checked: set[int] = set()  # models whose packed attention was checked
         # DPOTrainer 1.16 warns that padding_free is "disabled" and turns it off; DMPO implements it, so hide the flag
         # from DPOTrainer.__init__ (no misleading warning) and restore it afterwards.
         args.padding_free = False
@@ -210,6 +208,7 @@ class DMPOTrainer(DPOTrainer):
                 self.data_collator.packing = "single_row" if is_varlen_capable(self.model) else "bins"
         if self._is_vision_dataset:
             raise ValueError("DMPOTrainer supports text conversations only; the dataset has image columns.")
+        self._install_action_lm_heads()
 
     # ------------------------------------------------------------------ data
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -267,45 +266,7 @@ class DMPOTrainer(DPOTrainer):
         finally:
             self._precompute_model_hash = base_hash
 
-    def compute_ref_log_probs(self, model, inputs):
-        """DMPO-weighted reference scores ``(S_ref_chosen, S_ref_rejected)`` of one collated batch."""
-        adapter_context = contextlib.nullcontext()
-        if self.ref_model is None and is_peft_model(self.model):
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            adapter_context = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
-        with (
-            torch.no_grad(),
-            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
-            adapter_context,
-            self.accelerator.autocast(),
-        ):
-            per_token_logps, _ = self._per_token_logps(model, inputs)
-        return self._sequence_scores(per_token_logps, inputs)
-
     # ------------------------------------------------------------------ loss
-    def _model_inputs(self, model, batch: DMPOBatch) -> dict[str, Any]:
-        """The batch's model inputs; for a packed batch, checks once per model that sequences stay isolated."""
-        if not batch.packed:
-            return batch.model_inputs()
-        unwrapped = self.accelerator.unwrap_model(model)
-        extra = varlen_kwargs if is_varlen_capable(unwrapped) else None
-        if id(model) not in self._packed_attention_checked:
-            check_packed_attention(unwrapped, batch.inputs["input_ids"], num_rows=2, extra_kwargs=extra)
-            self._packed_attention_checked.add(id(model))
-        return batch.model_inputs(extra)
-
-    def _per_token_logps(self, model, inputs, **extra):
-        """One fused-LM-head forward: log-probs of the action tokens (others 0), aligned with ``input_ids[:, 1:]``."""
-        batch = DMPOBatch(inputs)
-        model_inputs = self._model_inputs(model, batch)
-        outputs = model(**model_inputs, labels=batch.labels(), use_cache=False, fused_lm_head=True, **extra)
-        return outputs.log_probs[:, -(inputs["input_ids"].size(1) - 1) :], outputs
-
-    @staticmethod
-    def _sequence_scores(per_token_logps, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """DMPO-weighted scores ``S`` of the chosen and of the rejected sequences, `(B,)` each."""
-        return DMPOBatch(inputs).scores(per_token_logps)
-
     def _compute_loss(self, model, inputs, return_outputs):
         batch = DMPOBatch(inputs)
         mode = "train" if self.model.training else "eval"
@@ -351,13 +312,14 @@ class DMPOTrainer(DPOTrainer):
             return (total / count).item() if count > 0 else 0.0
 
         metrics = self._metrics[mode]
-        seq_len = batch.action_mask.size(1)
-        chosen_mask, rejected_mask = batch.side_masks()
-        mean_logits = outputs.mean_logits[:, -seq_len:].detach()
-        metrics["entropy"].append(masked_mean(outputs.entropy[:, -seq_len:].detach(), batch.action_mask))
-        metrics["logits/chosen"].append(masked_mean(mean_logits, chosen_mask))
-        metrics["logits/rejected"].append(masked_mean(mean_logits, rejected_mask))
-        metrics["mean_token_accuracy"].append(masked_mean(outputs.is_top1[:, -seq_len:], chosen_mask))
+        if outputs.entropy is not None:  # the head computes them on logged steps only (`_head_metrics_due`)
+            seq_len = batch.action_mask.size(1)
+            chosen_mask, rejected_mask = batch.side_masks()
+            mean_logits = outputs.mean_logits[:, -seq_len:].detach()
+            metrics["entropy"].append(masked_mean(outputs.entropy[:, -seq_len:].detach(), batch.action_mask))
+            metrics["logits/chosen"].append(masked_mean(mean_logits, chosen_mask))
+            metrics["logits/rejected"].append(masked_mean(mean_logits, rejected_mask))
+            metrics["mean_token_accuracy"].append(masked_mean(outputs.is_top1[:, -seq_len:], chosen_mask))
         real_tokens = gather_sum(batch.real_tokens())
         if mode == "train":
             self._total_train_tokens += real_tokens.item() // self._tp_size
