@@ -9,6 +9,7 @@ The words come from a fixed vocabulary, so token counts follow word counts.
 
 from __future__ import annotations
 
+import math
 import random
 
 
@@ -29,6 +30,18 @@ def _side(rng, n_actions, obs_words=(20, 200)):
         if t < n_actions - 1:
             msgs.append({"role": "user", "content": f"Observation: {_text(rng, *obs_words)}"})
     return msgs
+
+
+def scaled_pairs(n: int, seed: int = 0, scale: float = 1.0, obs_words=(8, 80)) -> list[dict]:
+    """`agent_pairs` with ``scale`` times the actions per side (chosen 3-12, rejected 3-40 at scale 1), so that
+    longer trajectories come from more turns and the share of action tokens stays the same."""
+    return agent_pairs(
+        n,
+        seed=seed,
+        chosen=(math.ceil(3 * scale), math.ceil(12 * scale)),
+        rejected=(math.ceil(3 * scale), math.ceil(40 * scale)),
+        obs_words=obs_words,
+    )
 
 
 def agent_pairs(n: int, seed: int = 0, chosen=(3, 12), rejected=(3, 40), obs_words=(20, 200)) -> list[dict]:

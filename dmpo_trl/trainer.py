@@ -12,7 +12,6 @@ import torch
 from accelerate.logging import get_logger
 from accelerate.utils import is_peft_model
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
-from datasets.fingerprint import Hasher
 from transformers import (
     AutoTokenizer,
     DataCollator,
@@ -37,6 +36,7 @@ from .config import DMPOConfig
 from .forward import DMPOForwardMixin
 from .loss import dmpo_loss_from_scores
 from .model_card import card_rows, is_hub_id, write_card_section
+from .ref_cache import resolve_precompute
 
 
 if TYPE_CHECKING:
@@ -46,9 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["DMPOTrainer"]
 
 logger = get_logger(__name__)
-
-# Bump when the tokenization or masking rules change, so cached reference scores are not reused across versions.
-MASKING_VERSION = 1
 
 
 class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
@@ -165,12 +162,13 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
             )
         elif getattr(data_collator, "gamma", args.gamma) != args.gamma:
             raise ValueError(f"data_collator.gamma={data_collator.gamma} differs from args.gamma={args.gamma}.")
+        precompute = resolve_precompute(args, train_dataset, eval_dataset)  # None: where exact and no dearer
         if (
             ref_model is None
             and not isinstance(model, str)
             and peft_config is None
             and not is_peft_model(model)
-            and not args.precompute_ref_log_probs
+            and not precompute
         ):
             ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.dmpo_data_stats: dict[str, dict[str, Any]] = {}
@@ -180,6 +178,7 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
         # DPOTrainer 1.16 warns that padding_free is "disabled" and turns it off; DMPO implements it, so hide the flag
         # from DPOTrainer.__init__ (no misleading warning) and restore it afterwards.
         args.padding_free = False
+        requested_precompute, args.precompute_ref_log_probs = args.precompute_ref_log_probs, precompute
         try:
             super().__init__(
                 model=model,
@@ -197,6 +196,7 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
             )
         finally:
             args.padding_free = padding_free
+            args.precompute_ref_log_probs = requested_precompute
         self.padding_free = padding_free
         if padding_free:  # models loaded by DPOTrainer.__init__ from a name (a no-op for those switched above)
             use_varlen_sdpa(self.model)
@@ -252,19 +252,6 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
             self._signature_columns = list(COLLATOR_COLUMNS)
-
-    # ------------------------------------------------------------- reference
-    def _precompute_ref_logps(self, dataset, name, batch_size):
-        # TRL keys the cache on the dataset and the reference weights only; DMPO scores also depend on gamma and on
-        # the truncation, so fold those into the key for the duration of the call.
-        base_hash = self._precompute_model_hash
-        self._precompute_model_hash = Hasher.hash(
-            (base_hash, "dmpo", MASKING_VERSION, self.args.gamma, self.args.max_length)
-        )
-        try:
-            return super()._precompute_ref_logps(dataset, name, batch_size)
-        finally:
-            self._precompute_model_hash = base_hash
 
     # ------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs, return_outputs):

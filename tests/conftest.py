@@ -29,3 +29,19 @@ def sciworld():
     env = make_env("scienceworld", "lifespan-longest-lived")
     yield env
     env.close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _reference_score_store(tmp_path_factory):
+    """Reference scores go to a store of this session (subprocesses inherit it), never to ~/.cache."""
+    import os
+
+    from dmpo_trl.ref_cache import REF_CACHE_ENV
+
+    previous = os.environ.get(REF_CACHE_ENV)
+    os.environ[REF_CACHE_ENV] = str(tmp_path_factory.mktemp("reference_scores"))
+    yield
+    if previous is None:
+        os.environ.pop(REF_CACHE_ENV, None)
+    else:
+        os.environ[REF_CACHE_ENV] = previous

@@ -64,7 +64,7 @@ def test_loss_equals_independent_computation_with_separate_reference(tmp_path, t
 def test_step0_loss_is_ln2_when_policy_equals_reference(tmp_path, tok):
     trainer = DMPOTrainer(
         model=tiny_model(tok),
-        args=make_args(tmp_path),
+        args=make_args(tmp_path, precompute_ref_log_probs=False),
         train_dataset=Dataset.from_list(dataset_rows(8)),
         processing_class=tok,
     )

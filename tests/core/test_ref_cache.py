@@ -1,0 +1,139 @@
+"""Reference scores once: the keyed store (reuse across runs, subsets, duplicates; recomputed when the context
+changes) and what `precompute_ref_log_probs=None` resolves to."""
+
+import copy
+import logging
+import math
+
+import pytest
+import torch
+from datasets import Dataset, IterableDataset
+
+from dmpo_trl import DMPOTrainer
+from dmpo_trl.forward import DMPOForwardMixin
+from dmpo_trl.ref_cache import ReferenceScoreStore, resolve_precompute, row_key
+from dmpo_trl.testing import dataset_rows, tiny_model
+from tests.core.helpers import make_args
+
+
+def distinct_rows(n, seed=0):
+    rows = dataset_rows(n, seed=seed)
+    for i, row in enumerate(rows):
+        row["prompt"][-1]["content"] += f" (pair {seed}-{i})"
+    return rows
+
+
+@pytest.fixture
+def computed(monkeypatch):
+    """Number of pairs the reference actually scored, per precompute call."""
+    calls = []
+    original = DMPOForwardMixin.compute_ref_log_probs
+
+    def spy(self, model, inputs):
+        calls.append(int(inputs["num_turns"].numel() // 2))
+        return original(self, model, inputs)
+
+    monkeypatch.setattr(DMPOForwardMixin, "compute_ref_log_probs", spy)
+    return calls
+
+
+def trainer_on(tmp_path, tok, rows, ref, store, **kw):
+    return DMPOTrainer(
+        model=tiny_model(tok),
+        ref_model=copy.deepcopy(ref),
+        args=make_args(tmp_path, precompute_ref_log_probs=True, ref_cache_dir=str(store), **kw),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+    )
+
+
+def test_store_reuses_scores_across_runs_subsets_and_orders(tmp_path, tok, computed):
+    rows, ref, store = distinct_rows(8, seed=2), tiny_model(tok, seed=6), tmp_path / "store"
+    first = trainer_on(tmp_path, tok, rows, ref, store)
+    assert sum(computed) == 8
+    online = DMPOTrainer(
+        model=tiny_model(tok),
+        ref_model=copy.deepcopy(ref),
+        args=make_args(tmp_path, precompute_ref_log_probs=False),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+    )
+    batch = online.data_collator([online.train_dataset[i] for i in range(8)])
+    ref_w, ref_l = online.compute_ref_log_probs(online.ref_model, batch)
+    assert torch.allclose(torch.tensor(first.train_dataset["ref_chosen_logps"]), ref_w, atol=1e-5)
+    assert torch.allclose(torch.tensor(first.train_dataset["ref_rejected_logps"]), ref_l, atol=1e-5)
+
+    computed.clear()
+    again = trainer_on(tmp_path, tok, rows[::-1][:5], ref, store)  # a later run on a re-ordered subset
+    assert computed == []
+    by_key = {row_key(ex): (ex["ref_chosen_logps"], ex["ref_rejected_logps"]) for ex in first.train_dataset}
+    for ex in again.train_dataset:
+        assert (ex["ref_chosen_logps"], ex["ref_rejected_logps"]) == by_key[row_key(ex)]  # the stored float32 values
+
+    computed.clear()
+    trainer_on(tmp_path, tok, rows + distinct_rows(3, seed=9) + rows[:2], ref, store)  # 3 new pairs, 2 duplicates
+    assert sum(computed) == 3
+
+
+@pytest.mark.parametrize("change", ["gamma", "max_length", "reference", "precision"])
+def test_store_recomputes_when_the_context_changes(tmp_path, tok, computed, change):
+    rows, ref, store = distinct_rows(4, seed=1), tiny_model(tok, seed=6), tmp_path / "store"
+    trainer_on(tmp_path, tok, rows, ref, store)
+    computed.clear()
+    kw = {"gamma": dict(gamma=0.3), "max_length": dict(max_length=100), "precision": dict(bf16=True)}.get(change, {})
+    other_ref = tiny_model(tok, seed=7) if change == "reference" else ref
+    trainer_on(tmp_path, tok, rows, other_ref, store, **kw)
+    assert sum(computed) == 4
+    assert len(list(store.glob("*.sqlite"))) == 2
+
+
+def test_empty_cache_dir_keeps_scores_in_memory(tmp_path, tok, computed):
+    rows, ref = distinct_rows(4), tiny_model(tok, seed=6)
+    trainer_on(tmp_path, tok, rows, ref, "")
+    trainer_on(tmp_path, tok, rows, ref, "")
+    assert sum(computed) == 8 and not (tmp_path / "store").exists()
+
+
+def test_store_round_trip(tmp_path):
+    store = ReferenceScoreStore(tmp_path, "ctx")
+    assert store.get(["a"]) == {}
+    store.put([("a", -1.25, -2.5), ("b", float("-inf"), 0.0)])
+    store.put([("a", -3.0, -4.0)])
+    assert store.get(["a", "b", "c"]) == {"a": (-3.0, -4.0), "b": (float("-inf"), 0.0)}
+
+
+def test_default_precomputes_where_exact_and_logs_the_store(tmp_path, tok, computed, caplog):
+    rows = distinct_rows(8, seed=3)
+    with caplog.at_level(logging.INFO, logger="dmpo_trl.forward"):
+        trainer = DMPOTrainer(
+            model=tiny_model(tok),
+            args=make_args(tmp_path, max_steps=-1, num_train_epochs=2),  # precompute_ref_log_probs=None
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tok,
+        )
+    assert trainer.precompute_ref_logps and trainer.ref_model is None and sum(computed) == 8
+    assert trainer.args.precompute_ref_log_probs is None  # the user's setting is left as given
+    assert "Reference scores of the train dataset: 0/8 pairs read from the store, 8 computed" in caplog.text
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    assert trainer.compute_loss(trainer.model, batch).item() == pytest.approx(math.log(2), abs=1e-6)
+    computed.clear()
+    trainer.train()
+    assert computed == []  # two epochs, no reference forward
+
+
+def test_resolve_precompute(tmp_path):
+    data = Dataset.from_list(dataset_rows(8))
+    stream = IterableDataset.from_generator(lambda: iter(dataset_rows(8)))
+
+    def resolve(train=data, evals=None, **kw):
+        return resolve_precompute(make_args(tmp_path, per_device_train_batch_size=4, **kw), train, evals)
+
+    assert resolve(max_steps=2)  # 2 steps x 4 pairs: the whole dataset once
+    assert not resolve(max_steps=1)  # half an epoch: precomputing would score pairs never trained on
+    assert resolve(max_steps=1, gradient_accumulation_steps=2)
+    assert resolve(max_steps=-1)
+    assert not resolve(stream)
+    assert not resolve(evals={"a": data, "b": stream})
+    assert not resolve(sync_ref_model=True, max_steps=2)
+    assert resolve(precompute_ref_log_probs=True, max_steps=1)
+    assert not resolve(precompute_ref_log_probs=False, max_steps=2)
