@@ -61,6 +61,7 @@ class DataCollatorForDMPO(DataCollatorMixin):
         padding_free (`bool`, defaults to `False`): pack the sequences into rows instead of padding each one.
         packing (`str`, defaults to `"bins"`): packed layout, ``"bins"`` (rows no longer than the longest sequence)
             or ``"single_row"`` (one row, what FlashAttention needs); see `dmpo_trl.packing`.
+        max_row_tokens (`int`, *optional*): token budget of a packed row (at least the longest sequence).
         return_tensors (`str`, defaults to `"pt"`): only ``"pt"`` (PyTorch) is implemented.
     """
 
@@ -70,6 +71,7 @@ class DataCollatorForDMPO(DataCollatorMixin):
     pad_to_multiple_of: int | None = None
     padding_free: bool = False
     packing: str = "bins"
+    max_row_tokens: int | None = None
     return_tensors: str = "pt"
 
     def __post_init__(self):
@@ -107,6 +109,7 @@ class DataCollatorForDMPO(DataCollatorMixin):
                 gamma=self.gamma,
                 packing=self.packing,
                 pad_to_multiple_of=self.pad_to_multiple_of,
+                max_row_tokens=self.max_row_tokens,
             )
         else:
             length = max(len(x) for x in ids)

@@ -19,6 +19,13 @@ Layouts (``packing``):
   block-diagonal mask is materialised) attention costs ``rows * L^2``, far less than one row of all tokens.
 - ``"single_row"``: every sequence in one row: no padding at all; the layout FlashAttention needs (``cu_seqlens``
   from position ids), chosen automatically by `DMPOTrainer` for flash attention implementations.
+
+Token budget (``max_row_tokens``): rows hold at most ``max(max_row_tokens, longest sequence)`` tokens; the row
+capacity of ``"bins"`` (default: the longest sequence) and, for ``"single_row"``, a split into first-fit-decreasing
+rows when one row would exceed it (default: no limit). `DMPOTrainer` gives per-sequence attention one unbounded row:
+its memory is linear in the tokens whatever the row length (the per-sequence kernels never see the row; the LM head
+works on bounded tiles of action positions, `dmpo_trl.lm_head`); memory that grows with the row (a dense
+``(rows, L, L)`` mask) only arises in the bins layout, whose rows never exceed the longest sequence.
 """
 
 from __future__ import annotations
@@ -42,19 +49,22 @@ __all__ = [
 PACKING_LAYOUTS = ("bins", "single_row")
 
 
-def pack_rows(lengths: Sequence[int], packing: str = "bins") -> list[list[int]]:
+def pack_rows(lengths: Sequence[int], packing: str = "bins", max_row_tokens: int | None = None) -> list[list[int]]:
     """Assign sequences (by index) to rows.
 
-    ``"bins"``: first-fit decreasing into rows of capacity ``max(lengths)`` (ties keep the input order, so the plan is
-    deterministic). ``"single_row"``: one row holding every sequence in input order.
+    ``"bins"``: first-fit decreasing into rows of capacity ``max(max(lengths), max_row_tokens or 0)`` (ties keep the
+    input order, so the plan is deterministic). ``"single_row"``: one row holding every sequence in input order, or,
+    when that row would exceed ``max_row_tokens``, the bins of that capacity.
     """
     if packing not in PACKING_LAYOUTS:
         raise ValueError(f"packing must be one of {PACKING_LAYOUTS}, got {packing!r}")
+    if max_row_tokens is not None and max_row_tokens < 1:
+        raise ValueError(f"max_row_tokens must be a positive number of tokens, got {max_row_tokens}")
     if not lengths:
         return []
-    if packing == "single_row":
+    if packing == "single_row" and (max_row_tokens is None or sum(lengths) <= max_row_tokens):
         return [list(range(len(lengths)))]
-    capacity = max(lengths)
+    capacity = max(max(lengths), max_row_tokens or 0)
     rows: list[list[int]] = []
     room: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
@@ -78,6 +88,7 @@ def build_packed_batch(
     gamma: float,
     packing: str = "bins",
     pad_to_multiple_of: int | None = None,
+    max_row_tokens: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pack ``2B`` tokenized sequences (``[chosen; rejected]`` order) into rows.
 
@@ -89,6 +100,7 @@ def build_packed_batch(
         gamma: DMPO discount factor.
         packing: ``"bins"`` or ``"single_row"`` (see the module docstring).
         pad_to_multiple_of: pad the row length to a multiple of this value.
+        max_row_tokens: token budget of a row (see the module docstring).
 
     Returns:
         ``input_ids``, ``position_ids``, ``sequence_ids``, ``completion_mask`` (int64) and ``dmpo_weights`` (float32),
@@ -98,7 +110,7 @@ def build_packed_batch(
     lengths = [len(x) for x in ids]
     if min(lengths, default=1) < 1:
         raise ValueError("cannot pack an empty sequence")
-    plan = pack_rows(lengths, packing)
+    plan = pack_rows(lengths, packing, max_row_tokens)
     length = max(sum(lengths[i] for i in row) for row in plan)
     if pad_to_multiple_of:
         length = -(-length // pad_to_multiple_of) * pad_to_multiple_of

@@ -112,6 +112,37 @@ def test_sequence_at_row_boundary_and_row_layout():
     assert (batch["dmpo_weights"][batch["sequence_ids"] < 0] == 0).all()
 
 
+def test_token_budget_bounds_rows():
+    lengths = [10, 6, 4, 3, 3]  # 26 tokens
+    assert pack_rows(lengths, "single_row", max_row_tokens=26) == [[0, 1, 2, 3, 4]]
+    assert pack_rows(lengths, "single_row", max_row_tokens=13) == [[0, 3], [1, 2, 4]]  # two exactly full rows
+    assert pack_rows(lengths, "single_row", max_row_tokens=4) == pack_rows(lengths, "bins")  # at least the longest
+    assert pack_rows(lengths, "bins", max_row_tokens=16) == [[0, 1], [2, 3, 4]]
+    with pytest.raises(ValueError, match="max_row_tokens"):
+        pack_rows(lengths, "bins", max_row_tokens=0)
+    ids = [[100 + i] * n for i, n in enumerate(lengths)]
+    turns = [[-1] * 2 + [0] * (n - 2) for n in lengths]
+    batch = build_packed_batch(ids, turns, [1] * 5, pad_token_id=0, gamma=0.7, packing="single_row", max_row_tokens=13)
+    assert batch["input_ids"].shape == (2, 13) and (batch["sequence_ids"] >= 0).all()
+
+
+def test_token_budget_rows_train_exactly_like_padded(tmp_path, tok):
+    rows = dataset_rows(6, seed=3)
+    padded = make_trainer(tmp_path / "a", tok, rows, padding_free=False)
+    packed = make_trainer(tmp_path / "b", tok, rows, padding_free=True)
+    lengths = batch_of(padded, 6)["attention_mask"].sum(1).tolist()
+    budget = max(sum(lengths) // 3, max(lengths))
+    packed.data_collator.max_row_tokens = budget  # several rows of per-sequence attention
+    batch = batch_of(packed, 6)
+    assert batch["input_ids"].size(0) >= 3 and batch["input_ids"].size(1) <= budget
+    loss_a, scores_a, grads_a = loss_scores_grads(padded, batch_of(padded, 6))
+    loss_b, scores_b, grads_b = loss_scores_grads(packed, batch)
+    assert abs(loss_a.item() - loss_b.item()) < 1e-6
+    assert torch.allclose(scores_a, scores_b, atol=1e-5, rtol=1e-6)
+    for name, g in grads_a.items():
+        assert torch.allclose(g, grads_b[name], atol=1e-5, rtol=0), name
+
+
 def boundary_rows(tok):
     """Two pairs whose bins layout is [B_rejected] [the two longest others, exactly filling the row] [the last one]."""
     from dmpo_trl.tokenization import tokenize_pair
