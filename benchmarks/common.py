@@ -121,6 +121,7 @@ def add_model_args(p) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (TrainingArguments.bf16); default float32")
+    p.add_argument("--max-rss-gb", type=float, default=16.0, help="end a worker whose resident memory exceeds this")
 
 
 def build_model(args, tok):
@@ -266,18 +267,43 @@ def measure(trainer, warmup: int) -> dict:
     }
 
 
+def guard_memory(limit_gb: float | None) -> None:
+    """End this worker (exit code 3, a RESULT line saying so) once its resident memory exceeds ``limit_gb``: on a
+    shared machine a run that cannot fit must fail alone, before the kernel's OOM killer picks a neighbour."""
+    if not limit_gb:
+        return
+    import threading
+
+    def watch():
+        while True:
+            rss = proc_status("VmRSS")
+            if rss > limit_gb * 2**30:
+                print("RESULT " + json.dumps({"oom": True, "limit_gb": limit_gb, "rss_mb": rss / 2**20}), flush=True)
+                os._exit(3)
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def run_worker(script: str, kind: str, forward: list[str]) -> dict:
+    """One measurement in a fresh process; ``{"oom": True, ...}`` if it outgrew its memory limit."""
+    cmd = [sys.executable, script, "--worker", kind, *forward]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"{kind} worker failed:\n{out.stderr[-3000:]}")
+    return json.loads(line[7:])
+
+
 def run_workers(script: str, kinds, args, repeats: int, forward_args: list[str]) -> dict[str, list[dict]]:
     """Run each kind `repeats` times in fresh processes, interleaved (order reversed every other round)."""
     results: dict[str, list[dict]] = {k: [] for k in kinds}
     for r in range(repeats):
         order = list(kinds) if r % 2 == 0 else list(reversed(kinds))
         for kind in order:
-            cmd = [sys.executable, script, "--worker", kind, *forward_args]
-            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                sys.exit(f"{kind} worker failed:\n{out.stderr[-3000:]}")
-            res = json.loads(line[7:])
+            res = run_worker(script, kind, forward_args)
+            if res.get("oom"):
+                sys.exit(f"{kind} worker exceeded --max-rss-gb={res['limit_gb']}")
             results[kind].append(res)
             print(
                 f"round {r} {kind}: median step {res['step_time_s']:.3f}s, "

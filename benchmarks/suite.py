@@ -48,6 +48,7 @@ from benchmarks.common import (  # noqa: E402
     add_model_args,
     build_trainer,
     forward_args,
+    guard_memory,
     load_average,
     measure,
     run_workers,
@@ -113,6 +114,7 @@ def main():
     p.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
+        guard_memory(args.max_rss_gb)
         print("RESULT " + json.dumps(worker(args)))
         return
     kinds = args.kinds.split(",")

@@ -38,7 +38,7 @@ from transformers.utils import is_triton_available
 
 __all__ = ["LM_HEAD_METRICS", "TOKEN_TILE", "VOCAB_TILE", "action_log_probs", "add_action_lm_head"]
 
-TOKEN_TILE = 1024
+TOKEN_TILE = 2048
 VOCAB_TILE = 4096
 LM_HEAD_METRICS = ("entropy", "mean_logits", "is_top1")
 _EXTRA_OUTPUTS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")  # the fields of FusedCausalLMOutput
