@@ -100,8 +100,11 @@ class DMPOForwardMixin:
         return out.log_probs[:, -(inputs["input_ids"].size(1) - 1) :], out
 
     def _per_token_logps(self, model, inputs, **extra):
-        """The policy pass: `_action_logps` with the head metrics on steps whose metrics are logged."""
+        """The policy pass: `_action_logps` with the head metrics on steps whose metrics are logged (and WPO's
+        ``log_sum_sq_probs`` whenever `use_weighting` is on)."""
         outputs = ("log_probs", *LM_HEAD_METRICS) if self._head_metrics_due() else ("log_probs",)
+        if getattr(self, "use_weighting", False):
+            outputs += ("log_sum_sq_probs",)
         return self._action_logps(model, inputs, outputs, **extra)
 
     @staticmethod
@@ -111,6 +114,11 @@ class DMPOForwardMixin:
 
     def compute_ref_log_probs(self, model, inputs):
         """DMPO-weighted reference scores ``(S_ref_chosen, S_ref_rejected)`` of one collated batch."""
+        return self._sequence_scores(self._ref_per_token_logps(model, inputs), inputs)
+
+    def _ref_per_token_logps(self, model, inputs):
+        """The reference pass (a frozen model, or the policy with its adapter disabled): per-token log-probs of the
+        action tokens, no gradient, no head metrics."""
         adapter_context = contextlib.nullcontext()
         if self.ref_model is None and is_peft_model(self.model):
             unwrapped = self.accelerator.unwrap_model(self.model)
@@ -122,7 +130,7 @@ class DMPOForwardMixin:
             self.accelerator.autocast(),
         ):
             per_token_logps, _ = self._action_logps(model, inputs)
-        return self._sequence_scores(per_token_logps, inputs)
+        return per_token_logps
 
     def _reference_context(self) -> str:
         """Everything a pair's reference score depends on besides the pair: the reference weights (TRL's hash),
