@@ -166,8 +166,8 @@ class DMPOForwardMixin:
             scores.update((k, (c, r)) for k, c, r in new)
         where = f" (store: {store.path})" if store is not None else ""
         logger.info(
-            f"Reference scores of the {name} dataset: {len(keys) - len(missing)}/{len(keys)} pairs read from the "
-            f"store, {len(missing)} computed{where}",
+            f"Reference scores of the {name} dataset: {len(missing)} distinct pairs scored by the reference, "
+            f"{len(keys) - len(missing)}/{len(keys)} reused{where}",
             main_process_only=True,
         )
         for column, side in (("ref_chosen_logps", 0), ("ref_rejected_logps", 1)):

@@ -113,7 +113,7 @@ def test_default_precomputes_where_exact_and_logs_the_store(tmp_path, tok, compu
         )
     assert trainer.precompute_ref_logps and trainer.ref_model is None and sum(computed) == 8
     assert trainer.args.precompute_ref_log_probs is None  # the user's setting is left as given
-    assert "Reference scores of the train dataset: 0/8 pairs read from the store, 8 computed" in caplog.text
+    assert "Reference scores of the train dataset: 8 distinct pairs scored by the reference, 0/8 reused" in caplog.text
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
     assert trainer.compute_loss(trainer.model, batch).item() == pytest.approx(math.log(2), abs=1e-6)
     computed.clear()
