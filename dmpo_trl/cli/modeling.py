@@ -104,8 +104,9 @@ def load_tokenizer(
     """
     from transformers import AutoTokenizer
 
-    path = Path(resolve_model(name_or_path))
-    check_model_source(str(path))
+    source = resolve_model(name_or_path)
+    check_model_source(source)
+    path = Path(source)
     if path.suffix == ".gguf" and path.is_file():
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
     else:

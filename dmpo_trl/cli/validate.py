@@ -79,11 +79,10 @@ def _tokenizer(name_or_path: str, chat_template: str | None):
     return load_tokenizer(name_or_path, chat_template_path=chat_template, require_chat_template=True)
 
 
-def trainer_default_max_length() -> int | None:
-    """`DMPOConfig`'s default `max_length` (what `dmpo-trl train` truncates at when the recipe does not say)."""
-    from dmpo_trl.config import DMPOConfig
-
-    return DMPOConfig.__dataclass_fields__["max_length"].default
+#: `DMPOConfig`'s default `max_length` (TRL's `DPOConfig`'s): what `dmpo-trl train` truncates at when the recipe does
+#: not say. A constant, so that `validate` does not import TRL for it; tests/cli/test_validate_vs_train.py checks that
+#: it is the trainer's.
+TRAINER_MAX_LENGTH = 1024
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,7 +111,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     elif "max_length" in recipe:
         max_length = recipe["max_length"]
     else:
-        max_length = trainer_default_max_length()
+        max_length = TRAINER_MAX_LENGTH
     skip = args.skip_invalid if args.skip_invalid is not None else bool(recipe.get("skip_invalid_pairs", False))
     template = args.chat_template or recipe.get("chat_template_path")
     return {"data": data, "model": model, "max_length": max_length, "skip_invalid": skip, "chat_template": template}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dmpo_trl.checks import check_pair
-from dmpo_trl.data.common import SkippedRow
+from dmpo_trl.data.common import SkippedRow, with_record_id
 from dmpo_trl.data.io import arrow_columns, expand_data_paths, iter_file_records
 from dmpo_trl.errors import DMPODataError
 from dmpo_trl.normalize import MESSAGE_COLUMNS, arrow_safe
@@ -165,6 +165,7 @@ def _checked_rows(
         try:
             check_pair(record, row)
         except DMPODataError as err:
+            err = with_record_id(err, record)
             located = DMPODataError(err.reason, err.row, err.side, source=file)
             if not skip_invalid:
                 raise located from None
