@@ -113,4 +113,7 @@ def test_normalize_never_raises_and_checks_name_what_is_left():
 
 
 def test_drop_none_keeps_list_items():
-    assert drop_none({"a": None, "b": [None, {"c": None, "d": 1}], "e": {"f": None}}) == {"b": [None, {"d": 1}], "e": {}}
+    assert drop_none({"a": None, "b": [None, {"c": None, "d": 1}], "e": {"f": None}}) == {
+        "b": [None, {"d": 1}],
+        "e": {},
+    }

@@ -108,7 +108,9 @@ def test_truncation_that_leaves_identical_actions_is_flagged(tmp_path, tok):
     out = tokenize_pair(tok, row)
     prompt = len(out["prompt_ids"])
     # Longest max_length that keeps only the first (shared) action on both sides
-    second_ends = [prompt + out[f"{s}_turn_ids"].index(1) + out[f"{s}_turn_ids"].count(1) for s in ("chosen", "rejected")]
+    second_ends = [
+        prompt + out[f"{s}_turn_ids"].index(1) + out[f"{s}_turn_ids"].count(1) for s in ("chosen", "rejected")
+    ]
     cut = min(second_ends) - 1
     first = prepare_pair(tok, row, 0, max_length=cut + 1)  # one more token: a side keeps two actions, fine
     assert max(first["chosen_kept_turns"], first["rejected_kept_turns"]) == 2

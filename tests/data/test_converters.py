@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from dmpo_trl.checks import prepare_pair
 from dmpo_trl.cli import main as cli_main
 from dmpo_trl.data.convert import (
     convert,
@@ -16,7 +17,6 @@ from dmpo_trl.data.convert import (
     from_sharegpt,
     pair_eto_rollouts,
 )
-from dmpo_trl.checks import prepare_pair
 from dmpo_trl.data.io import read_records, write_records
 from dmpo_trl.errors import DMPODataError
 from tests.data import records as rec
