@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset, load_dataset
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from dmpo_trl.checks import prepare_pair
@@ -54,9 +54,17 @@ VALUES = {
 ANY_ORDER_DICT = st.fixed_dictionaries({"query": TEXT}, optional={k: VALUES[k] for k in ORDER[1:]}).flatmap(
     lambda d: st.permutations(list(d)).map(lambda keys: {k: d[k] for k in keys})
 )
-ORDERED_DICT = st.fixed_dictionaries({"query": TEXT}, optional={k: VALUES[k] for k in ORDER[1:]}).map(
-    lambda d: {k: d[k] for k in ORDER if k in d}
-)
+
+
+def in_order(d: dict) -> dict:
+    """`d` (and its `filter`) with the keys in ORDER (("color", "size") inside `filter`)."""
+    out = {k: d[k] for k in ORDER if k in d}
+    if isinstance(out.get("filter"), dict):
+        out["filter"] = {k: out["filter"][k] for k in ("color", "size") if k in out["filter"]}
+    return out
+
+
+ORDERED_DICT = st.fixed_dictionaries({"query": TEXT}, optional={k: VALUES[k] for k in ORDER[1:]}).map(in_order)
 FULL_DICT = st.fixed_dictionaries(
     {
         "query": TEXT,
@@ -65,7 +73,7 @@ FULL_DICT = st.fixed_dictionaries(
         "filter": st.fixed_dictionaries({"color": TEXT, "size": st.integers(0, 9)}),
         "tags": st.lists(TEXT, min_size=1, max_size=2),
     }
-).map(lambda d: {k: d[k] for k in ORDER})
+).map(in_order)
 JSON_VALUES = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-9, 9), st.floats(allow_nan=False, allow_infinity=False), TEXT),
     lambda inner: st.lists(inner, max_size=2) | st.dictionaries(TEXT, inner, max_size=2),
@@ -172,6 +180,8 @@ def readers(mode: str, rows: list[dict], tmp: Path) -> dict:
 @given(data=DATASETS)
 def test_jsonl_and_parquet_train_the_same_tokens_and_weights(tok, data):
     mode, rows = data
+    calls = sum(bool(m.get("tool_calls")) for r in rows for side in ("chosen", "rejected") for m in r[side])
+    event(f"{mode}, {'with' if calls else 'without'} tool calls")
     try:
         reference = [prepare_pair(tok, row, i) for i, row in enumerate(rows)]  # the rows as written
     except DMPODataError as err:
