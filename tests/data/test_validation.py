@@ -11,6 +11,7 @@ from dmpo_trl.data.convert import from_eto_pairs
 from dmpo_trl.data.io import write_records
 from dmpo_trl.data.validation import validate_dataset
 from dmpo_trl.errors import DMPODataError
+from dmpo_trl.normalize import normalize_pair
 from dmpo_trl.testing import agent_pair
 from tests.data import records as rec
 
@@ -45,6 +46,7 @@ def expected_side(tokenizer, prompt, side, max_length, tools=None):
 
 def first_action_end(tokenizer, row) -> int:
     """The largest, over both sides, token position where the first action ends: the tightest max_length that works."""
+    row = normalize_pair(row)  # as the trainer reads it: JSON-string arguments and tools parsed
     tools = row.get("tools")
     return max(expected_side(tokenizer, row["prompt"], row[s][:1], None, tools)[2] - 1 for s in ("chosen", "rejected"))
 
@@ -191,6 +193,7 @@ def test_report_agrees_with_the_trainer_and_converted_rows_train(tok, rows, tmp_
 
     converted = [
         *rows,
+        long_row(),  # truncated at this max_length
         *from_sharegpt([rec.llamafactory_pair()]),
         *from_openai([dict(zip(("chosen", "rejected"), rec.openai_conversations(), strict=True))]),
     ]
@@ -207,10 +210,12 @@ def test_report_agrees_with_the_trainer_and_converted_rows_train(tok, rows, tmp_
         save_strategy="no",
         use_cpu=True,
         bf16=False,
+        skip_invalid_pairs=True,  # the ETO pair (row 3) keeps only its shared first action at this max_length
     )
     trainer = DMPOTrainer(model=tiny_model(tok), args=args, train_dataset=dataset, processing_class=tok)
-    report = validate_dataset(dataset, tok, max_length=max_length, progress=False)
+    report = validate_dataset(dataset, tok, max_length=max_length, skip_invalid=True, progress=False)
     stats = trainer.dmpo_data_stats["train"]
+    assert [s.row for s in report.skipped] == [3] and stats["pairs_skipped"] == 1
     assert (stats["pairs"], stats["pairs_truncated"], stats["actions"], stats["actions_dropped"]) == (
         report.pairs,
         report.pairs_truncated,
