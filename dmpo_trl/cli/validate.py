@@ -97,9 +97,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if not isinstance(recipe, dict):
             raise ValueError(f"{args.config}: a recipe must be a YAML mapping of keys to values")
-    data = (
-        list(args.data) or recipe.get("data_files") or ([recipe["dataset_name"]] if recipe.get("dataset_name") else [])
-    )
+    data = list(args.data) or recipe.get("data_files") or recipe.get("dataset_name") or []
+    data = [data] if isinstance(data, str) else list(data)
     if not data:
         raise ValueError("no data: give DATA (files, folders or globs) or --config RECIPE with data_files")
     model = args.model or recipe.get("model_name_or_path")
