@@ -81,3 +81,17 @@ def test_validate_truncates_where_the_trainer_does_by_default():
     from dmpo_trl.cli.validate import TRAINER_MAX_LENGTH
 
     assert DMPOConfig(output_dir="unused", use_cpu=True, bf16=False, report_to=[]).max_length == TRAINER_MAX_LENGTH
+
+
+def test_validate_config_flags_win_over_the_recipe(ws, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_records(dataset_rows(3), tmp_path / "pairs.jsonl")
+    recipe = base_recipe(ws, data_files="pairs.jsonl", max_length=60)  # one string, as YAML allows
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert cli_main(["validate", "--config", "recipe.yaml", "--json", "--skip-invalid"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_length"] == 60
+    assert cli_main(["validate", "--config", "recipe.yaml", "--json", "--max-length", "none"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["max_length"], report["pairs"], report["actions_dropped"]) == (None, 3, 0)
+    assert cli_main(["validate", "--config", "missing.yaml"]) == 1
+    assert capsys.readouterr().err.strip() == "dmpo-trl validate: recipe 'missing.yaml' does not exist"
