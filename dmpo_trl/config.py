@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from . import _compat  # noqa: F401  (refuses an untested TRL before TRL itself is imported)
@@ -46,6 +47,10 @@ class DMPOConfig(DPOConfig):
             types are not defined for multi-turn trajectories and are rejected.
         label_smoothing (`float`, *optional*, defaults to `0.0`):
             Probability that a preference label is flipped (conservative DPO), in `[0, 0.5)`.
+        beta (`float`, *optional*, defaults to `0.1`):
+            Must be > 0 (a negative beta trains backwards with perfect-looking metrics, 0 trains nothing). The other
+            numbers the loss uses are checked too: `loss_weights` (one finite weight >= 0 per loss type, the DMPO term's
+            > 0), `max_length` >= 1, `router_aux_loss_coef` >= 0, the reference-sync settings.
         truncation_mode (`str`, *optional*, defaults to `"keep_start"`):
             Only `"keep_start"`: trajectories longer than `max_length` lose whole trailing actions.
         precompute_ref_log_probs (`bool` or `None`, *optional*, defaults to `None`):
@@ -104,6 +109,7 @@ class DMPOConfig(DPOConfig):
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
         self._check_dmpo_options()
+        self._check_numeric_options()
         super().__post_init__()
 
     def _check_dmpo_options(self):
@@ -137,3 +143,39 @@ class DMPOConfig(DPOConfig):
         bad = [f"`{name}` ({why})" for name, (is_set, why) in rejected.items() if is_set]
         if bad:
             raise ValueError("DMPOConfig does not support: " + "; ".join(bad) + ".")
+
+    def _check_numeric_options(self):
+        """The numbers the DMPO loss types use: refuse those that would train silently wrong."""
+        beta = self.beta
+        if not isinstance(beta, int | float) or isinstance(beta, bool) or not math.isfinite(beta):
+            raise ValueError(f"`beta` must be a finite number > 0, got {beta!r}.")
+        if beta < 0:
+            raise ValueError(
+                f"`beta` must be > 0, got {beta}: a negative beta trains the model away from the chosen trajectories "
+                "while every logged reward metric still looks right."
+            )
+        if beta == 0:
+            raise ValueError(
+                "`beta` must be > 0, got 0: the DMPO loss is then log(2) for every pair and its gradient is zero, so "
+                "training would change nothing."
+            )
+        if self.loss_weights is not None:
+            weights = list(self.loss_weights)
+            if len(weights) != len(self.loss_type):
+                raise ValueError(f"`loss_weights` needs one weight per loss type {self.loss_type}, got {weights}.")
+            if not all(isinstance(w, int | float) and math.isfinite(w) and w >= 0 for w in weights):
+                raise ValueError(f"`loss_weights` must be finite numbers >= 0, got {weights}.")
+            if weights[self.loss_type.index("sigmoid")] == 0:
+                raise ValueError(f"`loss_weights` gives the DMPO term ('sigmoid') weight 0: {weights}.")
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(f"`max_length` must be >= 1 (tokens per trajectory) or None, got {self.max_length}.")
+        coef = self.router_aux_loss_coef
+        if coef is not None and not (math.isfinite(coef) and coef >= 0):
+            raise ValueError(f"`router_aux_loss_coef` must be a finite number >= 0, got {coef}.")
+        if self.sync_ref_model:
+            if not 0.0 <= self.ref_model_mixup_alpha <= 1.0:
+                raise ValueError(f"`ref_model_mixup_alpha` must lie in [0, 1], got {self.ref_model_mixup_alpha}.")
+            if self.ref_model_sync_steps < 1:
+                raise ValueError(f"`ref_model_sync_steps` must be >= 1, got {self.ref_model_sync_steps}.")
+        if self.precompute_ref_batch_size is not None and self.precompute_ref_batch_size < 1:
+            raise ValueError(f"`precompute_ref_batch_size` must be >= 1, got {self.precompute_ref_batch_size}.")

@@ -13,7 +13,7 @@ class DMPOScriptArguments(ScriptArguments):
 
     Data comes from exactly one source:
 
-    - `data_files` (local JSON / JSONL / Parquet files, globs allowed) with optional `eval_data_files`, or
+    - `data_files` (local JSON / JSONL / Parquet files, folders of them, globs) with optional `eval_data_files`, or
     - `dataset_name`: a Hub dataset id, a local dataset directory, or a single local data file
       (with `dataset_config`, `dataset_train_split`, `dataset_test_split` as in TRL).
 
@@ -23,7 +23,10 @@ class DMPOScriptArguments(ScriptArguments):
 
     data_files: list[str] | None = field(
         default=None,
-        metadata={"help": "Local training files (.json, .jsonl or .parquet; globs allowed). Excludes dataset_name."},
+        metadata={
+            "help": "Local training files (.json, .jsonl or .parquet; folders and globs allowed). Excludes "
+            "dataset_name."
+        },
     )
     eval_data_files: list[str] | None = field(
         default=None,
@@ -34,6 +37,14 @@ class DMPOScriptArguments(ScriptArguments):
         metadata={
             "help": "Hold out this fraction of the training rows for evaluation (seeded with `seed`) when no "
             "evaluation files or split are given."
+        },
+    )
+    chat_template_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Jinja chat template file to use instead of the tokenizer's (as in TRL's scripts), e.g. one "
+            "that renders tool calls (trl/chat_templates/*.jinja); `dmpo-trl validate --chat_template_path` takes it "
+            "too."
         },
     )
     max_train_samples: int | None = field(

@@ -300,6 +300,8 @@ def test_model_card_carries_dmpo(tmp_path, tok):
         "my/agent-pairs",
     ):
         assert needle in card, needle
+    # a model that is not pushed: the quick start loads the folder the card is in, not model="None"
+    assert 'model="None"' not in card and f'model="{tmp_path / "out"}"' in card
 
 
 @pytest.mark.parametrize(
@@ -382,7 +384,7 @@ def test_skipped_rows_are_reported_by_their_whole_reason(tmp_path, tok, caplog):
     for i in (1, 3):  # same reason twice
         rows[i]["rejected"] = [{"role": "user", "content": "Observation: nothing."}]
     rows[4]["chosen"] = [{"role": "assistant", "content": "Action: a"}, {"role": "assistant", "content": "Action: b"}]
-    with caplog.at_level("WARNING", logger="dmpo_trl.trainer"):
+    with caplog.at_level("WARNING", logger="dmpo_trl.preparation"):
         trainer = DMPOTrainer(
             model=tiny_model(tok),
             args=make_args(tmp_path, skip_invalid_pairs=True),
@@ -403,8 +405,7 @@ def test_dataset_preparation_runs_main_process_first(tmp_path, tok, monkeypatch)
     """Every row is tokenized inside TRL's main-process-first context (the other ranks then read the cache)."""
     import contextlib
 
-    import dmpo_trl.checks
-    import dmpo_trl.trainer
+    import dmpo_trl.preparation
 
     state = {"inside": False, "rows": [], "entered": 0}
 
@@ -417,14 +418,14 @@ def test_dataset_preparation_runs_main_process_first(tmp_path, tok, monkeypatch)
         finally:
             state["inside"] = False
 
-    original = dmpo_trl.checks.prepare_row
+    original = dmpo_trl.preparation.prepare_row
 
     def spy(example, idx, **kwargs):
         state["rows"].append(state["inside"])
         return original(example, idx, **kwargs)
 
-    monkeypatch.setattr(dmpo_trl.trainer, "global_then_local_main_first", recording)
-    monkeypatch.setattr(dmpo_trl.trainer, "prepare_row", spy)
+    monkeypatch.setattr(dmpo_trl.preparation, "global_then_local_main_first", recording)
+    monkeypatch.setattr(dmpo_trl.preparation, "prepare_row", spy)
     DMPOTrainer(
         model=tiny_model(tok),
         args=make_args(tmp_path),

@@ -406,7 +406,7 @@ def test_converter_errors_name_row_and_reason(case, converter, bad, side, reason
 def test_bad_jsonl_line_names_the_row(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps(good()) + "\n\n" + '{"prompt": [\n')
-    with pytest.raises(DMPODataError, match=r"^row 1: .*data.jsonl line 3 is not valid JSON"):
+    with pytest.raises(DMPODataError, match=r"data.jsonl: line 3, column 1: not valid JSON \(Expecting value\)$"):
         read_records(path)
 
 
