@@ -17,13 +17,14 @@ over tiles of at most ``TOKEN_TILE`` tokens x ``VOCAB_TILE`` vocabulary entries,
 tokens. The backward recomputes each tile and uses ``d log p_k / d z_{k,v} = 1[v = y_k] - p_{k,v}`` in place.
 
 Metric outputs are computed only when asked for (``lm_head_outputs``, per call): ``entropy``
-(``log Z - sum_v p_v z_v``), ``mean_logits`` (``sum_v z_v / V``) and ``is_top1`` (``argmax_v z_v == y_k``, first
-maximum on ties); they carry no gradient. Every output is returned shaped like ``labels[:, 1:]`` with zeros at the
+(``log Z - sum_v p_v z_v``), ``mean_logits`` (``sum_v z_v / V``), ``is_top1`` (``argmax_v z_v == y_k``, first
+maximum on ties) and WPO's ``log_sum_sq_probs`` (``log sum_v p_v^2 = log sum_v exp(2 (z_v - m)) - 2 log sum_v
+exp(z_v - m)``, from the same running maximum); they carry no gradient. Every output is returned shaped like ``labels[:, 1:]`` with zeros at the
 unlabelled positions (TRL's `FusedCausalLMOutput`), so the per-token log-probs the losses consume are the same
 tensors as before, only cheaper.
 
 Where TRL's Triton kernel runs (CUDA, XPU) and for models with final logit soft-capping, the gathered positions go to
-TRL's `trl.kernels.ChunkedLogProbFunction` instead of the torch tiles below.
+TRL's `trl.kernels.ChunkedLogProbFunction` instead of the torch tiles below (the same outputs).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class _TiledLogProbs(torch.autograd.Function):
         entropy = torch.empty_like(lse) if "entropy" in extras else None
         mean_logits = torch.empty_like(lse) if "mean_logits" in extras else None
         is_top1 = torch.empty(n_tokens, device=device, dtype=torch.bool) if "is_top1" in extras else None
+        log_sum_sq = torch.empty_like(lse) if "log_sum_sq_probs" in extras else None
         buf = torch.empty(min(n_tokens, TOKEN_TILE), min(vocab, VOCAB_TILE), device=device, dtype=compute)
         fbuf = buf if compute == stats else torch.empty(buf.shape, device=device, dtype=stats)
         with torch.autocast(device.type, enabled=False):
@@ -79,6 +81,7 @@ class _TiledLogProbs(torch.autograd.Function):
                 zsum = torch.zeros_like(s) if mean_logits is not None else None
                 best = torch.full_like(m, float("-inf")) if is_top1 is not None else None
                 best_idx = torch.zeros(n, device=device, dtype=torch.long) if is_top1 is not None else None
+                s2 = torch.zeros_like(s) if log_sum_sq is not None else None
                 for v0 in range(0, vocab, VOCAB_TILE):
                     v1 = min(v0 + VOCAB_TILE, vocab)
                     z = _logits_tile(buf, fbuf, h, weight, bias, v0, v1, compute, logit_scale)
@@ -100,6 +103,8 @@ class _TiledLogProbs(torch.autograd.Function):
                         xs = xs * rescale + (torch.exp(z - new_m.unsqueeze(1)) * z).sum(1)
                     z.sub_(new_m.unsqueeze(1)).exp_()
                     s = s * rescale + z.sum(1)
+                    if s2 is not None:  # sum_v exp(2 (z_v - m)), rescaled like s
+                        s2 = s2 * rescale.square() + torch.linalg.vecdot(z, z, dim=1)
                     m = new_m
                 lse[t0:t1] = m + torch.log(s)
                 target_logit[t0:t1] = tl
@@ -109,12 +114,14 @@ class _TiledLogProbs(torch.autograd.Function):
                     mean_logits[t0:t1] = zsum / vocab
                 if is_top1 is not None:
                     is_top1[t0:t1] = best_idx == tgt
+                if log_sum_sq is not None:
+                    log_sum_sq[t0:t1] = torch.log(s2) - 2 * torch.log(s)
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.logit_scale = logit_scale
         log_probs = (target_logit - lse).to(hidden.dtype if hidden.dtype == torch.float64 else torch.float32)
-        extra = [x for x in (entropy, mean_logits, is_top1) if x is not None]
+        extra = [x for x in (entropy, mean_logits, is_top1, log_sum_sq) if x is not None]
         ctx.mark_non_differentiable(*extra)
-        return log_probs, entropy, mean_logits, is_top1
+        return log_probs, entropy, mean_logits, is_top1, log_sum_sq
 
     @staticmethod
     def backward(ctx, grad_log_probs, *_):
@@ -198,14 +205,13 @@ def action_log_probs(
     """Log-probs (and the requested metric outputs) of ``targets`` for gathered hidden states ``hidden`` `(N, H)`.
 
     Returns a dict with ``log_probs`` `(N,)` (float32, float64 for a float64 model) and each requested field of
-    `LM_HEAD_METRICS`. Runs TRL's Triton kernel on CUDA / XPU and for soft-capped logits, the torch tiles otherwise.
+    `LM_HEAD_METRICS` and ``log_sum_sq_probs``. Runs TRL's Triton kernel on CUDA / XPU and for soft-capped logits, the torch tiles otherwise.
     """
     extras = tuple(x for x in outputs if x != "log_probs")
     unknown = [x for x in extras if x not in _EXTRA_OUTPUTS]
     if unknown:
         raise ValueError(f"unknown LM head outputs {unknown}; choose among {_EXTRA_OUTPUTS}")
-    use_trl = final_logit_softcapping is not None or "log_sum_sq_probs" in extras
-    use_trl = use_trl or (_TRITON and hidden.device.type in ("cuda", "xpu"))
+    use_trl = final_logit_softcapping is not None or (_TRITON and hidden.device.type in ("cuda", "xpu"))
     if use_trl:
         from trl.kernels import ChunkedLogProbFunction
 
@@ -214,8 +220,16 @@ def action_log_probs(
             hidden, weight, bias, targets, 1.0, chunk, final_logit_softcapping, logit_scale, ("log_probs", *extras)
         )
         return {k: v for k, v in zip(("log_probs", *_EXTRA_OUTPUTS), values, strict=True) if v is not None}
-    log_probs, entropy, mean_logits, is_top1 = _TiledLogProbs.apply(hidden, weight, bias, targets, logit_scale, extras)
-    out = {"log_probs": log_probs, "entropy": entropy, "mean_logits": mean_logits, "is_top1": is_top1}
+    log_probs, entropy, mean_logits, is_top1, log_sum_sq = _TiledLogProbs.apply(
+        hidden, weight, bias, targets, logit_scale, extras
+    )
+    out = {
+        "log_probs": log_probs,
+        "entropy": entropy,
+        "mean_logits": mean_logits,
+        "is_top1": is_top1,
+        "log_sum_sq_probs": log_sum_sq,
+    }
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -88,16 +88,19 @@ class ReferenceScoreStore:
 def resolve_precompute(args, train_dataset, eval_dataset) -> bool:
     """What ``args.precompute_ref_log_probs`` means for this run (``None``: precompute where exact and no dearer).
 
-    ``None`` precomputes when the reference is fixed (`sync_ref_model` off), the train dataset and every eval dataset
-    are map-style `datasets.Dataset`s, and the run sees every training pair at least once (no ``max_steps`` that
-    stops within the first epoch): then the reference runs once per pair instead of once per pair and epoch, and
+    ``None`` precomputes when the reference is fixed (`sync_ref_model` off), the loss needs only the reference's
+    trajectory scores (not a non-default ``f_divergence_type``, which reads the reference log-prob of every action),
+    the train dataset and every eval dataset are map-style `datasets.Dataset`s, and the run sees every training pair
+    at least once (no ``max_steps`` that stops within the first epoch): then the reference runs once per pair instead of once per pair and epoch, and
     later runs on the same pairs read it from the store.
     """
     from datasets import Dataset
 
     if args.precompute_ref_log_probs is not None:
         return bool(args.precompute_ref_log_probs)
-    if args.sync_ref_model or not isinstance(train_dataset, Dataset):
+    if args.sync_ref_model or getattr(args, "f_divergence_type", "reverse_kl") != "reverse_kl":
+        return False
+    if not isinstance(train_dataset, Dataset):
         return False
     evals = eval_dataset.values() if isinstance(eval_dataset, Mapping) else [eval_dataset]
     if any(ds is not None and not isinstance(ds, Dataset) for ds in evals):

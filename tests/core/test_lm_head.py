@@ -227,12 +227,19 @@ def test_head_scores_only_action_positions_and_metrics_only_on_logged_steps(tmp_
     assert all(0 <= h["mean_token_accuracy"] <= 1 for h in logged)
 
 
-def test_wpo_log_sum_sq_probs_on_gathered_positions():
-    """WPO's `log_sum_sq_probs` (TRL's kernel on the gathered positions) against full logits."""
+def test_wpo_log_sum_sq_probs_on_gathered_positions(small_tiles):
+    """WPO's `log_sum_sq_probs` from the tiles (float64, across tile boundaries) and from TRL's kernel (the soft-capped
+    path) against full logits."""
     torch.manual_seed(2)
-    hidden, weight = torch.randn(30, 8, dtype=torch.float64), torch.randn(500, 8, dtype=torch.float64)
+    hidden, weight = torch.randn(30, 8, dtype=torch.float64), torch.randn(500, 8, dtype=torch.float64) * 3
     targets = torch.randint(0, 500, (30,))
-    out = lm_head.action_log_probs(hidden, weight, None, targets, ("log_probs", "log_sum_sq_probs"))
     log_p = F.log_softmax(hidden @ weight.t(), -1)
-    assert torch.allclose(out["log_sum_sq_probs"].double(), torch.logsumexp(2 * log_p, -1), atol=1e-5)
-    assert torch.allclose(out["log_probs"].double(), log_p.gather(1, targets[:, None])[:, 0], atol=1e-5)
+    out = lm_head.action_log_probs(hidden, weight, None, targets, ("log_probs", "log_sum_sq_probs"))
+    assert not out["log_sum_sq_probs"].requires_grad
+    assert torch.allclose(out["log_sum_sq_probs"], torch.logsumexp(2 * log_p, -1), atol=1e-12, rtol=0)
+    assert torch.allclose(out["log_probs"], log_p.gather(1, targets[:, None])[:, 0], atol=1e-12, rtol=0)
+    cap = 30.0
+    capped = F.log_softmax(cap * torch.tanh(hidden @ weight.t() / cap), -1)
+    trl = lm_head.action_log_probs(hidden, weight, None, targets, ("log_probs", "log_sum_sq_probs"), 1.0, cap)
+    assert torch.allclose(trl["log_sum_sq_probs"].double(), torch.logsumexp(2 * capped, -1), atol=1e-5)
+    assert torch.allclose(trl["log_probs"].double(), capped.gather(1, targets[:, None])[:, 0], atol=1e-5)
