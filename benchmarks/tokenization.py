@@ -5,7 +5,7 @@
 Data: `benchmarks.agent_data.agent_pairs` with exactly T actions on each side (observations of 8-80 words, the
 suite's), tokenized by `dmpo_trl.tokenization.tokenize_pair` as the trainer does. Printed per T: tokens per pair,
 CPU seconds per pair (best of `--repeats`, process time), of which chat-template rendering and of which the one
-BPE pass, and the same pair with every action located by prefix renders (the method before; `_window_span`
+BPE pass, and the same pair with every action located by prefix renders (the method before; `action_spans.window_span`
 disabled), with the speed-up. Both give identical token and turn ids (checked here, and in
 `tests/core/test_tokenization_locator.py`).
 """
@@ -25,10 +25,11 @@ from benchmarks.common import load_average, load_tokenizer  # noqa: E402
 
 def timed_pairs(tok, rows, prefix_only: bool) -> tuple[float, float, float, list]:
     """CPU seconds per pair: total, rendering, BPE; and the outputs."""
+    import dmpo_trl.action_spans as action_spans
     import dmpo_trl.tokenization as tokenization
 
     spent = {"render": 0.0, "bpe": 0.0}
-    render, window = tokenization._render, tokenization._window_span
+    render, window = tokenization._render, action_spans.window_span
     call = type(tok).__call__
 
     def timed_render(*a, **k):
@@ -48,13 +49,13 @@ def timed_pairs(tok, rows, prefix_only: bool) -> tuple[float, float, float, list
     tokenization._render = timed_render
     type(tok).__call__ = timed_call
     if prefix_only:
-        tokenization._window_span = lambda *a, **k: None
+        action_spans.window_span = lambda *a, **k: None
     try:
         start = time.process_time()
         outs = [tokenization.tokenize_pair(tok, row, i) for i, row in enumerate(rows)]
         total = time.process_time() - start
     finally:
-        tokenization._render, tokenization._window_span = render, window
+        tokenization._render, action_spans.window_span = render, window
         type(tok).__call__ = call
     n = len(rows)
     return total / n, spent["render"] / n, spent["bpe"] / n, outs

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+import dmpo_trl.action_spans as action_spans
 import dmpo_trl.tokenization as tokenization
 from dmpo_trl.testing import make_tokenizer
 from dmpo_trl.tokenization import tokenize_conversation
@@ -30,19 +31,19 @@ def conversation(rng, n_actions, tool=False):
 
 def by_prefix_renders(monkeypatch, tok, prompt, completion, **kw):
     with monkeypatch.context() as m:
-        m.setattr(tokenization, "_window_span", lambda *a, **k: None)
+        m.setattr(action_spans, "window_span", lambda *a, **k: None)
         return tokenize_conversation(tok, prompt, completion, **kw)
 
 
 def count_prefix_spans(monkeypatch):
     calls = []
-    original = tokenization._prefix_span
+    original = action_spans.prefix_span
 
     def spy(*a, **k):
         calls.append(a[2])
         return original(*a, **k)
 
-    monkeypatch.setattr(tokenization, "_prefix_span", spy)
+    monkeypatch.setattr(action_spans, "prefix_span", spy)
     return calls
 
 
