@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 from . import _compat  # noqa: F401  (refuses an untested TRL before TRL itself is imported)
@@ -10,10 +11,12 @@ from . import _compat  # noqa: F401  (refuses an untested TRL before TRL itself 
 # isort: split
 from trl import DPOConfig
 
+from .losses import F_DIVERGENCE_TYPES, LABEL_SMOOTHING_LOSS_TYPES, LOSS_TYPES
 
-__all__ = ["DMPOConfig", "SUPPORTED_LOSS_TYPES"]
 
-SUPPORTED_LOSS_TYPES = ("sigmoid", "sft")
+__all__ = ["DMPOConfig", "SUPPORTED_LOSS_TYPES", "check_loss_options"]
+
+SUPPORTED_LOSS_TYPES = LOSS_TYPES
 
 
 @dataclass
@@ -87,30 +90,49 @@ class DMPOConfig(DPOConfig):
         if not isinstance(self.gamma, int | float) or not 0.0 <= float(self.gamma) <= 1.0:
             raise ValueError(f"`gamma` must lie in [0, 1], got {self.gamma!r}.")
         self.gamma = float(self.gamma)
-        unknown = [t for t in self.loss_type if t not in SUPPORTED_LOSS_TYPES]
-        if unknown or "sigmoid" not in self.loss_type or len(set(self.loss_type)) != len(self.loss_type):
-            raise ValueError(
-                f"DMPO supports `loss_type=['sigmoid']` (the DMPO objective) or `['sigmoid', 'sft']` (plus an NLL "
-                f"term on the chosen actions); got {self.loss_type}. The other DPO loss types are not defined on "
-                "discounted multi-turn scores."
-            )
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"`label_smoothing` must lie in [0, 0.5) for DMPO, got {self.label_smoothing}.")
-        rejected = {
-            "ld_alpha": (
-                self.ld_alpha is not None,
-                "LD-DPO re-weights tokens by position, which conflicts with DMPO's per-turn weights",
-            ),
-            "f_divergence_type": (
-                self.f_divergence_type != "reverse_kl",
-                "DMPO is derived for the reverse-KL occupancy constraint",
-            ),
-            "use_weighting": (self.use_weighting, "WPO weighting is not defined for multi-turn scores"),
-            "truncation_mode": (
-                self.truncation_mode != "keep_start",
-                "DMPO truncates whole trailing actions (truncation_mode='keep_start')",
-            ),
-        }
-        bad = [f"`{name}` ({why})" for name, (is_set, why) in rejected.items() if is_set]
-        if bad:
-            raise ValueError("DMPOConfig does not support: " + "; ".join(bad) + ".")
+        check_loss_options(self)
+
+
+#: Why DMPO refuses ``truncation_mode="keep_end"`` (the error and the docs say the same).
+KEEP_END_REASON = (
+    "`truncation_mode='keep_end'` is not supported: it would cut a trajectory from the start, dropping its first "
+    "actions, which carry the highest DMPO weights (phi(0, T) = 1), and the task they answer. DMPO truncates whole "
+    "trailing actions instead (`truncation_mode='keep_start'`, the default; TRL 1.16 deprecates 'keep_end' too)."
+)
+
+
+def check_loss_options(config) -> None:
+    """The `DPOConfig` loss options, checked where DMPO adds a rule; everything else is left to `DPOTrainer`.
+
+    Raises `ValueError` for an unknown loss type, ``truncation_mode="keep_end"`` (`KEEP_END_REASON`), an unknown
+    f-divergence, and a non-default f-divergence with precomputed reference log-probs (the f-divergence score needs
+    the reference log-prob of every action; the cache holds one trajectory score). Warns when `label_smoothing` is set
+    but no chosen loss type uses it (as in DPOTrainer 1.16, ``sigmoid`` ignores it).
+    """
+    unknown = [t for t in config.loss_type if t not in LOSS_TYPES]
+    if unknown:
+        raise ValueError(f"Unknown loss type(s) {unknown}: `loss_type` takes any of {list(LOSS_TYPES)}.")
+    if config.truncation_mode != "keep_start":
+        raise ValueError(
+            KEEP_END_REASON
+            if config.truncation_mode == "keep_end"
+            else (f"Unknown truncation_mode {config.truncation_mode!r}; DMPO truncates with 'keep_start'.")
+        )
+    if config.f_divergence_type not in F_DIVERGENCE_TYPES:
+        raise ValueError(
+            f"Unknown f_divergence_type {config.f_divergence_type!r}; expected one of {list(F_DIVERGENCE_TYPES)}."
+        )
+    if config.f_divergence_type != "reverse_kl" and config.precompute_ref_log_probs:
+        raise ValueError(
+            f"`f_divergence_type={config.f_divergence_type!r}` with `precompute_ref_log_probs=True` is not supported: "
+            "DMPO's f-divergence score applies f' to the cumulative log-ratio of every action prefix, which needs "
+            "the reference log-prob of every action, while the precomputed cache holds one score per trajectory. "
+            "Use precompute_ref_log_probs=False or f_divergence_type='reverse_kl'."
+        )
+    if config.label_smoothing and not set(config.loss_type) & set(LABEL_SMOOTHING_LOSS_TYPES):
+        warnings.warn(
+            f"label_smoothing={config.label_smoothing} has no effect with loss_type={list(config.loss_type)}: as in "
+            f"DPOTrainer (TRL 1.16) it is used only by {list(LABEL_SMOOTHING_LOSS_TYPES)}.",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -36,7 +36,7 @@ from .attention import is_varlen_capable, use_varlen_sdpa, varlen_kwargs
 from .checks import COLLATOR_COLUMNS, SKIP_REASON_COLUMN, prepare_row, skipped_summary, truncation_stats
 from .collator import DataCollatorForDMPO, DMPOBatch
 from .config import DMPOConfig
-from .loss import dmpo_loss_from_scores
+from .objective import ObjectiveConfig, dmpo_objective, sequence_scores
 from .model_card import card_rows, is_hub_id, write_card_section
 from .packing import check_packed_attention
 
@@ -94,7 +94,7 @@ class DMPOTrainer(DPOTrainer):
         dmpo_data_stats (`dict`): per prepared dataset, pairs, skipped pairs and what truncation drops.
     """
 
-    _tag_names = ["trl", "dmpo"]
+    _tag_names = ["trl", "dpo", "dmpo"]
     _name = "DMPO"
     _paper = {
         "title": "Direct Multi-Turn Preference Optimization for Language Agents",
@@ -175,6 +175,7 @@ class DMPOTrainer(DPOTrainer):
             and not args.precompute_ref_log_probs
         ):
             ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.dmpo_objective = ObjectiveConfig.from_args(args)
         self.dmpo_data_stats: dict[str, dict[str, Any]] = {}
         self.card_base_model: str | None = None
         self.card_dataset: str | None = None
@@ -269,6 +270,10 @@ class DMPOTrainer(DPOTrainer):
 
     def compute_ref_log_probs(self, model, inputs):
         """DMPO-weighted reference scores ``(S_ref_chosen, S_ref_rejected)`` of one collated batch."""
+        return self._sequence_scores(self._ref_per_token_logps(model, inputs), inputs)
+
+    def _ref_per_token_logps(self, model, inputs):
+        """The reference's per-token log-probs (a frozen model, or the policy with its adapter disabled)."""
         adapter_context = contextlib.nullcontext()
         if self.ref_model is None and is_peft_model(self.model):
             unwrapped = self.accelerator.unwrap_model(self.model)
@@ -280,7 +285,7 @@ class DMPOTrainer(DPOTrainer):
             self.accelerator.autocast(),
         ):
             per_token_logps, _ = self._per_token_logps(model, inputs)
-        return self._sequence_scores(per_token_logps, inputs)
+        return per_token_logps
 
     # ------------------------------------------------------------------ loss
     def _model_inputs(self, model, batch: DMPOBatch) -> dict[str, Any]:
@@ -301,36 +306,29 @@ class DMPOTrainer(DPOTrainer):
         outputs = model(**model_inputs, labels=batch.labels(), use_cache=False, fused_lm_head=True, **extra)
         return outputs.log_probs[:, -(inputs["input_ids"].size(1) - 1) :], outputs
 
-    @staticmethod
-    def _sequence_scores(per_token_logps, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """DMPO-weighted scores ``S`` of the chosen and of the rejected sequences, `(B,)` each."""
-        return DMPOBatch(inputs).scores(per_token_logps)
+    def _sequence_scores(self, per_token_logps, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """DMPO-weighted scores ``S`` of the chosen and of the rejected sequences, `(B,)` each (LD-DPO applied)."""
+        return sequence_scores(DMPOBatch(inputs), per_token_logps, self.dmpo_objective.ld_alpha)
 
     def _compute_loss(self, model, inputs, return_outputs):
+        """Every `loss_type` of the config on the DMPO scores (`dmpo_trl.objective`), plus the MoE auxiliary loss."""
         batch = DMPOBatch(inputs)
         mode = "train" if self.model.training else "eval"
         extra = {"output_router_logits": True} if self.aux_loss_enabled else {}
         per_token_logps, outputs = self._per_token_logps(model, inputs, **extra)
-        policy_chosen, policy_rejected = batch.scores(per_token_logps)
         if self.precompute_ref_logps:
-            ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+            ref = {"ref_scores": (inputs["ref_chosen_logps"], inputs["ref_rejected_logps"])}
         else:
-            ref_chosen, ref_rejected = self.compute_ref_log_probs(self.ref_model or self.model, inputs)
-        out = dmpo_loss_from_scores(
-            policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta, self.label_smoothing
-        )
-
-        loss = 0.0
-        for loss_type, loss_weight in zip(self.loss_types, self.loss_weights, strict=True):
-            if loss_type == "sigmoid":
-                loss = loss + out.losses.mean() * loss_weight
-            else:  # "sft": mean NLL of each chosen trajectory's action tokens, averaged over pairs
-                loss = loss + batch.chosen_nll(per_token_logps).mean() * loss_weight
+            ref = {"ref_per_token_logps": self._ref_per_token_logps(self.ref_model or self.model, inputs)}
+        sq = getattr(outputs, "log_sum_sq_probs", None)  # WPO: requested by DPOTrainer.__init__ when use_weighting
+        sq = None if sq is None else sq[:, -per_token_logps.size(1) :]
+        out = dmpo_objective(batch, self.dmpo_objective, per_token_logps, log_sum_sq_probs=sq, **ref)
+        loss = out.loss
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
 
-        self._log_dmpo_metrics(mode, batch, outputs, out, policy_chosen, policy_rejected)
+        self._log_dmpo_metrics(mode, batch, outputs, out, out.chosen_logps, out.rejected_logps)
         if return_outputs:
             with torch.no_grad():
                 outputs = model(**self._model_inputs(model, batch), use_cache=False)
