@@ -36,8 +36,8 @@ from .attention import is_varlen_capable, use_varlen_sdpa, varlen_kwargs
 from .checks import COLLATOR_COLUMNS, SKIP_REASON_COLUMN, prepare_row, skipped_summary, truncation_stats
 from .collator import DataCollatorForDMPO, DMPOBatch
 from .config import DMPOConfig
-from .objective import ObjectiveConfig, dmpo_objective, sequence_scores
 from .model_card import card_rows, is_hub_id, write_card_section
+from .objective import ObjectiveConfig, dmpo_objective, sequence_scores
 from .packing import check_packed_attention
 
 
