@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dmpo_trl.errors import DMPODataError
+from dmpo_trl.plain_text import check_plain_pair, is_plain_text_pair, tokenize_plain_pair
 from dmpo_trl.tokenization import NOT_ACTION, split_prompt, tokenize_pair, truncate_trajectory
 
 
@@ -71,6 +72,8 @@ def check_pair(example: Mapping[str, Any], row: int | None = None) -> None:
     """
     if not isinstance(example, Mapping):
         raise DMPODataError(f"a row must be a dict with prompt/chosen/rejected, got {type(example).__name__}", row)
+    if is_plain_text_pair(example):  # standard (plain-text) row: one action per side (`dmpo_trl.plain_text`)
+        return check_plain_pair(example, row)
     chosen = _side(example, "chosen", row)
     rejected = _side(example, "rejected", row)
     prompt = example.get("prompt")
@@ -78,7 +81,8 @@ def check_pair(example: Mapping[str, Any], row: int | None = None) -> None:
         prompt, chosen, rejected = _split_implicit(chosen, rejected, row)
     elif isinstance(prompt, str):
         raise DMPODataError(
-            "non-text content: the prompt is a plain string; DMPO needs conversational data (a list of messages)",
+            "mixed formats: the prompt is a plain string but chosen/rejected are lists of messages; give the prompt "
+            "as messages too, or the whole row as plain text (the standard format)",
             row,
             "prompt",
         )
@@ -179,12 +183,6 @@ def _side(example: Mapping[str, Any], side: str, row: int | None) -> list[Messag
     if side not in example or example[side] is None:
         raise DMPODataError(f"missing {side!r}: a pair needs 'chosen' and 'rejected'", row, side)
     value = example[side]
-    if isinstance(value, str):
-        raise DMPODataError(
-            f"non-text content: {side} is a plain string; DMPO needs conversational data (a list of messages)",
-            row,
-            side,
-        )
     if not _is_list(value):
         raise DMPODataError(f"{side!r} must be a list of messages, got {type(value).__name__}", row, side)
     return list(value)
@@ -250,7 +248,10 @@ def prepare_pair(
     """A row as `DMPOTrainer` trains on it: structural checks (`check_pair`), `tokenize_pair`, and the truncation
     check. Returns the `TOKENIZED_COLUMNS`; raises `DMPODataError` naming the row and the reason."""
     check_pair(example, row)
-    out = tokenize_pair(tokenizer, dict(example), row=row)
+    if is_plain_text_pair(example):
+        out = tokenize_plain_pair(tokenizer, example, row=row)
+    else:
+        out = tokenize_pair(tokenizer, dict(example), row=row)
     prompt = out["prompt_ids"]
     for side in SIDES:
         turn_ids = [NOT_ACTION] * len(prompt) + out[f"{side}_turn_ids"]

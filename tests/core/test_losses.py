@@ -65,8 +65,11 @@ def sequences():
         for ex in EXAMPLES:
             turns = [-1] * len(ex["prompt_ids"]) + ex[f"{side}_turn_ids"]
             if len(turns) > MAX_LENGTH:
-                last_kept = max(t for t in range(ex[f"{side}_num_turns"]) if max(
-                    k for k, x in enumerate(turns) if x == t) < MAX_LENGTH)
+                last_kept = max(
+                    t
+                    for t in range(ex[f"{side}_num_turns"])
+                    if max(k for k, x in enumerate(turns) if x == t) < MAX_LENGTH
+                )
                 turns = turns[: max(k for k, x in enumerate(turns) if x == last_kept) + 1]
             out.append((turns, ex[f"{side}_num_turns"]))
     return out
@@ -155,15 +158,19 @@ def hand_loss(loss_type, kind="reverse_kl", ld_alpha=None, wpo=False):
                     "sigmoid": lambda: -ls(BETA * d),
                     "hinge": lambda: max(0.0, 1 - BETA * d),
                     "ipo": lambda: (avg - 1 / (2 * BETA)) ** 2,
-                    "exo_pair": lambda: sig(BETA * d) * (ls(BETA * d) - math.log(1 - EPS))
-                    + sig(-BETA * d) * (ls(-BETA * d) - math.log(EPS)),
+                    "exo_pair": lambda: (
+                        sig(BETA * d) * (ls(BETA * d) - math.log(1 - EPS))
+                        + sig(-BETA * d) * (ls(-BETA * d) - math.log(EPS))
+                    ),
                     "nca_pair": lambda: -ls(BETA * dw) - 0.5 * ls(-BETA * dw) - 0.5 * ls(-BETA * dl),
                     "robust": lambda: (-(1 - EPS) * ls(BETA * d) + EPS * ls(-BETA * d)) / (1 - 2 * EPS),
                     "bco_pair": lambda: -ls(BETA * dw) - ls(-BETA * dl),
                     "sppo_hard": lambda: (dw - 0.5 / BETA) ** 2 + (dl + 0.5 / BETA) ** 2,
                     "apo_zero": lambda: 1 - sig(BETA * dw) + sig(BETA * dl),
                     "apo_down": lambda: sig(BETA * dw) + 1 - sig(BETA * (dw - dl)),
-                    "discopop": lambda: -ls(BETA * d) * (1 - sig(BETA * d / TAU)) + math.exp(-BETA * d) * sig(BETA * d / TAU),
+                    "discopop": lambda: (
+                        -ls(BETA * d) * (1 - sig(BETA * d / TAU)) + math.exp(-BETA * d) * sig(BETA * d / TAU)
+                    ),
                     "sigmoid_norm": lambda: -ls(BETA * avg),
                 }[loss_type]()
             )
@@ -196,8 +203,13 @@ def collate(padding_free):
 def run(loss_type, padding_free=False, precomputed=False, **options):
     batch, lp, ref, sq = collate(padding_free)
     config = ObjectiveConfig(
-        loss_types=(loss_type,), loss_weights=(1.0,), beta=BETA, label_smoothing=EPS, discopop_tau=TAU,
-        f_alpha_divergence_coef=ALPHA, **options,
+        loss_types=(loss_type,),
+        loss_weights=(1.0,),
+        beta=BETA,
+        label_smoothing=EPS,
+        discopop_tau=TAU,
+        f_alpha_divergence_coef=ALPHA,
+        **options,
     )
     if precomputed:
         from dmpo_trl.objective import sequence_scores

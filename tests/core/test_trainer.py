@@ -335,11 +335,9 @@ def test_trainer_rejects_plain_dpo_config_and_wrong_trl(tmp_path, tok):
     check_trl_version("1.16.3")
 
 
-def test_dataset_with_non_conversational_rows_names_the_row(tmp_path, tok):
-    rows = [{"prompt": "hi", "chosen": "a", "rejected": "b"}]
-    with pytest.raises(
-        ValueError, match=r"row 0, chosen: non-text content: chosen is a plain string; DMPO needs conversational data"
-    ):
+def test_dataset_with_mixed_format_rows_names_the_row(tmp_path, tok):
+    rows = [{"prompt": "hi", "chosen": "a", "rejected": [{"role": "assistant", "content": "b"}]}]
+    with pytest.raises(ValueError, match=r"row 0, rejected: mixed formats: the row is standard \(plain text\)"):
         DMPOTrainer(
             model=tiny_model(tok),
             args=make_args(tmp_path),

@@ -126,13 +126,15 @@ PROJECT_CASES = [
         "string prompt",
         with_(prompt="Task: find the coin."),
         "prompt",
-        "non-text content: the prompt is a plain string; DMPO needs conversational data (a list of messages)",
+        "mixed formats: the prompt is a plain string but chosen/rejected are lists of messages; give the prompt "
+        "as messages too, or the whole row as plain text (the standard format)",
     ),
     (
         "string side",
         with_(chosen="Action: look"),
-        "chosen",
-        "non-text content: chosen is a plain string; DMPO needs conversational data (a list of messages)",
+        "rejected",
+        "mixed formats: the row is standard (plain text) but 'rejected' is of type list; standard rows need 'chosen' "
+        "and 'rejected' strings (and a 'prompt' string or none), conversational rows lists of messages",
     ),
     (
         "empty action",
