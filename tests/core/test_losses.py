@@ -129,6 +129,35 @@ def z_score(term, kind):
     return total
 
 
+def pair_value(loss_type, q, avg):
+    d, dw, dl = q["d"], q["dw"], q["dl"]
+    if loss_type == "sigmoid":
+        return -ls(BETA * d)
+    if loss_type == "hinge":
+        return max(0.0, 1 - BETA * d)
+    if loss_type == "ipo":
+        return (avg - 1 / (2 * BETA)) ** 2
+    if loss_type == "exo_pair":
+        return sig(BETA * d) * (ls(BETA * d) - math.log(1 - EPS)) + sig(-BETA * d) * (ls(-BETA * d) - math.log(EPS))
+    if loss_type == "nca_pair":
+        return -ls(BETA * dw) - 0.5 * ls(-BETA * dw) - 0.5 * ls(-BETA * dl)
+    if loss_type == "robust":
+        return (-(1 - EPS) * ls(BETA * d) + EPS * ls(-BETA * d)) / (1 - 2 * EPS)
+    if loss_type == "bco_pair":
+        return -ls(BETA * dw) - ls(-BETA * dl)
+    if loss_type == "sppo_hard":
+        return (dw - 0.5 / BETA) ** 2 + (dl + 0.5 / BETA) ** 2
+    if loss_type == "apo_zero":
+        return 1 - sig(BETA * dw) + sig(BETA * dl)
+    if loss_type == "apo_down":
+        return sig(BETA * dw) + 1 - sig(BETA * (dw - dl))
+    if loss_type == "discopop":
+        m = sig(BETA * d / TAU)
+        return -ls(BETA * d) * (1 - m) + math.exp(-BETA * d) * m
+    assert loss_type == "sigmoid_norm"
+    return -ls(BETA * avg)
+
+
 def hand_loss(loss_type, kind="reverse_kl", ld_alpha=None, wpo=False):
     terms = hand_terms(ld_alpha)
     pairs = []
@@ -149,31 +178,7 @@ def hand_loss(loss_type, kind="reverse_kl", ld_alpha=None, wpo=False):
         nll = -sum(policy_lp(i, pos) for i, pos in chosen) / len(chosen)
         values = [nll, nll]
     else:
-        values = []
-        for q in pairs:
-            d, dw, dl, zw, zl = q["d"], q["dw"], q["dl"], q["zw"], q["zl"]
-            avg = zw / q["w"]["N"] - zl / q["l"]["N"]
-            values.append(
-                {
-                    "sigmoid": lambda: -ls(BETA * d),
-                    "hinge": lambda: max(0.0, 1 - BETA * d),
-                    "ipo": lambda: (avg - 1 / (2 * BETA)) ** 2,
-                    "exo_pair": lambda: (
-                        sig(BETA * d) * (ls(BETA * d) - math.log(1 - EPS))
-                        + sig(-BETA * d) * (ls(-BETA * d) - math.log(EPS))
-                    ),
-                    "nca_pair": lambda: -ls(BETA * dw) - 0.5 * ls(-BETA * dw) - 0.5 * ls(-BETA * dl),
-                    "robust": lambda: (-(1 - EPS) * ls(BETA * d) + EPS * ls(-BETA * d)) / (1 - 2 * EPS),
-                    "bco_pair": lambda: -ls(BETA * dw) - ls(-BETA * dl),
-                    "sppo_hard": lambda: (dw - 0.5 / BETA) ** 2 + (dl + 0.5 / BETA) ** 2,
-                    "apo_zero": lambda: 1 - sig(BETA * dw) + sig(BETA * dl),
-                    "apo_down": lambda: sig(BETA * dw) + 1 - sig(BETA * (dw - dl)),
-                    "discopop": lambda: (
-                        -ls(BETA * d) * (1 - sig(BETA * d / TAU)) + math.exp(-BETA * d) * sig(BETA * d / TAU)
-                    ),
-                    "sigmoid_norm": lambda: -ls(BETA * avg),
-                }[loss_type]()
-            )
+        values = [pair_value(loss_type, q, q["zw"] / q["w"]["N"] - q["zl"] / q["l"]["N"]) for q in pairs]
     if wpo:
         values = [v * math.exp(pairs[p]["w"]["wpo"]) * math.exp(pairs[p]["l"]["wpo"]) for p, v in enumerate(values)]
     return sum(values) / len(values), pairs
