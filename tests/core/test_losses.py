@@ -162,10 +162,10 @@ def hand_loss(loss_type, kind="reverse_kl", ld_alpha=None, wpo=False):
     terms = hand_terms(ld_alpha)
     pairs = []
     for p in range(2):
-        w, l = terms[p], terms[p + 2]
-        dw, dl = w["S"] - w["S_ref"], l["S"] - l["S_ref"]
-        zw, zl = z_score(w, kind), z_score(l, kind)
-        pairs.append(dict(w=w, l=l, dw=dw, dl=dl, zw=zw, zl=zl, d=zw - zl))
+        win, lose = terms[p], terms[p + 2]
+        dw, dl = win["S"] - win["S_ref"], lose["S"] - lose["S_ref"]
+        zw, zl = z_score(win, kind), z_score(lose, kind)
+        pairs.append(dict(w=win, l=lose, dw=dw, dl=dl, zw=zw, zl=zl, d=zw - zl))
     if loss_type in ("aot", "aot_unpaired"):
         if loss_type == "aot":
             a = sorted(q["w"]["S"] - q["l"]["S"] for q in pairs)
