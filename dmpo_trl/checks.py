@@ -13,6 +13,7 @@ and a reason that starts with a fixed phrase (e.g. ``"roles out of order"``), so
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "SKIP_REASON_COLUMN",
     "TOKENIZED_COLUMNS",
     "check_pair",
+    "keep_streamed_row",
     "prepare_pair",
     "prepare_row",
     "skipped_summary",
@@ -54,6 +56,7 @@ COLLATOR_COLUMNS = TOKENIZED_COLUMNS[:7] + REFERENCE_COLUMNS
 SKIP_REASON_COLUMN = "dmpo_skip_reason"
 
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
+logger = logging.getLogger(__name__)
 SIDES = ("chosen", "rejected")
 
 Message = Mapping[str, Any]
@@ -261,7 +264,7 @@ def prepare_pair(
         if kept_turns == 0:
             first_end = turn_ids.index(0) + turn_ids.count(0)
             raise DMPODataError(
-                f"no action fits within max_length={max_length}: the first action ends at token {first_end} "
+                f"{NO_ACTION_FITS}={max_length}: the first action ends at token {first_end} "
                 f"(prompt: {len(prompt)} tokens); raise max_length or shorten the prompt",
                 row,
                 side,
@@ -270,23 +273,45 @@ def prepare_pair(
     return out
 
 
+#: The start of the reason of a row whose prompt leaves no room for an action (`prepare_pair`).
+NO_ACTION_FITS = "no action fits within max_length"
+#: What a refused row's error adds, so the user knows the switch.
+SKIP_HINT = " (set skip_invalid_pairs=True to drop the rows DMPO cannot train on, with a warning)"
+STRICT_HINT = (
+    " (skip_invalid_pairs=False is the strict mode; by default such rows are dropped with a warning, as DPOTrainer "
+    "drops rows whose prompt fills max_length)"
+)
+
+
 def prepare_row(
-    example: Mapping[str, Any], idx: int, *, tokenizer, max_length: int | None, skip_invalid: bool
+    example: Mapping[str, Any], idx: int, *, tokenizer, max_length: int | None, skip_invalid: bool | None
 ) -> dict[str, Any]:
     """`datasets.map` function: `prepare_pair`, plus `SKIP_REASON_COLUMN`.
 
-    With ``skip_invalid`` a row DMPO cannot use gets empty columns and its reason (`DMPODataError.reason`, the
-    side prefixed) instead of raising, so the caller can count, report and drop it."""
+    A row DMPO cannot use gets empty columns and its reason (`DMPODataError.reason`, the side prefixed), so the
+    caller can count, report and drop it, when ``skip_invalid`` says so: ``True`` for every such row, ``None`` (the
+    default, DPOTrainer's behaviour) only for rows whose prompt leaves no room for an action within `max_length`.
+    Otherwise it raises, the message naming ``skip_invalid_pairs``; ``False`` is the strict mode (over-long rows raise
+    too)."""
     try:
         out = prepare_pair(tokenizer, example, row=idx, max_length=max_length)
         out[SKIP_REASON_COLUMN] = ""
     except DMPODataError as err:
-        if not skip_invalid:
-            raise
+        overlong = err.reason.startswith(NO_ACTION_FITS)
+        if not (skip_invalid or (skip_invalid is None and overlong)):
+            hint = STRICT_HINT if overlong else SKIP_HINT
+            raise DMPODataError(err.reason + hint, err.row, err.side) from err
         out = {key: [] for key in TOKENIZED_COLUMNS[:5]}
         out.update(dict.fromkeys(TOKENIZED_COLUMNS[5:], 0))
         out[SKIP_REASON_COLUMN] = f"{err.side}: {err.reason}" if err.side else err.reason
     return out
+
+
+def keep_streamed_row(example: Mapping[str, Any], idx: int, name: str) -> bool:
+    """`IterableDataset.filter` function for a streamed, prepared dataset: drops skipped rows, logging each one."""
+    if example[SKIP_REASON_COLUMN]:
+        logger.warning(f"Skipped row {idx} of the streamed {name} dataset: {example[SKIP_REASON_COLUMN]}")
+    return not example[SKIP_REASON_COLUMN]
 
 
 def skipped_summary(reasons: Sequence[str], most: int = 5, rows_shown: int = 5) -> str:

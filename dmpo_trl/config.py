@@ -36,10 +36,12 @@ class DMPOConfig(DPOConfig):
             `phi(t, T) = gamma^t (1 - gamma^(T - t)) / (1 - gamma^T)` (`(T - t) / T` at `gamma = 1`). `gamma = 0`
             trains on the first action only; larger values spread the weight over later actions. The authors use 0.7
             by default and found smaller values better with noisy losing trajectories, larger ones with clean ones.
-        skip_invalid_pairs (`bool`, *optional*, defaults to `False`):
-            Whether to drop the rows DMPO cannot train on (no action on a side, a template that cannot be aligned, a
-            side that keeps no action after truncation, ...) instead of raising an error on the first one. Dropped rows
-            are counted and their reasons logged.
+        skip_invalid_pairs (`bool`, *optional*):
+            What happens to rows DMPO cannot train on. Unset (`None`, the default): as in `DPOTrainer`, rows whose
+            prompt leaves no room for an action within `max_length` are dropped, with a warning that gives their
+            count, reasons and first row ids; any other bad row (no action on a side, a template that cannot be
+            aligned, ...) raises an error that names the row. `True`: every bad row is dropped with that warning.
+            `False`: the strict mode, every bad row raises, over-long ones included.
 
         > Options inherited from `DPOConfig`, with DMPO's restrictions
 
@@ -71,11 +73,12 @@ class DMPOConfig(DPOConfig):
             "gamma^t (1 - gamma^(T-t)) / (1 - gamma^T) ((T - t) / T at gamma = 1)."
         },
     )
-    skip_invalid_pairs: bool = field(
-        default=False,
+    skip_invalid_pairs: bool | None = field(
+        default=None,
         metadata={
-            "help": "Drop rows DMPO cannot train on (counted and logged with their reasons) instead of raising an "
-            "error on the first one."
+            "help": "Rows DMPO cannot train on. Default (unset): as DPOTrainer, rows whose prompt leaves no room for "
+            "an action within max_length are dropped with a warning (count and first row ids), any other bad row is "
+            "an error. True: every bad row is dropped with a warning. False: strict, every bad row is an error."
         },
     )
 

@@ -124,7 +124,9 @@ def marker_action_spans(
             **template_kwargs,
         )
     except Exception as err:  # jinja2 errors, a template without markers for this conversation, ...
-        raise DMPODataError(f"the chat template rejected the conversation ({type(err).__name__}: {err})", row, side) from err
+        raise DMPODataError(
+            f"the chat template rejected the conversation ({type(err).__name__}: {err})", row, side
+        ) from err
     input_ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
     encoding = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
     if list(encoding["input_ids"]) != input_ids:

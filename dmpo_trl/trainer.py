@@ -33,9 +33,17 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, global_then_local_main_first, use_adapter
 
 from .attention import is_varlen_capable, use_varlen_sdpa, varlen_kwargs
-from .checks import COLLATOR_COLUMNS, SKIP_REASON_COLUMN, prepare_row, skipped_summary, truncation_stats
+from .checks import (
+    COLLATOR_COLUMNS,
+    SKIP_REASON_COLUMN,
+    keep_streamed_row,
+    prepare_row,
+    skipped_summary,
+    truncation_stats,
+)
 from .collator import DataCollatorForDMPO, DMPOBatch
 from .config import DMPOConfig
+from .metrics import log_dmpo_metrics
 from .model_card import card_rows, is_hub_id, write_card_section
 from .objective import ObjectiveConfig, dmpo_objective, sequence_scores
 from .packing import check_packed_attention
@@ -230,14 +238,19 @@ class DMPOTrainer(DPOTrainer):
         # Under a multi-process launch the main process tokenizes first and the others read its cache, as in TRL
         with global_then_local_main_first():
             dataset = dataset.map(prepare_row, fn_kwargs=fn_kwargs, **map_kwargs)
-        if not isinstance(dataset, Dataset):  # streaming: no up-front statistics
-            return dataset.filter(lambda ex: ex[SKIP_REASON_COLUMN] == "")
+        if not isinstance(dataset, Dataset):  # streaming: no up-front statistics; each dropped row is logged
+            return dataset.filter(keep_streamed_row, with_indices=True, fn_kwargs={"name": dataset_name})
         reasons = dataset[SKIP_REASON_COLUMN]
         skipped = sum(1 for r in reasons if r)
         if skipped:
+            why = (
+                "skip_invalid_pairs=True"
+                if args.skip_invalid_pairs
+                else "no action fits; skip_invalid_pairs=False refuses"
+            )
             logger.warning(
                 f"Skipped {skipped}/{len(dataset)} rows of the {dataset_name} dataset that DMPO cannot train on "
-                f"(skip_invalid_pairs=True): {skipped_summary(reasons)}",
+                f"({why}): {skipped_summary(reasons)}",
                 main_process_only=True,
             )
             dataset = dataset.filter(lambda e: e == "", input_columns=SKIP_REASON_COLUMN, desc="Dropping invalid rows")
@@ -336,47 +349,7 @@ class DMPOTrainer(DPOTrainer):
         return loss
 
     def _log_dmpo_metrics(self, mode, batch: DMPOBatch, outputs, out, policy_chosen, policy_rejected):
-        # Per-pair tensors go through gather_for_metrics, which drops the duplicates padding the last batch; it trims
-        # along dim 0 by pairs, so [chosen; rejected] tensors are split into halves first. Token counts are (1,)-shaped
-        # sums, gathered as they are (gather_for_metrics would trim them like samples).
-        gather = self.accelerator.gather_for_metrics
-
-        def gather_sum(value: torch.Tensor) -> torch.Tensor:
-            return self.accelerator.gather(value.reshape(1)).sum()
-
-        def masked_mean(values, m):
-            total, count = gather_sum(values[m].float().sum()), gather_sum(m.sum())
-            return (total / count).item() if count > 0 else 0.0
-
-        metrics = self._metrics[mode]
-        seq_len = batch.action_mask.size(1)
-        chosen_mask, rejected_mask = batch.side_masks()
-        mean_logits = outputs.mean_logits[:, -seq_len:].detach()
-        metrics["entropy"].append(masked_mean(outputs.entropy[:, -seq_len:].detach(), batch.action_mask))
-        metrics["logits/chosen"].append(masked_mean(mean_logits, chosen_mask))
-        metrics["logits/rejected"].append(masked_mean(mean_logits, rejected_mask))
-        metrics["mean_token_accuracy"].append(masked_mean(outputs.is_top1[:, -seq_len:], chosen_mask))
-        real_tokens = gather_sum(batch.real_tokens())
-        if mode == "train":
-            self._total_train_tokens += real_tokens.item() // self._tp_size
-        metrics["num_tokens"] = [self._total_train_tokens]
-
-        chosen_rewards, rejected_rewards = gather(out.chosen_rewards), gather(out.rejected_rewards)
-        metrics["rewards/chosen"].append(chosen_rewards.mean().item())
-        metrics["rewards/rejected"].append(rejected_rewards.mean().item())
-        metrics["rewards/accuracies"].append((chosen_rewards > rejected_rewards).float().mean().item())
-        metrics["rewards/margins"].append((chosen_rewards - rejected_rewards).mean().item())
-        metrics["logps/chosen"].append(gather(policy_chosen.detach()).mean().item())
-        metrics["logps/rejected"].append(gather(policy_rejected.detach()).mean().item())
-
-        turns_w, turns_l = (gather(x) for x in batch.inputs["num_turns"].chunk(2, dim=0))
-        kept_w, kept_l = (gather(x) for x in batch.inputs["kept_turns"].chunk(2, dim=0))
-        metrics["turns/chosen"].append(turns_w.float().mean().item())
-        metrics["turns/rejected"].append(turns_l.float().mean().item())
-        metrics["action_token_share"].append((gather_sum(batch.action_tokens()) / real_tokens.clamp(min=1)).item())
-        dropped_w, dropped_l = turns_w - kept_w, turns_l - kept_l
-        metrics["truncation/actions_dropped"].append((dropped_w.sum() + dropped_l.sum()).item())
-        metrics["truncation/pairs_truncated"].append(((dropped_w > 0) | (dropped_l > 0)).float().mean().item())
+        log_dmpo_metrics(self, self._metrics[mode], mode, batch, outputs, out, policy_chosen, policy_rejected)
 
     # ------------------------------------------------------------ model card
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):

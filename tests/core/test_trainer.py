@@ -244,23 +244,33 @@ def test_truncation_keeps_weights_and_is_logged(tmp_path, tok):
     assert (batch["num_turns"][4:] == 6).all() and (batch["kept_turns"][4:] < 6).all()  # T stays the real count
 
 
-def test_row_that_keeps_no_action_is_an_error_or_skipped(tmp_path, tok):
+def test_rows_that_keep_no_action_are_dropped_with_a_warning_or_refused_in_strict_mode(tmp_path, tok, caplog):
     rows = dataset_rows(4)
     rows[2]["prompt"][-1]["content"] = "very long task " * 80
-    with pytest.raises(ValueError, match=r"row 2, chosen: no action fits within max_length=100"):
+    kw = dict(model=tiny_model(tok), train_dataset=Dataset.from_list(rows), processing_class=tok)
+    with caplog.at_level("WARNING", logger="dmpo_trl.trainer"):
+        trainer = DMPOTrainer(args=make_args(tmp_path, max_length=100), **kw)  # the default, as DPOTrainer
+    assert len(trainer.train_dataset) == 3 and trainer.dmpo_data_stats["train"]["pairs_skipped"] == 1
+    assert "Skipped 1/4 rows of the train dataset" in caplog.text
+    assert "1x chosen: no action fits within max_length=100" in caplog.text and "(rows 2)" in caplog.text
+    with pytest.raises(
+        ValueError, match=r"row 2, chosen: no action fits within max_length=100.*skip_invalid_pairs=False"
+    ):
+        DMPOTrainer(args=make_args(tmp_path, max_length=100, skip_invalid_pairs=False), **kw)
+    trainer = DMPOTrainer(args=make_args(tmp_path, max_length=100, skip_invalid_pairs=True), **kw)
+    assert len(trainer.train_dataset) == 3
+
+
+def test_other_bad_rows_raise_by_default_naming_skip_invalid_pairs(tmp_path, tok):
+    rows = dataset_rows(3)
+    rows[1]["rejected"] = [{"role": "user", "content": "Observation: nothing."}]
+    with pytest.raises(ValueError, match=r"row 1, rejected: no assistant action.*set skip_invalid_pairs=True"):
         DMPOTrainer(
             model=tiny_model(tok),
-            args=make_args(tmp_path, max_length=100),
+            args=make_args(tmp_path),
             train_dataset=Dataset.from_list(rows),
             processing_class=tok,
         )
-    trainer = DMPOTrainer(
-        model=tiny_model(tok),
-        args=make_args(tmp_path, max_length=100, skip_invalid_pairs=True),
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tok,
-    )
-    assert len(trainer.train_dataset) == 3 and trainer.dmpo_data_stats["train"]["pairs_skipped"] == 1
 
 
 def test_sft_term_adds_chosen_action_nll(tmp_path, tok):
