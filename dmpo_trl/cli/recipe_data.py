@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dmpo_trl.data.io import expand_data_files, load_dataset_files
 
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -33,6 +36,9 @@ def load_preference_datasets(
     """
     from datasets import DatasetDict, IterableDatasetDict, load_dataset
 
+    if script_args.datasets:
+        train, eval_ds = load_mixture(script_args, want_eval=want_eval)
+        return _take(train, script_args.max_train_samples), _take(eval_ds, script_args.max_eval_samples)
     streaming = script_args.dataset_streaming
     train: Dataset
     eval_ds: Dataset | None = None
@@ -71,10 +77,37 @@ def load_preference_datasets(
     return _take(train, script_args.max_train_samples), _take(eval_ds, script_args.max_eval_samples)
 
 
+def load_mixture(script_args: DMPOScriptArguments, *, want_eval: bool) -> tuple[Dataset, Dataset | None]:
+    """A `datasets:` mixture as `trl dpo` loads it (TRL's `get_dataset`): the train split is `dataset_train_split`,
+    the eval split `dataset_test_split` (present with `test_split_size`).
+
+    Raises:
+        ValueError: evaluation requested but the mixture has no `dataset_test_split` (set `test_split_size`).
+    """
+    from trl import get_dataset
+
+    if script_args.dataset_name:
+        logger.warning(
+            "Both `datasets` and `dataset_name` are given: the `datasets` mixture is used, as in `trl dpo`."
+        )
+    mixture = get_dataset(script_args)
+    train = mixture[script_args.dataset_train_split]
+    if not want_eval:
+        return train, None
+    if script_args.dataset_test_split not in mixture:
+        raise ValueError(
+            f"Evaluation is on (eval_strategy != 'no') but the `datasets` mixture has no split "
+            f"{script_args.dataset_test_split!r}: set `test_split_size` to hold out part of it."
+        )
+    return train, mixture[script_args.dataset_test_split]
+
+
 def describe_data_source(script_args: DMPOScriptArguments) -> str | None:
     """A short name for the model card: `card_dataset_name`, else `dataset_name`, else the training file names."""
     if script_args.card_dataset_name:
         return script_args.card_dataset_name
+    if script_args.datasets:
+        return ", ".join(d.path + (f" ({d.name})" if d.name else "") for d in script_args.datasets)
     if script_args.dataset_name:
         return script_args.dataset_name
     if script_args.data_files:
