@@ -29,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "scripts" / "trl_suite"
 SWAPS = ((r"\bDPOTrainer\b", "DMPOTrainer"), (r"\bDPOConfig\b", "DMPOConfig"))
 IMPORT = "from trl import DPOConfig, DPOTrainer\n"
-PYTEST_INI = "[pytest]\nmarkers =\n    slow: slow tests (TRL marker)\nfilterwarnings =\n    ignore::DeprecationWarning\n"
+PYTEST_INI = (
+    "[pytest]\nmarkers =\n    slow: slow tests (TRL marker)\nfilterwarnings =\n    ignore::DeprecationWarning\n"
+)
 
 
 def swap_names(source: str) -> str:
@@ -93,8 +95,16 @@ def summary(results: dict[str, dict[str, str]]) -> str:
         dpo, dmpo = results["dpo"], results["dmpo"]
         lost = sorted(t for t, v in dpo.items() if v == "passed" and dmpo.get(t) != "passed")
         gained = sorted(t for t, v in dmpo.items() if v == "passed" and dpo.get(t) != "passed")
-        lines += ["", f"Passed by DPOTrainer, not by DMPOTrainer ({len(lost)}):", *[f"- {t}: {dmpo.get(t)}" for t in lost]]
-        lines += ["", f"Passed by DMPOTrainer, not by DPOTrainer ({len(gained)}):", *[f"- {t}: {dpo.get(t)}" for t in gained]]
+        lines += [
+            "",
+            f"Passed by DPOTrainer, not by DMPOTrainer ({len(lost)}):",
+            *[f"- {t}: {dmpo.get(t)}" for t in lost],
+        ]
+        lines += [
+            "",
+            f"Passed by DMPOTrainer, not by DPOTrainer ({len(gained)}):",
+            *[f"- {t}: {dpo.get(t)}" for t in gained],
+        ]
     return "\n".join(lines) + "\n"
 
 

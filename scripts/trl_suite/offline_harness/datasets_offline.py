@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .tiny_hub import HARNESS_VERSION
 
+
 # fmt: off
 ZEN_PROMPTS = ["Beautiful is better than", "Explicit is", "Simple is better", "Complex", "Flat is better than",
     "Sparse is better", "Readability", "Special cases aren't special", "Although practicality beats",
@@ -244,7 +245,9 @@ def _zen_image(config):
     n = len(CONV_QUESTIONS)
     images = [[Image.new("RGB", (16 + 2 * (i % 3), 16), color=(10 * i, 100, 200))] for i in range(n)]
     if config == "conversational_preference":
-        prompt = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}] for q in CONV_QUESTIONS]
+        prompt = [
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}] for q in CONV_QUESTIONS
+        ]
         chosen = [[{"role": "assistant", "content": [{"type": "text", "text": a}]}] for a in CONV_CHOSEN]
         rejected = [[{"role": "assistant", "content": [{"type": "text", "text": a}]}] for a in CONV_REJECTED]
         return {"images": images, "prompt": prompt, "chosen": chosen, "rejected": rejected}, None
@@ -265,8 +268,8 @@ def _data(repo: str, config: str):
                 "rejected": [_assistant(a) for a in CONV_REJECTED],
             },
             "conversational_implicit_prompt_preference": {
-                "chosen": [_user(q) + _assistant(a) for q, a in zip(CONV_QUESTIONS, CONV_CHOSEN)],
-                "rejected": [_user(q) + _assistant(a) for q, a in zip(CONV_QUESTIONS, CONV_REJECTED)],
+                "chosen": [_user(q) + _assistant(a) for q, a in zip(CONV_QUESTIONS, CONV_CHOSEN, strict=True)],
+                "rejected": [_user(q) + _assistant(a) for q, a in zip(CONV_QUESTIONS, CONV_REJECTED, strict=True)],
             },
             "standard_prompt_only": {"prompt": ZEN_PROMPTS},
             "conversational_prompt_only": {"prompt": [_user(q) for q in CONV_QUESTIONS]},
@@ -277,8 +280,8 @@ def _data(repo: str, config: str):
                    "model_identity": "You are Tiny ChatGPT, a tiny language model."} for i in range(n)]  # fmt: skip
         return {
             "prompt": [_user(q) for q in CONV_QUESTIONS],
-            "chosen": [_assistant(a, thinking=t) for a, t in zip(CONV_CHOSEN, HARMONY_THINKING)],
-            "rejected": [_assistant(a, thinking=t) for a, t in zip(CONV_REJECTED, HARMONY_THINKING)],
+            "chosen": [_assistant(a, thinking=t) for a, t in zip(CONV_CHOSEN, HARMONY_THINKING, strict=True)],
+            "rejected": [_assistant(a, thinking=t) for a, t in zip(CONV_REJECTED, HARMONY_THINKING, strict=True)],
             "chat_template_kwargs": kwargs,
         }, None
     if repo == "trl-internal-testing/toolcall" and config == "preference":
