@@ -25,7 +25,7 @@ class DMPOConfig(DPOConfig):
     Configuration class for the [`DMPOTrainer`].
 
     It takes every argument of [`~trl.DPOConfig`] (and so of [`~transformers.TrainingArguments`]) and adds the DMPO
-    discount factor. Options of `DPOConfig` that DMPO does not support are rejected at construction with an error that
+    discount factor. The two combinations DMPO cannot give a meaning are rejected at construction with an error that
     says why, instead of being silently ignored.
 
     Parameters:
@@ -43,16 +43,27 @@ class DMPOConfig(DPOConfig):
             aligned, ...) raises an error that names the row. `True`: every bad row is dropped with that warning.
             `False`: the strict mode, every bad row raises, over-long ones included.
 
-        > Options inherited from `DPOConfig`, with DMPO's restrictions
+        > Options inherited from `DPOConfig`, on multi-turn scores (with one action per side: DPOTrainer's numbers)
 
         loss_type (`list[str]`, *optional*, defaults to `["sigmoid"]`):
-            `["sigmoid"]` is the DMPO objective. `["sigmoid", "sft"]` (with `loss_weights`) adds the mean negative
-            log-likelihood of the chosen trajectory's action tokens (observations and prompt excluded). Other DPO loss
-            types are not defined for multi-turn trajectories and are rejected.
+            Every loss type of `DPOConfig`, combined with `loss_weights` as in DPOTrainer. Sequence log-ratios become
+            the DMPO weighted log-ratio `S - S_ref`, lengths the weighted action-token count `N = sum_k w_k`; `"sft"`
+            is the mean negative log-likelihood of the chosen action tokens of the batch (`dmpo_trl.losses`,
+            `dmpo_trl.objective`).
         label_smoothing (`float`, *optional*, defaults to `0.0`):
-            Probability that a preference label is flipped (conservative DPO), in `[0, 0.5)`.
+            As in DPOTrainer 1.16: used by `exo_pair`, `robust`, `aot` and `aot_unpaired` only (a warning says so
+            when it is set for none of them).
+        f_divergence_type (`str`, *optional*, defaults to `"reverse_kl"`):
+            Applied to the cumulative log-ratio of every action prefix, weighted by `phi(t, T) - phi(t + 1, T)` (DMPO's
+            occupancy constraint with an f-divergence); needs the reference of every action, so it is refused with
+            `precompute_ref_log_probs=True`.
+        ld_alpha (`float`, *optional*):
+            LD-DPO on the action tokens: those past the pair's shared count of action tokens get factor `ld_alpha`.
+        use_weighting (`bool`, *optional*, defaults to `False`):
+            WPO with the weighted per-token average over the action tokens.
         truncation_mode (`str`, *optional*, defaults to `"keep_start"`):
-            Only `"keep_start"`: trajectories longer than `max_length` lose whole trailing actions.
+            Only `"keep_start"`: trajectories longer than `max_length` lose whole trailing actions (`"keep_end"` would
+            drop the first actions, which carry the highest weights, and is refused).
         precompute_ref_log_probs (`bool`, *optional*, defaults to `False`):
             Supported; the cached reference scores are DMPO-weighted, so the cache is keyed on `gamma` and
             `max_length` as well as on the dataset and the reference model.
@@ -62,8 +73,8 @@ class DMPOConfig(DPOConfig):
             loss and gradients as the padded batch. Needs a model whose attention mask is derived from `position_ids`
             (transformers' sdpa, eager, flex or FlashAttention); this is checked on the first batch.
 
-    Not supported (rejected): `ld_alpha`, `f_divergence_type` other than `"reverse_kl"`, `use_weighting`,
-    `truncation_mode="keep_end"`.
+    Refused, with the reason in the error: `truncation_mode="keep_end"`, and a non-default `f_divergence_type` with
+    `precompute_ref_log_probs=True`. Every other `DPOConfig` field is accepted and means what it means for DPO.
     """
 
     gamma: float = field(

@@ -1,6 +1,7 @@
 """Conversation -> token ids + per-token turn index, built together and token-exact.
 
-How the action spans are found (works with any chat template with the *prefix property*: the rendering of a
+Chat templates with ``{% generation %}`` markers take the tokenizer's own assistant mask (`dmpo_trl.templates`); the
+others the prefix rendering below, which works with any chat template with the *prefix property* (the rendering of a
 conversation prefix is a prefix of the rendering of the whole conversation):
 
 1. Render the whole conversation once and tokenize it once, with character offsets (fast tokenizers).
@@ -10,7 +11,8 @@ conversation prefix is a prefix of the rendering of the whole conversation):
 3. Map those character boundaries to token boundaries (no token may straddle one), then keep the tokens up to and
    including the last special token of the span (the end-of-turn token, e.g. ``<|im_end|>``, ``<|eot_id|>``,
    ``</s>``, ``<end_of_turn>``). What follows it (e.g. the ``\\n`` ChatML puts after ``<|im_end|>``) is template
-   markup the model never generates, so it is not an action.
+   markup the model never generates, so it is not an action. A template that closes the turn without a special
+   token (GLM-4.5) ends the action with the special token it renders next (`dmpo_trl.templates.template_action_end`).
 
 Every token of action ``t`` gets turn id ``t``; everything else (prompt, observations, role headers, markup) gets
 ``-1``. Any template or row where this cannot be done exactly raises `DMPODataError` naming the row and the reason;

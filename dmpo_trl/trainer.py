@@ -66,10 +66,11 @@ class DMPOTrainer(DPOTrainer):
 
     Same constructor and same dataset format as `DPOTrainer` (conversational ``prompt`` / ``chosen`` / ``rejected``
     columns, where ``chosen`` and ``rejected`` are whole multi-turn continuations: assistant actions alternating with
-    observations). Only assistant actions carry loss, each token of action ``t`` weighted by
-    ``phi(t, T) = gamma^t (1 - gamma^(T-t)) / (1 - gamma^T)``; the loss is
-    ``-log sigmoid(beta * (S_w - S_l))`` with ``S = sum_t phi(t, T) * (log pi_theta(a_t|s_t) - log pi_ref(a_t|s_t))``.
-    See `dmpo_trl.loss` for the math and `dmpo_trl.tokenization` for which tokens are actions.
+    observations; standard plain-text rows are one action per side). Only assistant actions carry loss, each token of
+    action ``t`` weighted by ``phi(t, T) = gamma^t (1 - gamma^(T-t)) / (1 - gamma^T)``; the default loss is
+    ``-log sigmoid(beta * (S_w - S_l))`` with ``S = sum_t phi(t, T) * (log pi_theta(a_t|s_t) - log pi_ref(a_t|s_t))``,
+    and every other `loss_type` of DPOConfig works on the same scores (`dmpo_trl.losses`). See `dmpo_trl.loss` for
+    the math and `dmpo_trl.tokenization` for which tokens are actions.
 
     Example:
 
