@@ -58,7 +58,7 @@ __all__ = ["DMPOTrainer"]
 logger = get_logger(__name__)
 
 # Bump when the tokenization or masking rules change, so cached reference scores are not reused across versions.
-MASKING_VERSION = 1
+MASKING_VERSION = 2
 
 
 class DMPOTrainer(DPOTrainer):
@@ -271,11 +271,11 @@ class DMPOTrainer(DPOTrainer):
 
     # ------------------------------------------------------------- reference
     def _precompute_ref_logps(self, dataset, name, batch_size):
-        # TRL keys the cache on the dataset and the reference weights only; DMPO scores also depend on gamma and on
-        # the truncation, so fold those into the key for the duration of the call.
+        # TRL keys the cache on the dataset and the reference weights only; DMPO scores also depend on gamma, on the
+        # truncation and on LD-DPO's factors, so fold those into the key for the duration of the call.
         base_hash = self._precompute_model_hash
         self._precompute_model_hash = Hasher.hash(
-            (base_hash, "dmpo", MASKING_VERSION, self.args.gamma, self.args.max_length)
+            (base_hash, "dmpo", MASKING_VERSION, self.args.gamma, self.args.max_length, self.args.ld_alpha)
         )
         try:
             return super()._precompute_ref_logps(dataset, name, batch_size)

@@ -140,11 +140,13 @@ def test_precomputed_reference_equals_online_and_cache_tracks_gamma(tmp_path, to
     path = tmp_path / "pairs.jsonl"
     write_records(dataset_rows(8, seed=4), path)
     ref = tiny_model(tok, seed=9)
-    for gamma in (0.7, 0.3):  # same dataset files, same reference: the cache must not be reused across gamma
+    # same dataset files, same reference: the cache must not be reused across gamma or LD-DPO's alpha
+    for gamma, ld_alpha in ((0.7, None), (0.3, None), (0.3, 0.5)):
         ds = load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "hf_cache"))
         kw = dict(model=tiny_model(tok), ref_model=copy.deepcopy(ref), train_dataset=ds, processing_class=tok)
-        pre = DMPOTrainer(args=make_args(tmp_path, gamma=gamma, precompute_ref_log_probs=True), **kw)
-        online = DMPOTrainer(args=make_args(tmp_path, gamma=gamma), **{**kw, "model": tiny_model(tok)})
+        options = dict(gamma=gamma, ld_alpha=ld_alpha)
+        pre = DMPOTrainer(args=make_args(tmp_path, precompute_ref_log_probs=True, **options), **kw)
+        online = DMPOTrainer(args=make_args(tmp_path, **options), **{**kw, "model": tiny_model(tok)})
         pre_batch, online_batch = batch_of(pre, 8), batch_of(online, 8)
         ref_w, ref_l = online.compute_ref_log_probs(online.ref_model, online_batch)
         assert torch.allclose(pre_batch["ref_chosen_logps"], ref_w, atol=1e-5)
