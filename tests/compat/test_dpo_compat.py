@@ -202,6 +202,7 @@ OPTIONS = {
     "dataset_num_proc": dict(dataset_num_proc=2),
     "pad_token": dict(pad_token="<|end_header_id|>"),
     "gradient_accumulation_steps": dict(gradient_accumulation_steps=2, per_device_train_batch_size=2),
+    "gradient_checkpointing": dict(gradient_checkpointing=True),
 }
 
 
@@ -218,6 +219,18 @@ def test_each_option_trains_to_dpos_numbers_with_one_action(tmp_path, model_dir,
     if name == "max_length":
         assert len(dmpo.train_dataset) == 7
     assert_same_numbers(dpo, dmpo, tol)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="activation offloading runs on CUDA; this is its CPU behaviour")
+def test_activation_offloading_fails_on_cpu_exactly_as_in_dpotrainer(tmp_path, model_dir):
+    """TRL 1.16's activation offloading needs a CUDA device; on CPU both trainers stop in DPOTrainer.__init__ alike."""
+    errors = []
+    for config_cls, trainer_cls in ((DPOConfig, DPOTrainer), (DMPOConfig, DMPOTrainer)):
+        args = config_cls(**base_kwargs(tmp_path / trainer_cls.__name__, activation_offloading=True))
+        with pytest.raises(Exception) as err:  # noqa: PT011  (whatever DPOTrainer raises, DMPOTrainer must too)
+            trainer_cls(model=model_dir, args=args, train_dataset=Dataset.from_list(rows("standard")))
+        errors.append((type(err.value), str(err.value)))
+    assert errors[0] == errors[1]
 
 
 def test_wpo_with_sft_trains_where_dpotrainer_crashes(tmp_path, model_dir):
