@@ -45,6 +45,14 @@ class DMPOScriptArguments(ScriptArguments, DatasetMixtureConfig):
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N evaluation rows (quick runs)."}
     )
+    chat_template_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Jinja chat template file to use instead of the tokenizer's, e.g. a training template with "
+            "{% generation %} markers (trl/chat_templates/<family>_training.jinja) for a model whose own template "
+            "re-renders earlier turns."
+        },
+    )
     card_base_model: str | None = field(
         default=None,
         metadata={

@@ -106,6 +106,7 @@ def build_trainer(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
+        chat_template_path=script_args.chat_template_path,
         require_chat_template=True,
     )
     trainer = DMPOTrainer(

@@ -108,3 +108,15 @@ def test_mixture_and_data_files_are_exclusive(ws, tmp_path, two_files):
     recipe["datasets"] = [{"path": "json", "data_files": str(two_files[0])}]
     with pytest.raises(ValueError, match="either `data_files` .* or a `datasets` mixture"):
         parse_args(["--config", str(write_recipe(tmp_path / "bad.yaml", recipe))])
+
+
+def test_chat_template_path_replaces_the_tokenizers_template(ws, tmp_path):
+    from dmpo_trl.testing import TEMPLATE_DIR
+
+    template = TEMPLATE_DIR / "qwen2_5_training.jinja"
+    recipe = write_recipe(tmp_path / "t.yaml", base_recipe(ws, max_steps=1, output_dir=str(tmp_path / "o")))
+    script_args, training_args, model_args = parse_args(
+        ["--config", str(recipe), "--chat_template_path", str(template)]
+    )
+    trainer = build_trainer(script_args, training_args, model_args)
+    assert trainer.processing_class.chat_template == template.read_text()  # the marker path tokenizes the rows
