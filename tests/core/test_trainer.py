@@ -263,6 +263,18 @@ def test_rows_that_keep_no_action_are_dropped_with_a_warning_or_refused_in_stric
     assert len(trainer.train_dataset) == 3
 
 
+def test_streamed_rows_that_keep_no_action_are_dropped_and_logged(tmp_path, tok, caplog):
+    rows = dataset_rows(6)
+    rows[2]["prompt"][-1]["content"] = "very long task " * 80
+    stream = Dataset.from_list(rows).to_iterable_dataset()
+    args = make_args(tmp_path, max_length=100, max_steps=1, per_device_train_batch_size=2)
+    with caplog.at_level("WARNING", logger="dmpo_trl.checks"):
+        trainer = DMPOTrainer(model=tiny_model(tok), args=args, train_dataset=stream, processing_class=tok)
+        kept = list(trainer.train_dataset)
+    assert len(kept) == 5
+    assert "Skipped row 2 of the streamed train dataset: chosen: no action fits within max_length=100" in caplog.text
+
+
 def test_other_bad_rows_raise_by_default_naming_skip_invalid_pairs(tmp_path, tok):
     rows = dataset_rows(3)
     rows[1]["rejected"] = [{"role": "user", "content": "Observation: nothing."}]
