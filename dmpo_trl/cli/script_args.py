@@ -49,7 +49,7 @@ class DMPOScriptArguments(ScriptArguments, DatasetMixtureConfig):
         default=None,
         metadata={
             "help": "A Jinja chat template file to use instead of the tokenizer's, e.g. a training template with "
-            "{% generation %} markers (trl/chat_templates/<family>_training.jinja) for a model whose own template "
+            "generation markers (trl/chat_templates/<family>_training.jinja) for a model whose own template "
             "re-renders earlier turns."
         },
     )
