@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -61,6 +62,10 @@ class DMPOConfig(DPOConfig):
             LD-DPO on the action tokens: those past the pair's shared count of action tokens get factor `ld_alpha`.
         use_weighting (`bool`, *optional*, defaults to `False`):
             WPO with the weighted per-token average over the action tokens.
+        beta (`float`, *optional*, defaults to `0.1`):
+            Must be > 0 (a negative beta trains backwards with perfect-looking metrics, 0 trains nothing). The other
+            numbers the loss uses are checked too: `loss_weights` (one finite weight >= 0 per loss type, not all 0),
+            `max_length` >= 1, `router_aux_loss_coef` >= 0, the reference-sync settings.
         truncation_mode (`str`, *optional*, defaults to `"keep_start"`):
             Only `"keep_start"`: trajectories longer than `max_length` lose whole trailing actions (`"keep_end"` would
             drop the first actions, which carry the highest weights, and is refused).
@@ -98,6 +103,7 @@ class DMPOConfig(DPOConfig):
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
         self._check_dmpo_options()
+        self._check_numeric_options()
         super().__post_init__()
 
     def _check_dmpo_options(self):
@@ -105,6 +111,42 @@ class DMPOConfig(DPOConfig):
             raise ValueError(f"`gamma` must lie in [0, 1], got {self.gamma!r}.")
         self.gamma = float(self.gamma)
         check_loss_options(self)
+
+    def _check_numeric_options(self):
+        """The numbers the DMPO loss types use: refuse those that would train silently wrong."""
+        beta = self.beta
+        if not isinstance(beta, int | float) or isinstance(beta, bool) or not math.isfinite(beta):
+            raise ValueError(f"`beta` must be a finite number > 0, got {beta!r}.")
+        if beta < 0:
+            raise ValueError(
+                f"`beta` must be > 0, got {beta}: a negative beta trains the model away from the chosen trajectories "
+                "while every logged reward metric still looks right."
+            )
+        if beta == 0:
+            raise ValueError(
+                "`beta` must be > 0, got 0: the DMPO loss is then log(2) for every pair and its gradient is zero, so "
+                "training would change nothing."
+            )
+        if self.loss_weights is not None:
+            weights = list(self.loss_weights)
+            if len(weights) != len(self.loss_type):
+                raise ValueError(f"`loss_weights` needs one weight per loss type {self.loss_type}, got {weights}.")
+            if not all(isinstance(w, int | float) and math.isfinite(w) and w >= 0 for w in weights):
+                raise ValueError(f"`loss_weights` must be finite numbers >= 0, got {weights}.")
+            if not any(weights):
+                raise ValueError(f"`loss_weights` are all 0, so the loss is 0 and nothing trains: {weights}.")
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(f"`max_length` must be >= 1 (tokens per trajectory) or None, got {self.max_length}.")
+        coef = self.router_aux_loss_coef
+        if coef is not None and not (math.isfinite(coef) and coef >= 0):
+            raise ValueError(f"`router_aux_loss_coef` must be a finite number >= 0, got {coef}.")
+        if self.sync_ref_model:
+            if not 0.0 <= self.ref_model_mixup_alpha <= 1.0:
+                raise ValueError(f"`ref_model_mixup_alpha` must lie in [0, 1], got {self.ref_model_mixup_alpha}.")
+            if self.ref_model_sync_steps < 1:
+                raise ValueError(f"`ref_model_sync_steps` must be >= 1, got {self.ref_model_sync_steps}.")
+        if self.precompute_ref_batch_size is not None and self.precompute_ref_batch_size < 1:
+            raise ValueError(f"`precompute_ref_batch_size` must be >= 1, got {self.precompute_ref_batch_size}.")
 
 
 #: Why DMPO refuses ``truncation_mode="keep_end"`` (the error and the docs say the same).

@@ -43,7 +43,7 @@ _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 TEMPLATE_REMEDY = (
     "use a training chat template with {% generation %} markers (TRL ships one per family as "
     "trl/chat_templates/<family>_training.jinja, e.g. qwen3_training.jinja), set as tokenizer.chat_template or given "
-    "with chat_template_path (`dmpo-trl train --chat_template_path FILE`, `dmpo-trl validate --chat-template FILE`)"
+    "with chat_template_path (`dmpo-trl train --chat_template_path FILE`, the same for `dmpo-trl validate`)"
 )
 _PROBE = {"role": "user", "content": "x"}
 #: An action with nothing but its end-of-turn token (`str.format` with ``t``).

@@ -30,23 +30,17 @@ from . import _compat  # noqa: F401  (refuses an untested TRL before TRL itself 
 # isort: split
 from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import get_config_model_id, global_then_local_main_first, use_adapter
+from trl.trainer.utils import get_config_model_id, use_adapter
 
 from .attention import is_varlen_capable, use_varlen_sdpa, varlen_kwargs
-from .checks import (
-    COLLATOR_COLUMNS,
-    SKIP_REASON_COLUMN,
-    keep_streamed_row,
-    prepare_row,
-    skipped_summary,
-    truncation_stats,
-)
+from .checks import COLLATOR_COLUMNS
 from .collator import DataCollatorForDMPO, DMPOBatch
 from .config import DMPOConfig
 from .metrics import log_dmpo_metrics
 from .model_card import card_rows, is_hub_id, write_card_section
 from .objective import ObjectiveConfig, dmpo_objective, sequence_scores
 from .packing import check_packed_attention
+from .preparation import prepare_dataset, require_rows
 
 
 if TYPE_CHECKING:
@@ -176,6 +170,8 @@ class DMPOTrainer(DPOTrainer):
             )
         elif getattr(data_collator, "gamma", args.gamma) != args.gamma:
             raise ValueError(f"data_collator.gamma={data_collator.gamma} differs from args.gamma={args.gamma}.")
+        require_rows(train_dataset, "train")  # before the model loads; TRL would stop with a bare StopIteration
+        require_rows(eval_dataset, "eval")
         if (
             ref_model is None
             and not isinstance(model, str)
@@ -223,46 +219,10 @@ class DMPOTrainer(DPOTrainer):
 
     # ------------------------------------------------------------------ data
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        first = next(iter(dataset))
-        if "chosen_turn_ids" in first:  # already prepared (e.g. `evaluate` on a prepared split)
-            return dataset
-        map_kwargs: dict[str, Any] = {"with_indices": True}
-        if isinstance(dataset, Dataset):
-            map_kwargs.update(
-                num_proc=args.dataset_num_proc, desc=f"Tokenizing {dataset_name} dataset with turn masks"
-            )
-        fn_kwargs = {
-            "tokenizer": processing_class,
-            "max_length": args.max_length,
-            "skip_invalid": args.skip_invalid_pairs,
-        }
-        # Under a multi-process launch the main process tokenizes first and the others read its cache, as in TRL
-        with global_then_local_main_first():
-            dataset = dataset.map(prepare_row, fn_kwargs=fn_kwargs, **map_kwargs)
-        if not isinstance(dataset, Dataset):  # streaming: no up-front statistics; each dropped row is logged
-            return dataset.filter(keep_streamed_row, with_indices=True, fn_kwargs={"name": dataset_name})
-        reasons = dataset[SKIP_REASON_COLUMN]
-        skipped = sum(1 for r in reasons if r)
-        if skipped:
-            why = (
-                "skip_invalid_pairs=True"
-                if args.skip_invalid_pairs
-                else "no action fits; skip_invalid_pairs=False refuses"
-            )
-            logger.warning(
-                f"Skipped {skipped}/{len(dataset)} rows of the {dataset_name} dataset that DMPO cannot train on "
-                f"({why}): {skipped_summary(reasons)}",
-                main_process_only=True,
-            )
-            dataset = dataset.filter(lambda e: e == "", input_columns=SKIP_REASON_COLUMN, desc="Dropping invalid rows")
-        self.dmpo_data_stats[dataset_name] = stats = truncation_stats(dataset, args.max_length, skipped)
-        if stats["pairs_truncated"]:
-            logger.warning(
-                f"{dataset_name}: at max_length={args.max_length}, {stats['pairs_truncated']}/{stats['pairs']} pairs "
-                f"lose trailing actions ({stats['actions_dropped']}/{stats['actions']} actions dropped; kept actions keep "
-                "their DMPO weights).",
-                main_process_only=True,
-            )
+        # Tokenization, row checks, skip and truncation accounting: `dmpo_trl.preparation.prepare_dataset`
+        dataset, stats = prepare_dataset(dataset, processing_class, args, dataset_name)
+        if stats is not None:
+            self.dmpo_data_stats[dataset_name] = stats
         return dataset
 
     def _set_signature_columns_if_needed(self):

@@ -13,7 +13,7 @@ class DMPOScriptArguments(ScriptArguments, DatasetMixtureConfig):
 
     Data comes from exactly one source:
 
-    - `data_files` (local JSON / JSONL / Parquet files, globs allowed) with optional `eval_data_files`, or
+    - `data_files` (local JSON / JSONL / Parquet files, folders of them, globs) with optional `eval_data_files`, or
     - `dataset_name`: a Hub dataset id, a local dataset directory, or a single local data file
       (with `dataset_config`, `dataset_train_split`, `dataset_test_split`, `dataset_streaming` as in TRL), or
     - `datasets`: a mixture, as `trl dpo` takes it (a recipe list of `path` / `name` / `data_dir` / `data_files` /
@@ -26,7 +26,10 @@ class DMPOScriptArguments(ScriptArguments, DatasetMixtureConfig):
 
     data_files: list[str] | None = field(
         default=None,
-        metadata={"help": "Local training files (.json, .jsonl or .parquet; globs allowed). Excludes dataset_name."},
+        metadata={
+            "help": "Local training files (.json, .jsonl or .parquet; folders and globs allowed). Excludes "
+            "dataset_name."
+        },
     )
     eval_data_files: list[str] | None = field(
         default=None,
@@ -39,19 +42,20 @@ class DMPOScriptArguments(ScriptArguments, DatasetMixtureConfig):
             "evaluation files or split are given."
         },
     )
+    chat_template_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Jinja chat template file to use instead of the tokenizer's (as in TRL's scripts), e.g. one "
+            "that renders tool calls (trl/chat_templates/*.jinja) or a training template with generation markers "
+            "(trl/chat_templates/<family>_training.jinja) for a model whose own template re-renders earlier turns; "
+            "`dmpo-trl validate --chat_template_path` takes it too."
+        },
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training rows (quick runs)."}
     )
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N evaluation rows (quick runs)."}
-    )
-    chat_template_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "A Jinja chat template file to use instead of the tokenizer's, e.g. a training template with "
-            "generation markers (trl/chat_templates/<family>_training.jinja) for a model whose own template "
-            "re-renders earlier turns."
-        },
     )
     card_base_model: str | None = field(
         default=None,

@@ -52,7 +52,7 @@ def rows(fmt: str) -> list[dict]:
         elif fmt == "conversational_implicit":
             out.append({"chosen": user + [asst(good)], "rejected": user + [asst(bad)]})
         elif fmt == "tools":  # one action per side: a tool call against a text answer
-            call = {"type": "function", "function": {"name": "search", "arguments": json.dumps({"query": task})}}
+            call = {"type": "function", "function": {"name": "search", "arguments": {"query": task}}}
             chosen = [{"role": "assistant", "content": "", "tool_calls": [call]}]
             out.append({"prompt": user, "chosen": chosen, "rejected": [asst(bad)], "tools": json.dumps([SEARCH])})
         elif fmt == "multi_turn":

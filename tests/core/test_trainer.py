@@ -272,7 +272,8 @@ def test_streamed_rows_that_keep_no_action_are_dropped_and_logged(tmp_path, tok,
         trainer = DMPOTrainer(model=tiny_model(tok), args=args, train_dataset=stream, processing_class=tok)
         kept = list(trainer.train_dataset)
     assert len(kept) == 5
-    assert "Skipped row 2 of the streamed train dataset: chosen: no action fits within max_length=100" in caplog.text
+    assert "Skipped row 2 of the streamed train dataset (" in caplog.text
+    assert "1 skipped so far): chosen: no action fits within max_length=100" in caplog.text
 
 
 def test_other_bad_rows_raise_by_default_naming_skip_invalid_pairs(tmp_path, tok):
@@ -324,6 +325,8 @@ def test_model_card_carries_dmpo(tmp_path, tok):
         "my/agent-pairs",
     ):
         assert needle in card, needle
+    # a model that is not pushed: the quick start loads the folder the card is in, not model="None"
+    assert 'model="None"' not in card and f'model="{tmp_path / "out"}"' in card
 
 
 @pytest.mark.parametrize(
@@ -402,7 +405,7 @@ def test_skipped_rows_are_reported_by_their_whole_reason(tmp_path, tok, caplog):
     for i in (1, 3):  # same reason twice
         rows[i]["rejected"] = [{"role": "user", "content": "Observation: nothing."}]
     rows[4]["chosen"] = [{"role": "assistant", "content": "Action: a"}, {"role": "assistant", "content": "Action: b"}]
-    with caplog.at_level("WARNING", logger="dmpo_trl.trainer"):
+    with caplog.at_level("WARNING", logger="dmpo_trl.preparation"):
         trainer = DMPOTrainer(
             model=tiny_model(tok),
             args=make_args(tmp_path, skip_invalid_pairs=True),
@@ -423,8 +426,7 @@ def test_dataset_preparation_runs_main_process_first(tmp_path, tok, monkeypatch)
     """Every row is tokenized inside TRL's main-process-first context (the other ranks then read the cache)."""
     import contextlib
 
-    import dmpo_trl.checks
-    import dmpo_trl.trainer
+    import dmpo_trl.preparation
 
     state = {"inside": False, "rows": [], "entered": 0}
 
@@ -437,14 +439,14 @@ def test_dataset_preparation_runs_main_process_first(tmp_path, tok, monkeypatch)
         finally:
             state["inside"] = False
 
-    original = dmpo_trl.checks.prepare_row
+    original = dmpo_trl.preparation.prepare_row
 
     def spy(example, idx, **kwargs):
         state["rows"].append(state["inside"])
         return original(example, idx, **kwargs)
 
-    monkeypatch.setattr(dmpo_trl.trainer, "global_then_local_main_first", recording)
-    monkeypatch.setattr(dmpo_trl.trainer, "prepare_row", spy)
+    monkeypatch.setattr(dmpo_trl.preparation, "global_then_local_main_first", recording)
+    monkeypatch.setattr(dmpo_trl.preparation, "prepare_row", spy)
     DMPOTrainer(
         model=tiny_model(tok),
         args=make_args(tmp_path),

@@ -245,9 +245,12 @@ def test_side_with_no_action_after_truncation(tok):
     row = good()
     prompt_len = len(tokenize_pair(tok, row)["prompt_ids"])
     with pytest.raises(DMPODataError) as err:
-        validate_dataset([good(), row], tok, max_length=prompt_len + 3, progress=False)
+        validate_dataset([good(), row], tok, max_length=prompt_len + 3, skip_invalid=False, progress=False)
     assert (err.value.row, err.value.side) == (0, "chosen")
     assert err.value.reason.startswith(f"no action fits within max_length={prompt_len + 3}: the first action ends at")
+    # by default (skip_invalid unset) such rows are dropped and counted, as the trainer does
+    report = validate_dataset([good(), row], tok, max_length=prompt_len + 3, progress=False)
+    assert len(report.skipped) == 2
 
 
 # --------------------------------------------------------------------------------------------- converter-specific
@@ -408,7 +411,7 @@ def test_converter_errors_name_row_and_reason(case, converter, bad, side, reason
 def test_bad_jsonl_line_names_the_row(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps(good()) + "\n\n" + '{"prompt": [\n')
-    with pytest.raises(DMPODataError, match=r"^row 1: .*data.jsonl line 3 is not valid JSON"):
+    with pytest.raises(DMPODataError, match=r"data.jsonl: line 3, column 1: not valid JSON \(Expecting value\)$"):
         read_records(path)
 
 
