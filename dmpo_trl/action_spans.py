@@ -18,6 +18,7 @@ numbers turns, rewrites history, ...) that action falls back to the prefix rende
 from __future__ import annotations
 
 from .errors import DMPODataError
+from .templates import TEMPLATE_REMEDY
 
 
 __all__ = ["TemplateRejected", "locate_actions", "prefix_span", "window_span"]
@@ -40,8 +41,8 @@ def prefix_span(render, messages, j: int, full_text: str, row, side) -> tuple[in
                 f"the chat template breaks the prefix property: messages[:{j if what else j + 1}] rendered "
                 f"{what + ' ' if what else ''}is not a prefix of the whole conversation (they differ at character "
                 f"{cut}: {text[cut : cut + 30]!r} vs {full_text[cut : cut + 30]!r}). DMPO needs every turn rendered "
-                "the same way in every prefix; templates that rewrite history (e.g. dropping past reasoning) "
-                "need a training variant such as trl's `*_training.jinja` templates",
+                f"the same way in every prefix (templates that rewrite history, e.g. dropping past reasoning, do "
+                f"not); {TEMPLATE_REMEDY}",
                 row=row,
                 side=side,
             )

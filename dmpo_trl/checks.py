@@ -8,6 +8,7 @@ The project format (see `docs/dataset_format.md`) is TRL's conversational prefer
 tokenization (`dmpo_trl.tokenization`) and the truncation checks, and returns the columns of `TOKENIZED_COLUMNS`. Both
 first undo what Arrow storage does to a row (`dmpo_trl.normalize.normalize_pair`: None fill-ins removed, JSON-string
 tool arguments parsed), so a row reads the same from JSONL, Parquet or a `datasets.Dataset`.
+Standard (plain-text) rows are checked and tokenized by `dmpo_trl.plain_text` instead (one action per side).
 The converters run `check_pair` on every row they produce, `dmpo_trl.data.validation` and the trainer
 (`dmpo_trl.preparation`) run `prepare_pair`. Every failure raises `DMPODataError` with the row index, the side
 (`prompt`, `chosen`, `rejected`) and a reason that starts with a fixed phrase (e.g. ``"roles out of order"``), so
@@ -22,10 +23,11 @@ from typing import Any
 
 from dmpo_trl.errors import DMPODataError
 from dmpo_trl.normalize import normalize_pair
+from dmpo_trl.plain_text import check_plain_pair, is_plain_text_pair, tokenize_plain_pair
 from dmpo_trl.tokenization import NOT_ACTION, split_prompt, tokenize_pair, truncate_trajectory
 
 
-__all__ = ["COLLATOR_COLUMNS", "TOKENIZED_COLUMNS", "check_pair", "prepare_pair"]
+__all__ = ["COLLATOR_COLUMNS", "NO_ACTION_FITS", "TOKENIZED_COLUMNS", "check_pair", "prepare_pair"]
 
 #: The tokenized pair, as `prepare_pair` returns it: token ids of the shared prompt and of each side after it, the
 #: per-token action index of each side (``-1``: not an action), ``T`` of each side, and the actions each side keeps
@@ -47,6 +49,8 @@ REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 COLLATOR_COLUMNS = TOKENIZED_COLUMNS[:7] + REFERENCE_COLUMNS
 
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
+#: The start of the reason of a row whose prompt leaves no room for an action (`prepare_pair`).
+NO_ACTION_FITS = "no action fits within max_length"
 #: Columns of formats that need `dmpo-trl convert` first, and what to say about them.
 _OTHER_LAYOUTS = (
     (("conversations",), " (this looks like ShareGPT data: convert it first with `dmpo-trl convert --from sharegpt`)"),
@@ -74,6 +78,8 @@ def check_pair(example: Mapping[str, Any], row: int | None = None) -> None:
     """
     if not isinstance(example, Mapping):
         raise DMPODataError(f"a row must be a dict with prompt/chosen/rejected, got {type(example).__name__}", row)
+    if is_plain_text_pair(example):  # standard (plain-text) row: one action per side (`dmpo_trl.plain_text`)
+        return check_plain_pair(example, row)
     _check_normalized(normalize_pair(example), row)
 
 
@@ -85,7 +91,8 @@ def _check_normalized(example: Mapping[str, Any], row: int | None) -> None:
         prompt, chosen, rejected = _split_implicit(chosen, rejected, row)
     elif isinstance(prompt, str):
         raise DMPODataError(
-            "non-text content: the prompt is a plain string; DMPO needs conversational data (a list of messages)",
+            "mixed formats: the prompt is a plain string but chosen/rejected are lists of messages; give the prompt "
+            "as messages too, or the whole row as plain text (the standard format)",
             row,
             "prompt",
         )
@@ -195,12 +202,6 @@ def _side(example: Mapping[str, Any], side: str, row: int | None) -> list[Messag
         hint = next((h for keys, h in _OTHER_LAYOUTS if any(k in example for k in keys)), "")
         raise DMPODataError(f"missing {side!r}: a pair needs 'chosen' and 'rejected'{hint}", row, side)
     value = example[side]
-    if isinstance(value, str):
-        raise DMPODataError(
-            f"non-text content: {side} is a plain string; DMPO needs conversational data (a list of messages)",
-            row,
-            side,
-        )
     if not _is_list(value):
         raise DMPODataError(f"{side!r} must be a list of messages, got {type(value).__name__}", row, side)
     return list(value)
@@ -287,10 +288,14 @@ def prepare_pair(
     """
     if not isinstance(example, Mapping):
         raise DMPODataError(f"a row must be a dict with prompt/chosen/rejected, got {type(example).__name__}", row)
-    pair = normalize_pair(example)
-    _check_normalized(pair, row)
-    _check_template_renders_tools(tokenizer, pair, row)
-    out = tokenize_pair(tokenizer, pair, row=row)
+    if is_plain_text_pair(example):  # standard rows: DPOTrainer's tokens, one action per side
+        check_plain_pair(example, row)
+        out = tokenize_plain_pair(tokenizer, example, row=row)
+    else:
+        pair = normalize_pair(example)
+        _check_normalized(pair, row)
+        _check_template_renders_tools(tokenizer, pair, row)
+        out = tokenize_pair(tokenizer, pair, row=row)
     prompt = out["prompt_ids"]
     kept = {}
     for side in SIDES:
@@ -301,7 +306,7 @@ def prepare_pair(
         if kept_turns == 0:
             first_end = turn_ids.index(0) + turn_ids.count(0)
             raise DMPODataError(
-                f"no action fits within max_length={max_length}: the first action ends at token {first_end} "
+                f"{NO_ACTION_FITS}={max_length}: the first action ends at token {first_end} "
                 f"(prompt: {len(prompt)} tokens); raise max_length or shorten the prompt",
                 row,
                 side,

@@ -29,6 +29,7 @@ from trl.trainer.utils import use_adapter
 from .attention import is_varlen_capable, varlen_kwargs
 from .collator import DMPOBatch
 from .lm_head import LM_HEAD_METRICS, add_action_lm_head
+from .objective import sequence_scores
 from .packing import check_packed_attention
 from .ref_cache import KEY_COLUMNS, ReferenceScoreStore, default_cache_dir, row_key
 
@@ -37,8 +38,9 @@ __all__ = ["MASKING_VERSION", "DMPOForwardMixin"]
 
 logger = get_logger(__name__)
 
-# Bump when the tokenization or masking rules change, so cached reference scores are not reused across versions.
-MASKING_VERSION = 1
+# Bump when the tokenization or masking rules change, so cached reference scores are not reused across versions
+# (2: the generation-marker path, template-given action ends, plain-text rows).
+MASKING_VERSION = 2
 
 
 class DMPOForwardMixin:
@@ -107,10 +109,9 @@ class DMPOForwardMixin:
             outputs += ("log_sum_sq_probs",)
         return self._action_logps(model, inputs, outputs, **extra)
 
-    @staticmethod
-    def _sequence_scores(per_token_logps, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """DMPO-weighted scores ``S`` of the chosen and of the rejected sequences, `(B,)` each."""
-        return DMPOBatch(inputs).scores(per_token_logps)
+    def _sequence_scores(self, per_token_logps, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """DMPO-weighted scores ``S`` of the chosen and of the rejected sequences, `(B,)` each (LD-DPO applied)."""
+        return sequence_scores(DMPOBatch(inputs), per_token_logps, self.dmpo_objective.ld_alpha)
 
     def compute_ref_log_probs(self, model, inputs):
         """DMPO-weighted reference scores ``(S_ref_chosen, S_ref_rejected)`` of one collated batch."""
@@ -134,11 +135,19 @@ class DMPOForwardMixin:
 
     def _reference_context(self) -> str:
         """Everything a pair's reference score depends on besides the pair: the reference weights (TRL's hash),
-        gamma, the truncation, the masking rules and the precision."""
+        gamma, the truncation, LD-DPO's factors, the masking rules and the precision."""
         args = self.args
         precision = (str(self.accelerator.mixed_precision), bool(args.bf16), bool(args.fp16))
         return Hasher.hash(
-            ("dmpo", self._precompute_model_hash, MASKING_VERSION, args.gamma, args.max_length, precision)
+            (
+                "dmpo",
+                self._precompute_model_hash,
+                MASKING_VERSION,
+                args.gamma,
+                args.max_length,
+                args.ld_alpha,
+                precision,
+            )
         )
 
     def _precompute_ref_logps(self, dataset, name, batch_size):

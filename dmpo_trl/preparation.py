@@ -5,8 +5,9 @@
 `datasets.map`, main process first under a multi-process launch), and then:
 
 - an empty dataset is an error (`require_rows`; TRL's own code would stop with a bare ``StopIteration``);
-- with ``skip_invalid_pairs`` the unusable rows are dropped, counted and logged with their whole reasons; when no row
-  is left, that is an error that says so (torch would report ``num_samples=0``). A streamed dataset is filtered as it
+- rows whose prompt leaves no room for an action within ``max_length`` (by default, as DPOTrainer drops them) and,
+  with ``skip_invalid_pairs=True``, every unusable row are dropped, counted and logged with their whole reasons
+  (``skip_invalid_pairs=False`` makes every one an error); when no row is left, that is an error that says so (torch would report ``num_samples=0``). A streamed dataset is filtered as it
   is read: each skipped row is logged once and counted in the returned statistics, and a stream whose rows are all
   unusable is an error;
 - pairs that lose actions to ``max_length`` are counted and logged (their kept actions keep their weights);
@@ -22,7 +23,7 @@ from accelerate.logging import get_logger
 from datasets import Dataset, IterableDataset
 from trl.trainer.utils import global_then_local_main_first
 
-from .checks import TOKENIZED_COLUMNS, prepare_pair
+from .checks import NO_ACTION_FITS, TOKENIZED_COLUMNS, prepare_pair
 from .errors import DMPODataError
 from .normalize import struct_columns
 
@@ -31,6 +32,7 @@ __all__ = [
     "SKIP_REASON_COLUMN",
     "prepare_dataset",
     "prepare_row",
+    "refusal",
     "require_rows",
     "skipped_summary",
     "truncation_stats",
@@ -59,19 +61,53 @@ def require_rows(dataset, name: str) -> None:
         raise DMPODataError(f"the {name} dataset has no rows: there is nothing to train on")
 
 
+#: What the trainer's error for any other unusable row adds, so the user knows the switch.
+SKIP_HINT = " (set skip_invalid_pairs=True to drop the rows DMPO cannot train on, with a warning)"
+#: What the strict mode's error for an over-long row adds, so the user knows the switch.
+STRICT_HINT = (
+    " (skip_invalid_pairs=False is the strict mode; by default such rows are dropped with a warning, as DPOTrainer "
+    "drops rows whose prompt fills max_length)"
+)
+
+
+def refusal(err: DMPODataError, skip_invalid: bool | None) -> DMPODataError | None:
+    """The error to raise for a row that failed `prepare_pair`, or None when the policy drops the row.
+
+    ``skip_invalid=True`` drops every such row; ``None`` (the default, DPOTrainer's behaviour) drops the rows whose
+    prompt leaves no room for an action within ``max_length`` and raises for the others; ``False`` (strict) raises for
+    every row, the over-long error naming ``skip_invalid_pairs``. `dmpo-trl validate` applies the same rule."""
+    overlong = err.reason.startswith(NO_ACTION_FITS)
+    if skip_invalid or (skip_invalid is None and overlong):
+        return None
+    if overlong:
+        return DMPODataError(err.reason + STRICT_HINT, err.row, err.side, err.source)
+    return err
+
+
+def skip_policy(skip_invalid: bool | None) -> str:
+    """How a log message names the policy that dropped rows (`DMPOConfig.skip_invalid_pairs`)."""
+    return "skip_invalid_pairs=True" if skip_invalid else "no action fits within max_length; as DPOTrainer drops them"
+
+
 def prepare_row(
-    example: Mapping[str, Any], idx: int, *, tokenizer, max_length: int | None, skip_invalid: bool
+    example: Mapping[str, Any], idx: int, *, tokenizer, max_length: int | None, skip_invalid: bool | None
 ) -> dict[str, Any]:
     """`datasets.map` function: `prepare_pair`, plus `SKIP_REASON_COLUMN`.
 
-    With ``skip_invalid`` a row DMPO cannot use gets empty columns and its reason (`DMPODataError.reason`, the
-    side prefixed) instead of raising, so the caller can count, report and drop it."""
+    A row DMPO cannot use gets empty columns and its reason (`DMPODataError.reason`, the side prefixed), so the
+    caller can count, report and drop it, when ``skip_invalid`` says so: ``True`` for every such row, ``None`` (the
+    default, DPOTrainer's behaviour) only for rows whose prompt leaves no room for an action within `max_length`
+    (`refusal`). Otherwise it raises; ``False`` is the strict mode (over-long rows raise too, naming
+    ``skip_invalid_pairs``)."""
     try:
         out = prepare_pair(tokenizer, example, row=idx, max_length=max_length)
         out[SKIP_REASON_COLUMN] = ""
     except DMPODataError as err:
-        if not skip_invalid:
-            raise
+        refused = refusal(err, skip_invalid)
+        if refused is err:  # the trainer's error names the switch that would drop the row
+            raise DMPODataError(err.reason + SKIP_HINT, err.row, err.side, err.source) from err
+        if refused is not None:
+            raise refused from err
         out = {key: [] for key in TOKENIZED_COLUMNS[:5]}
         out.update(dict.fromkeys(TOKENIZED_COLUMNS[5:], 0))
         out[SKIP_REASON_COLUMN] = f"{err.side}: {err.reason}" if err.side else err.reason
@@ -120,12 +156,12 @@ def prepare_dataset(
             )
     if isinstance(dataset, IterableDataset):
         stats: dict[str, Any] = {"streaming": True, "pairs_skipped": 0, "max_length": args.max_length}
-        skips = StreamSkips(name, stats, row_label)
+        skips = StreamSkips(name, stats, row_label, skip_policy(args.skip_invalid_pairs))
         dataset = dataset.filter(skips, with_indices=True, input_columns=SKIP_REASON_COLUMN)
         if next(iter(dataset), None) is None:
             raise DMPODataError(
                 f"all {stats['pairs_skipped']} rows of the streamed {name} dataset were skipped "
-                "(skip_invalid_pairs=True), nothing is left to train on (the reasons are logged above)"
+                f"({skip_policy(args.skip_invalid_pairs)}), nothing is left to train on (the reasons are logged above)"
             )
         return dataset, stats
     reasons = dataset[SKIP_REASON_COLUMN]
@@ -134,12 +170,12 @@ def prepare_dataset(
         summary = skipped_summary(reasons, row_label=row_label)
         if skipped == len(dataset):
             raise DMPODataError(
-                f"all {skipped} rows of the {name} dataset were skipped (skip_invalid_pairs=True), nothing is left to "
-                f"train on: {summary}"
+                f"all {skipped} rows of the {name} dataset were skipped ({skip_policy(args.skip_invalid_pairs)}), "
+                f"nothing is left to train on: {summary}"
             )
         logger.warning(
             f"Skipped {skipped}/{len(dataset)} rows of the {name} dataset that DMPO cannot train on "
-            f"(skip_invalid_pairs=True): {summary}",
+            f"({skip_policy(args.skip_invalid_pairs)}): {summary}",
             main_process_only=True,
         )
         dataset = dataset.filter(lambda e: e == "", input_columns=SKIP_REASON_COLUMN, desc="Dropping invalid rows")
@@ -158,8 +194,14 @@ class StreamSkips:
     """`IterableDataset.filter` function: keeps the usable rows, counts each skipped row once (in
     ``stats["pairs_skipped"]``) and logs its whole reason the first time it is read."""
 
-    def __init__(self, name: str, stats: dict[str, Any], row_label: RowLabel | None = None) -> None:
-        self.name, self.stats, self.row_label = name, stats, row_label
+    def __init__(
+        self,
+        name: str,
+        stats: dict[str, Any],
+        row_label: RowLabel | None = None,
+        policy: str = "skip_invalid_pairs=True",
+    ) -> None:
+        self.name, self.stats, self.row_label, self.policy = name, stats, row_label, policy
         self.seen: set[int] = set()
 
     def __call__(self, reason: str, idx: int) -> bool:
@@ -170,7 +212,7 @@ class StreamSkips:
             self.stats["pairs_skipped"] = len(self.seen)
             label = self.row_label(idx) if self.row_label else f"row {idx}"
             logger.warning(
-                f"Skipped {label} of the streamed {self.name} dataset (skip_invalid_pairs=True; "
+                f"Skipped {label} of the streamed {self.name} dataset ({self.policy}; "
                 f"{len(self.seen)} skipped so far): {reason}"
             )
         return False

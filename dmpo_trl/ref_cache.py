@@ -10,8 +10,9 @@ later runs (a sweep over `beta` or the learning rate computes the reference once
 rounding of a different batch composition (the same as between two batch sizes).
 
 `resolve_precompute` decides what ``precompute_ref_log_probs=None`` (DMPO's default) means for a run: precompute
-where it is exact and does not cost extra reference passes -- a fixed reference (no `sync_ref_model`), map-style
-datasets, and a run that sees every training pair at least once.
+where it is exact and does not cost extra reference passes -- a fixed reference (no `sync_ref_model`), a loss that
+reads trajectory scores only, a model that does not compute in float64, map-style datasets, and a run that sees every
+training pair at least once.
 """
 
 from __future__ import annotations
@@ -85,13 +86,25 @@ class ReferenceScoreStore:
             con.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", list(items))
 
 
-def resolve_precompute(args, train_dataset, eval_dataset) -> bool:
+def _computes_in_float64(model, args) -> bool:
+    """Whether the reference scores would be float64 (a float64 model object, or ``model_init_kwargs`` asking for
+    float64): the batch carries precomputed scores as float32, as TRL's collator does, which rounds them."""
+    dtype = getattr(model, "dtype", None)
+    if dtype is None and callable(getattr(model, "parameters", None)):  # a module without a `dtype` property
+        dtype = next((p.dtype for p in model.parameters()), None)
+    if dtype is None:
+        dtype = (getattr(args, "model_init_kwargs", None) or {}).get("dtype")
+    return str(dtype).removeprefix("torch.") in ("float64", "double")
+
+
+def resolve_precompute(args, train_dataset, eval_dataset, model=None) -> bool:
     """What ``args.precompute_ref_log_probs`` means for this run (``None``: precompute where exact and no dearer).
 
     ``None`` precomputes when the reference is fixed (`sync_ref_model` off), the loss needs only the reference's
     trajectory scores (not a non-default ``f_divergence_type``, which reads the reference log-prob of every action),
-    the train dataset and every eval dataset are map-style `datasets.Dataset`s, and the run sees every training pair
-    at least once (no ``max_steps`` that stops within the first epoch): then the reference runs once per pair instead of once per pair and epoch, and
+    the model does not compute in float64 (precomputed scores travel as float32), the train dataset and every eval
+    dataset are map-style `datasets.Dataset`s, and the run sees every training pair at least once (no ``max_steps``
+    that stops within the first epoch): then the reference runs once per pair instead of once per pair and epoch, and
     later runs on the same pairs read it from the store.
     """
     from datasets import Dataset
@@ -100,7 +113,7 @@ def resolve_precompute(args, train_dataset, eval_dataset) -> bool:
         return bool(args.precompute_ref_log_probs)
     if args.sync_ref_model or getattr(args, "f_divergence_type", "reverse_kl") != "reverse_kl":
         return False
-    if not isinstance(train_dataset, Dataset):
+    if _computes_in_float64(model, args) or not isinstance(train_dataset, Dataset):
         return False
     evals = eval_dataset.values() if isinstance(eval_dataset, Mapping) else [eval_dataset]
     if any(ds is not None and not isinstance(ds, Dataset) for ds in evals):

@@ -34,8 +34,9 @@ from .checks import COLLATOR_COLUMNS
 from .collator import DataCollatorForDMPO, DMPOBatch
 from .config import DMPOConfig
 from .forward import DMPOForwardMixin
-from .loss import dmpo_loss_from_scores
+from .metrics import log_dmpo_metrics
 from .model_card import card_rows, is_hub_id, write_card_section
+from .objective import ObjectiveConfig, dmpo_objective
 from .preparation import prepare_dataset, require_rows
 from .ref_cache import resolve_precompute
 
@@ -54,10 +55,11 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
 
     Same constructor and same dataset format as `DPOTrainer` (conversational ``prompt`` / ``chosen`` / ``rejected``
     columns, where ``chosen`` and ``rejected`` are whole multi-turn continuations: assistant actions alternating with
-    observations). Only assistant actions carry loss, each token of action ``t`` weighted by
-    ``phi(t, T) = gamma^t (1 - gamma^(T-t)) / (1 - gamma^T)``; the loss is
-    ``-log sigmoid(beta * (S_w - S_l))`` with ``S = sum_t phi(t, T) * (log pi_theta(a_t|s_t) - log pi_ref(a_t|s_t))``.
-    See `dmpo_trl.loss` for the math and `dmpo_trl.tokenization` for which tokens are actions.
+    observations; standard plain-text rows are one action per side). Only assistant actions carry loss, each token of
+    action ``t`` weighted by ``phi(t, T) = gamma^t (1 - gamma^(T-t)) / (1 - gamma^T)``; the default loss is
+    ``-log sigmoid(beta * (S_w - S_l))`` with ``S = sum_t phi(t, T) * (log pi_theta(a_t|s_t) - log pi_ref(a_t|s_t))``,
+    and every other `loss_type` of DPOConfig works on the same scores (`dmpo_trl.losses`). See `dmpo_trl.loss` for
+    the math and `dmpo_trl.tokenization` for which tokens are actions.
 
     Example:
 
@@ -90,7 +92,7 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
         dmpo_data_stats (`dict`): per prepared dataset, pairs, skipped pairs and what truncation drops.
     """
 
-    _tag_names = ["trl", "dmpo"]
+    _tag_names = ["trl", "dpo", "dmpo"]
     _name = "DMPO"
     _paper = {
         "title": "Direct Multi-Turn Preference Optimization for Language Agents",
@@ -165,7 +167,7 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
             raise ValueError(f"data_collator.gamma={data_collator.gamma} differs from args.gamma={args.gamma}.")
         require_rows(train_dataset, "train")  # before the model loads; TRL would stop with a bare StopIteration
         require_rows(eval_dataset, "eval")
-        precompute = resolve_precompute(args, train_dataset, eval_dataset)  # None: where exact and no dearer
+        precompute = resolve_precompute(args, train_dataset, eval_dataset, model)  # None: where exact and no dearer
         if (
             ref_model is None
             and not isinstance(model, str)
@@ -174,6 +176,7 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
             and not precompute
         ):
             ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.dmpo_objective = ObjectiveConfig.from_args(args)
         self.dmpo_data_stats: dict[str, dict[str, Any]] = {}
         self.card_base_model: str | None = None
         self.card_dataset: str | None = None
@@ -227,30 +230,24 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
 
     # ------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs, return_outputs):
+        """Every `loss_type` of the config on the DMPO scores (`dmpo_trl.objective`), plus the MoE auxiliary loss."""
         batch = DMPOBatch(inputs)
         mode = "train" if self.model.training else "eval"
         extra = {"output_router_logits": True} if self.aux_loss_enabled else {}
         per_token_logps, outputs = self._per_token_logps(model, inputs, **extra)
-        policy_chosen, policy_rejected = batch.scores(per_token_logps)
         if self.precompute_ref_logps:
-            ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+            ref = {"ref_scores": (inputs["ref_chosen_logps"], inputs["ref_rejected_logps"])}
         else:
-            ref_chosen, ref_rejected = self.compute_ref_log_probs(self.ref_model or self.model, inputs)
-        out = dmpo_loss_from_scores(
-            policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta, self.label_smoothing
-        )
-
-        loss = 0.0
-        for loss_type, loss_weight in zip(self.loss_types, self.loss_weights, strict=True):
-            if loss_type == "sigmoid":
-                loss = loss + out.losses.mean() * loss_weight
-            else:  # "sft": mean NLL of each chosen trajectory's action tokens, averaged over pairs
-                loss = loss + batch.chosen_nll(per_token_logps).mean() * loss_weight
+            ref = {"ref_per_token_logps": self._ref_per_token_logps(self.ref_model or self.model, inputs)}
+        sq = getattr(outputs, "log_sum_sq_probs", None)  # WPO: requested by `_per_token_logps` under use_weighting
+        sq = None if sq is None else sq[:, -per_token_logps.size(1) :]
+        out = dmpo_objective(batch, self.dmpo_objective, per_token_logps, log_sum_sq_probs=sq, **ref)
+        loss = out.loss
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
 
-        self._log_dmpo_metrics(mode, batch, outputs, out, policy_chosen, policy_rejected)
+        self._log_dmpo_metrics(mode, batch, outputs, out, out.chosen_logps, out.rejected_logps)
         if return_outputs:
             with torch.no_grad():
                 outputs = model(**self._model_inputs(model, batch), use_cache=False)
@@ -258,48 +255,7 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
         return loss
 
     def _log_dmpo_metrics(self, mode, batch: DMPOBatch, outputs, out, policy_chosen, policy_rejected):
-        # Per-pair tensors go through gather_for_metrics, which drops the duplicates padding the last batch; it trims
-        # along dim 0 by pairs, so [chosen; rejected] tensors are split into halves first. Token counts are (1,)-shaped
-        # sums, gathered as they are (gather_for_metrics would trim them like samples).
-        gather = self.accelerator.gather_for_metrics
-
-        def gather_sum(value: torch.Tensor) -> torch.Tensor:
-            return self.accelerator.gather(value.reshape(1)).sum()
-
-        def masked_mean(values, m):
-            total, count = gather_sum(values[m].float().sum()), gather_sum(m.sum())
-            return (total / count).item() if count > 0 else 0.0
-
-        metrics = self._metrics[mode]
-        if outputs.entropy is not None:  # the head computes them on logged steps only (`_head_metrics_due`)
-            seq_len = batch.action_mask.size(1)
-            chosen_mask, rejected_mask = batch.side_masks()
-            mean_logits = outputs.mean_logits[:, -seq_len:].detach()
-            metrics["entropy"].append(masked_mean(outputs.entropy[:, -seq_len:].detach(), batch.action_mask))
-            metrics["logits/chosen"].append(masked_mean(mean_logits, chosen_mask))
-            metrics["logits/rejected"].append(masked_mean(mean_logits, rejected_mask))
-            metrics["mean_token_accuracy"].append(masked_mean(outputs.is_top1[:, -seq_len:], chosen_mask))
-        real_tokens = gather_sum(batch.real_tokens())
-        if mode == "train":
-            self._total_train_tokens += real_tokens.item() // self._tp_size
-        metrics["num_tokens"] = [self._total_train_tokens]
-
-        chosen_rewards, rejected_rewards = gather(out.chosen_rewards), gather(out.rejected_rewards)
-        metrics["rewards/chosen"].append(chosen_rewards.mean().item())
-        metrics["rewards/rejected"].append(rejected_rewards.mean().item())
-        metrics["rewards/accuracies"].append((chosen_rewards > rejected_rewards).float().mean().item())
-        metrics["rewards/margins"].append((chosen_rewards - rejected_rewards).mean().item())
-        metrics["logps/chosen"].append(gather(policy_chosen.detach()).mean().item())
-        metrics["logps/rejected"].append(gather(policy_rejected.detach()).mean().item())
-
-        turns_w, turns_l = (gather(x) for x in batch.inputs["num_turns"].chunk(2, dim=0))
-        kept_w, kept_l = (gather(x) for x in batch.inputs["kept_turns"].chunk(2, dim=0))
-        metrics["turns/chosen"].append(turns_w.float().mean().item())
-        metrics["turns/rejected"].append(turns_l.float().mean().item())
-        metrics["action_token_share"].append((gather_sum(batch.action_tokens()) / real_tokens.clamp(min=1)).item())
-        dropped_w, dropped_l = turns_w - kept_w, turns_l - kept_l
-        metrics["truncation/actions_dropped"].append((dropped_w.sum() + dropped_l.sum()).item())
-        metrics["truncation/pairs_truncated"].append(((dropped_w > 0) | (dropped_l > 0)).float().mean().item())
+        log_dmpo_metrics(self, self._metrics[mode], mode, batch, outputs, out, policy_chosen, policy_rejected)
 
     # ------------------------------------------------------------ model card
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):

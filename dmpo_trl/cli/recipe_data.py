@@ -8,12 +8,15 @@ as it is read and remembered by file and row, so later errors can name them. A H
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dmpo_trl.data.io import SUFFIXES, expand_data_files
 from dmpo_trl.data.loading import LoadedData, load_preference_files
 
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -55,6 +58,11 @@ def load_recipe_data(
     """
     from datasets import DatasetDict, IterableDatasetDict, load_dataset
 
+    if script_args.datasets:
+        train_ds, eval_ds = load_mixture(script_args, want_eval=want_eval)
+        name = f"datasets mixture ({describe_data_source(script_args)})"
+        mixed = LoadedData(train_ds, name=name), None if eval_ds is None else LoadedData(eval_ds, name=name)
+        return _take(mixed[0], script_args.max_train_samples), _take(mixed[1], script_args.max_eval_samples)
     streaming = script_args.dataset_streaming
     train: LoadedData
     eval_data: LoadedData | None = None
@@ -82,7 +90,9 @@ def load_recipe_data(
                 test = script_args.dataset_test_split
                 eval_data = LoadedData(loaded[test], name=f"dataset {name} ({test} split)")
     else:
-        raise ValueError("No training data: set `data_files` (local files) or `dataset_name` (Hub id or path).")
+        raise ValueError(
+            "No training data: set `data_files` (local files), `dataset_name` (Hub id or path) or a `datasets` mixture."
+        )
 
     if want_eval and eval_data is None:
         if script_args.eval_split_size is None:
@@ -109,10 +119,37 @@ def load_preference_datasets(
     return train.dataset, (eval_data.dataset if eval_data is not None else None)
 
 
+def load_mixture(script_args: DMPOScriptArguments, *, want_eval: bool) -> tuple[Dataset, Dataset | None]:
+    """A `datasets:` mixture as `trl dpo` loads it (TRL's `get_dataset`): the train split is `dataset_train_split`,
+    the eval split `dataset_test_split` (present with `test_split_size`).
+
+    Raises:
+        ValueError: evaluation requested but the mixture has no `dataset_test_split` (set `test_split_size`).
+    """
+    from trl import get_dataset
+
+    if script_args.dataset_name:
+        logger.warning(
+            "Both `datasets` and `dataset_name` are given: the `datasets` mixture is used, as in `trl dpo`."
+        )
+    mixture = get_dataset(script_args)
+    train = mixture[script_args.dataset_train_split]
+    if not want_eval:
+        return train, None
+    if script_args.dataset_test_split not in mixture:
+        raise ValueError(
+            f"Evaluation is on (eval_strategy != 'no') but the `datasets` mixture has no split "
+            f"{script_args.dataset_test_split!r}: set `test_split_size` to hold out part of it."
+        )
+    return train, mixture[script_args.dataset_test_split]
+
+
 def describe_data_source(script_args: DMPOScriptArguments) -> str | None:
     """A short name for the model card: `card_dataset_name`, else `dataset_name`, else the training file names."""
     if script_args.card_dataset_name:
         return script_args.card_dataset_name
+    if script_args.datasets:
+        return ", ".join(d.path + (f" ({d.name})" if d.name else "") for d in script_args.datasets)
     if script_args.dataset_name:
         return script_args.dataset_name
     if script_args.data_files:

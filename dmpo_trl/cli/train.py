@@ -8,8 +8,8 @@
     dmpo-trl train --accelerate-config zero3 --num-processes 8 --config recipe.yaml [--flag value ...]
 
 Arguments follow TRL's `TrlParser` conventions: a flat YAML recipe (`--config`) sets the defaults of three
-dataclasses -- `DMPOScriptArguments` (data, card), `DMPOConfig` (training) and `ModelConfig` (model, LoRA,
-quantization) -- and command-line flags override the recipe. Unknown recipe keys are an error. `dmpo-trl train`
+dataclasses -- `DMPOScriptArguments` (data and `trl dpo`'s dataset mixtures, card), `DMPOConfig` (training) and
+`ModelConfig` (model, LoRA, quantization) -- and command-line flags override the recipe. Unknown recipe keys are an error. `dmpo-trl train`
 passes everything it does not know itself to that parser; with `--accelerate-config` (a shipped name: ddp, zero2,
 zero3, fsdp, or a path) it re-runs this module on every process with `accelerate launch`.
 """
@@ -269,6 +269,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
+        add_help=False,
+    )
+    parser.add_argument(
+        "-h",
+        "--help",
+        action=_FullHelp,
+        help="show this help, then every recipe field (as `trl dpo --help`), and exit",
     )
     group = parser.add_argument_group("launching (all other arguments go to the recipe parser)")
     group.add_argument(
@@ -300,6 +307,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dry-run", "--dry_run", dest="dry_run", action="store_true", help="print the command and exit"
     )
     parser.set_defaults(func=run_command, accepts_extra_args=True)
+
+
+class _FullHelp(argparse.Action):
+    """``--help``: the launcher's options, then the recipe parser's: every field of the script arguments (data,
+    mixture, card), `DMPOConfig` (all of `DPOConfig` and `TrainingArguments`, plus DMPO's) and `ModelConfig`."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.print_help()
+        print("\nrecipe fields (in the recipe file, or as flags that override it):\n")
+        recipe = make_parser()
+        recipe.prog = "dmpo-trl train [launch options]"
+        recipe.print_help()
+        parser.exit()
 
 
 def run_command(args: argparse.Namespace, rest: list[str]) -> int:

@@ -55,9 +55,17 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--skip-invalid",
-        action="store_true",
+        "--skip_invalid_pairs",
+        dest="skip_invalid",
+        nargs="?",
+        const="true",
         default=None,
-        help="report bad rows (count and reasons) instead of stopping at the first one",
+        metavar="true|false",
+        type=_flag,
+        help="as the trainer's skip_invalid_pairs: report bad rows (count and reasons) instead of stopping at the "
+        "first one; 'false': stop at every bad row, over-long ones too (strict). Default: the recipe's, else the "
+        "trainer's default (rows whose prompt leaves no room for an action are reported as skipped, other bad rows "
+        "stop)",
     )
     parser.add_argument(
         "--chat-template",
@@ -111,9 +119,16 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         max_length = recipe["max_length"]
     else:
         max_length = TRAINER_MAX_LENGTH
-    skip = args.skip_invalid if args.skip_invalid is not None else bool(recipe.get("skip_invalid_pairs", False))
+    skip = args.skip_invalid if args.skip_invalid is not None else recipe.get("skip_invalid_pairs")
     template = args.chat_template or recipe.get("chat_template_path")
     return {"data": data, "model": model, "max_length": max_length, "skip_invalid": skip, "chat_template": template}
+
+
+def _flag(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered not in ("true", "false", "yes", "no", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return lowered in ("true", "yes", "1")
 
 
 def _positive_int(text: str) -> int:

@@ -21,6 +21,7 @@ from dmpo_trl.checks import check_pair, prepare_pair
 from dmpo_trl.data.common import SkippedRow
 from dmpo_trl.data.loading import LoadedData, load_preference_files
 from dmpo_trl.errors import DMPODataError
+from dmpo_trl.preparation import refusal
 from dmpo_trl.tokenization import NOT_ACTION, truncate_trajectory
 
 
@@ -156,7 +157,7 @@ def validate_dataset(
     dataset_or_rows: Iterable[Mapping[str, Any]] | str | Path | LoadedData,
     tokenizer,
     max_length: int | None = None,
-    skip_invalid: bool = False,
+    skip_invalid: bool | None = None,
     *,
     progress: bool = True,
     per_row: bool = False,
@@ -168,7 +169,9 @@ def validate_dataset(
             loader `dmpo-trl train` uses, `load_preference_files`) or what that loader returned.
         tokenizer: the fast tokenizer (with its chat template) the model will train with.
         max_length: the trainer's `max_length` (tokens per trajectory, prompt included); None: no truncation.
-        skip_invalid: report bad rows (count and reasons) instead of raising at the first one.
+        skip_invalid: the trainer's `skip_invalid_pairs`: True reports every bad row (count and reasons) instead of
+            raising at the first one; None (the default) reports the rows whose prompt leaves no room for an action
+            within `max_length`, as the trainer drops them, and raises for the others; False raises for every one.
         progress: show a tqdm progress bar.
         per_row: also list every valid pair's token counts (`ValidationReport.per_row`).
 
@@ -190,8 +193,9 @@ def validate_dataset(
             stats.append(validate_row(tokenizer, example, row, max_length))
         except DMPODataError as err:
             err = loaded.locate(err) if loaded is not None else err
-            if not skip_invalid:
-                raise err from None
+            refused = refusal(err, skip_invalid)
+            if refused is not None:
+                raise refused from None
             skipped.append(SkippedRow(err.row, str(err), err.source))
             continue
         if per_row:

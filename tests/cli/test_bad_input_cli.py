@@ -410,13 +410,26 @@ def _(d):
     return check
 
 
-@case("max_length smaller than the prompt")
+@case("max_length smaller than the prompt, strict")
 def _(d):
     def check(run, out):
-        code, line, _ = run("dmpo-trl train --config recipe.yaml --max_length 20")
+        code, line, _ = run("dmpo-trl train --config recipe.yaml --max_length 20 --skip_invalid_pairs false")
         assert code == 1 and line.startswith(
             "dmpo-trl train: data.jsonl: row 0, chosen: no action fits within max_length=20"
         )
+        assert line.endswith(
+            "(skip_invalid_pairs=False is the strict mode; by default such rows are dropped with a "
+            "warning, as DPOTrainer drops rows whose prompt fills max_length)"
+        )
+        # by default (as DPOTrainer) such rows are dropped, here all of them: nothing is left to train on
+        code, line, _ = run("dmpo-trl train --config recipe.yaml --max_length 20")
+        assert (
+            code == 1
+            and line.startswith("dmpo-trl train: all ")
+            and "(no action fits within max_length; as DPOTrainer drops them)" in line
+        )
+        code, line, _ = run("dmpo-trl validate data.jsonl --model tiny --max-length 20")
+        assert code == 1 and line.startswith("dmpo-trl validate: data.jsonl: no valid pair: all ")
 
     return check
 

@@ -47,7 +47,7 @@ def test_beta_zero_trains_nothing_and_is_refused():
         ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]}, r"one weight per loss type"),
         ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, -0.5]}, r"finite numbers >= 0"),
         ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, float("inf")]}, r"finite numbers >= 0"),
-        ({"loss_type": ["sigmoid", "sft"], "loss_weights": [0.0, 1.0]}, r"DMPO term \('sigmoid'\) weight 0"),
+        ({"loss_type": ["sigmoid", "sft"], "loss_weights": [0.0, 0.0]}, r"`loss_weights` are all 0"),
         ({"max_length": 0}, r"`max_length` must be >= 1"),
         ({"router_aux_loss_coef": -1.0}, r"`router_aux_loss_coef` must be a finite number >= 0"),
         ({"sync_ref_model": True, "ref_model_mixup_alpha": 1.5}, r"`ref_model_mixup_alpha` must lie in \[0, 1\]"),
@@ -58,6 +58,11 @@ def test_beta_zero_trains_nothing_and_is_refused():
 def test_other_numbers_the_loss_uses_are_checked(kw, match):
     with pytest.raises(ValueError, match=match):
         config(**kw)
+
+
+def test_a_zero_weight_on_one_loss_type_is_accepted_as_in_dpo():
+    # DPOTrainer trains `["sigmoid", "sft"]` with weights [0, 1] (SFT only); so does DMPO.
+    assert config(loss_type=["sigmoid", "sft"], loss_weights=[0.0, 1.0]).loss_weights == [0.0, 1.0]
 
 
 def test_valid_numbers_pass():

@@ -13,6 +13,7 @@ from dmpo_trl import DMPOConfig, DMPOTrainer, lm_head
 from dmpo_trl.collator import DMPOBatch
 from dmpo_trl.config import SUPPORTED_LOSS_TYPES
 from dmpo_trl.forward import DMPOForwardMixin
+from dmpo_trl.losses import F_DIVERGENCE_TYPES, LABEL_SMOOTHING_LOSS_TYPES
 from dmpo_trl.testing import dataset_rows, tiny_model
 from tests.core.helpers import make_args
 
@@ -82,39 +83,72 @@ def test_patched_model_plain_forward_unchanged_and_deep_copies_use_their_own_wei
 
 
 def full_logits_logps(trainer, model, inputs, outputs=("log_probs",), **extra):
-    """Today's per-token log-probs by an independent route: the model's full logits, log-softmax, gather."""
+    """Today's per-token log-probs by an independent route: the model's full logits, log-softmax, gather (and WPO's
+    ``log sum_v p_v^2`` from the same full log-softmax when asked for)."""
     batch = DMPOBatch(inputs)
     logits = model(**trainer._model_inputs(model, batch), use_cache=False).logits[:, :-1]
     log_p = F.log_softmax(logits.double(), dim=-1)
     labels = batch.labels()[:, 1:]
+    mask = labels != -100
     per_token = log_p.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    per_token = torch.where(labels != -100, per_token, torch.zeros_like(per_token)).to(logits.dtype)
-    return per_token, types.SimpleNamespace(entropy=None, aux_loss=None, log_probs=per_token)
+    per_token = torch.where(mask, per_token, torch.zeros_like(per_token)).to(logits.dtype)
+    sq = None
+    if "log_sum_sq_probs" in outputs:
+        sq = torch.where(mask, torch.logsumexp(2 * log_p, dim=-1), torch.zeros_like(per_token)).to(logits.dtype)
+    return per_token, types.SimpleNamespace(entropy=None, aux_loss=None, log_probs=per_token, log_sum_sq_probs=sq)
 
 
-def _valid(loss_type):
+def _valid(loss_type, **options):
     try:
-        DMPOConfig(output_dir="/tmp/unused", report_to=[], use_cpu=True, loss_type=loss_type)
+        DMPOConfig(output_dir="/tmp/unused", report_to=[], use_cpu=True, loss_type=loss_type, **options)
     except ValueError:
         return False
     return True
 
 
-# Every loss type the config accepts, alone and after "sigmoid": types added later are covered automatically
-LOSS_TYPES = [
-    lt
+# Every loss type the config accepts, alone and after "sigmoid" (types added later are covered automatically), then
+# the options that change what the loss reads: each f-divergence (per-action reference log-ratios), LD-DPO's token
+# factors and WPO's weights (the head's `log_sum_sq_probs`)
+CASES = [
+    (lt, {})
     for lt in [[t] for t in SUPPORTED_LOSS_TYPES] + [["sigmoid", t] for t in SUPPORTED_LOSS_TYPES if t != "sigmoid"]
     if _valid(lt)
 ]
+CASES += [
+    (lt, opts)
+    for lt, opts in [
+        *[(["sigmoid"], {"f_divergence_type": f}) for f in F_DIVERGENCE_TYPES if f != "reverse_kl"],
+        (["ipo"], {"f_divergence_type": "alpha_divergence", "f_alpha_divergence_coef": 0.3}),
+        (["sigmoid"], {"ld_alpha": 0.5}),
+        (["sigmoid"], {"use_weighting": True}),
+        (["sigmoid", "sft"], {"use_weighting": True, "ld_alpha": 0.5}),
+    ]
+    if _valid(lt, **opts)
+]
+
+
+def _case_id(case):
+    loss_type, opts = case
+    return "+".join(loss_type) + "".join(f"-{k}={v}" for k, v in opts.items())
+
+
+def test_exactness_cases_cover_every_loss_type_and_option():
+    covered = {t for lt, _ in CASES for t in lt}
+    assert covered == set(SUPPORTED_LOSS_TYPES)
+    options = {k for _, opts in CASES for k in opts}
+    assert {"f_divergence_type", "ld_alpha", "use_weighting"} <= options
+    assert {opts.get("f_divergence_type") for _, opts in CASES} >= set(F_DIVERGENCE_TYPES) - {"reverse_kl"}
 
 
 @pytest.mark.parametrize("padding_free", [False, True])
-@pytest.mark.parametrize("loss_type", LOSS_TYPES, ids=lambda lt: "+".join(lt))
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_loss_gradients_and_log_probs_equal_full_logits_in_float64(
-    tmp_path, tok, small_tiles, monkeypatch, padding_free, loss_type
+    tmp_path, tok, small_tiles, monkeypatch, padding_free, case
 ):
+    loss_type, options = case
     rows = dataset_rows(6, seed=5)
     weights = {"loss_weights": [1.0] + [0.5] * (len(loss_type) - 1)} if len(loss_type) > 1 else {}
+    smoothing = {"label_smoothing": 0.1} if set(loss_type) & set(LABEL_SMOOTHING_LOSS_TYPES) else {}
     trainer = DMPOTrainer(
         model=tiny_model(tok, seed=0).double(),
         ref_model=tiny_model(tok, seed=4).double(),
@@ -122,9 +156,10 @@ def test_loss_gradients_and_log_probs_equal_full_logits_in_float64(
             tmp_path,
             padding_free=padding_free,
             loss_type=loss_type,
-            label_smoothing=0.1,
             precompute_ref_log_probs=False,
+            **smoothing,
             **weights,
+            **options,
         ),
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
@@ -143,23 +178,28 @@ def test_loss_gradients_and_log_probs_equal_full_logits_in_float64(
     loss, grads = loss_and_grads()
     with monkeypatch.context() as m:
         m.setattr(DMPOForwardMixin, "_action_logps", full_logits_logps)
-        expected_per_token, _ = full_logits_logps(trainer, trainer.model, batch)
+        expected_per_token, expected_out = trainer._per_token_logps(trainer.model, batch)
         expected_loss, expected_grads = loss_and_grads()
         expected_ref = trainer.compute_ref_log_probs(trainer.ref_model, batch)
 
     assert per_token.dtype == torch.float64 and per_token.shape == batch["input_ids"][:, 1:].shape
     assert torch.allclose(per_token, expected_per_token, atol=1e-10, rtol=0)
     assert (per_token[batch["completion_mask"][:, 1:] == 0] == 0).all()
+    if options.get("use_weighting"):
+        mask = batch["completion_mask"][:, 1:].bool()
+        assert torch.allclose(out.log_sum_sq_probs[mask], expected_out.log_sum_sq_probs[mask], atol=1e-10, rtol=0)
+    else:
+        assert out.log_sum_sq_probs is None  # WPO's output only when WPO reads it
     for got, want in zip(
         trainer._sequence_scores(per_token, batch), trainer._sequence_scores(expected_per_token, batch), strict=True
     ):
         assert torch.allclose(got, want, atol=1e-10, rtol=0)
     for got, want in zip(trainer.compute_ref_log_probs(trainer.ref_model, batch), expected_ref, strict=True):
         assert torch.allclose(got, want, atol=1e-10, rtol=0)
-    assert abs(loss.item() - expected_loss.item()) < 1e-10
+    assert loss.item() != 0 and abs(loss.item() - expected_loss.item()) < 1e-10
     for name, grad in grads.items():
         assert torch.allclose(grad, expected_grads[name], atol=1e-10, rtol=1e-8), name
-    assert any(g.abs().max() > 1e-4 for g in grads.values())  # a real gradient was compared
+    assert any(g.abs().max() > 1e-6 for g in grads.values())  # a real gradient was compared
     # the head's metric outputs match the full logits on the action positions
     batch_view = DMPOBatch(batch)
     logits = trainer.model(**trainer._model_inputs(trainer.model, batch_view), use_cache=False).logits[:, :-1]

@@ -135,5 +135,12 @@ def test_resolve_precompute(tmp_path):
     assert not resolve(stream)
     assert not resolve(evals={"a": data, "b": stream})
     assert not resolve(sync_ref_model=True, max_steps=2)
+    assert not resolve(f_divergence_type="js_divergence", max_steps=2)  # needs the reference of every action
+    # float64 compute: precomputed scores travel as float32 (as in TRL's collator), online ones do not
+    assert not resolve(max_steps=2, model_init_kwargs={"dtype": torch.float64})
+    assert not resolve_precompute(make_args(tmp_path), data, None, torch.nn.Linear(2, 2).double())
+    assert resolve_precompute(make_args(tmp_path), data, None, torch.nn.Linear(2, 2))
+    assert resolve(max_steps=2, model_init_kwargs={"dtype": "bfloat16"})
+    assert resolve(ld_alpha=0.5, use_weighting=True, max_steps=2)  # exact: LD-DPO's factors apply when precomputing
     assert resolve(precompute_ref_log_probs=True, max_steps=1)
     assert not resolve(precompute_ref_log_probs=False, max_steps=2)

@@ -8,7 +8,17 @@ import pytest
 
 import dmpo_trl.action_spans as action_spans
 import dmpo_trl.tokenization as tokenization
-from dmpo_trl.testing import make_tokenizer
+from dmpo_trl.errors import DMPODataError
+from dmpo_trl.templates import has_generation_markers
+from dmpo_trl.testing import (
+    TABLE_PROMPT,
+    TABLE_TEXT_TRAJECTORY,
+    TABLE_TOOL_TRAJECTORY,
+    TABLE_TOOLS,
+    TEMPLATE_DIR,
+    make_tokenizer,
+    template_tokenizer,
+)
 from dmpo_trl.tokenization import tokenize_conversation
 from tests.core.test_tokenization import TOOL_COMPLETION, TOOL_PROMPT, TOOLS
 
@@ -47,7 +57,7 @@ def count_prefix_spans(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("family", ["qwen2_5", "qwen3", "llama3_1", "gemma3"])
+@pytest.mark.parametrize("family", ["qwen2_5", "llama3_1", "gemma3"])  # qwen3's test template has markers
 @pytest.mark.parametrize("seed", range(6))
 def test_window_locator_equals_prefix_renders(monkeypatch, family, seed):
     tok = make_tokenizer(family)
@@ -61,6 +71,52 @@ def test_window_locator_equals_prefix_renders(monkeypatch, family, seed):
     assert got == expected
     assert prefix_calls == [len(prompt)]  # only the first action rendered its prefixes; the others were located
     assert got.num_turns == sum(m["role"] == "assistant" for m in completion)
+
+
+# Every template of TRL's table that takes the prefix-rendering path (no generation markers)
+PREFIX_PATH_TEMPLATES = sorted(
+    p.name for p in TEMPLATE_DIR.glob("*.jinja") if not has_generation_markers(p.read_text(encoding="utf-8"))
+)
+
+
+def outcome(fn):
+    try:
+        return fn()
+    except DMPODataError as err:
+        return f"error: {err.reason}"
+
+
+@pytest.mark.parametrize("template_file", PREFIX_PATH_TEMPLATES)
+def test_window_locator_equals_prefix_renders_on_every_prefix_path_template(monkeypatch, template_file):
+    """The table's trajectories (tools and text) and a longer random one, with and without a system message: the
+    locator gives what prefix renders give, token ids and turn ids, or the same error."""
+    tok = template_tokenizer(template_file)
+    prompt, completion = conversation(random.Random(0), 7)
+    cases = [
+        (TABLE_PROMPT, TABLE_TEXT_TRAJECTORY, None),
+        (TABLE_PROMPT, TABLE_TOOL_TRAJECTORY, TABLE_TOOLS),
+        ([m for m in prompt if m["role"] != "system"], completion, None),
+    ]
+    for case_prompt, case_completion, tools in cases:
+        for p in (case_prompt, [m for m in case_prompt if m["role"] != "system"]):
+            expected = outcome(lambda: by_prefix_renders(monkeypatch, tok, p, case_completion, tools=tools))  # noqa: B023
+            got = outcome(lambda: tokenize_conversation(tok, p, case_completion, tools=tools))  # noqa: B023
+            assert got == expected, (template_file, len(p), tools is not None)
+    assert len(PREFIX_PATH_TEMPLATES) >= 20
+
+
+def test_most_prefix_path_templates_tokenize_the_long_trajectory(monkeypatch):
+    """The equality above is not vacuous: most prefix-path templates tokenize a 7-action trajectory, and the
+    locator finds every action after the first without prefix renders on them."""
+    prompt, completion = conversation(random.Random(0), 7)
+    prompt = [m for m in prompt if m["role"] != "system"]
+    located = 0
+    for template_file in PREFIX_PATH_TEMPLATES:
+        tok = template_tokenizer(template_file)
+        calls = count_prefix_spans(monkeypatch)
+        if not isinstance(outcome(lambda: tokenize_conversation(tok, prompt, completion)), str):  # noqa: B023
+            located += calls == [len(prompt)]
+    assert located >= 20, located  # 23 of the 38 templates (the others refuse this trajectory either way)
 
 
 @pytest.mark.parametrize("family", ["qwen2_5", "llama3_1"])

@@ -107,7 +107,9 @@ def test_rows_are_checked_as_they_are_read_and_skipped_with_their_file(tmp_path)
         (1, str(tmp_path / "d.jsonl")),
         (3, str(tmp_path / "d.jsonl")),
     ]
-    assert loaded.skipped[1].reason.startswith(f"{tmp_path / 'd.jsonl'}: row 3, rejected: non-text content")
+    assert loaded.skipped[1].reason.startswith(
+        f"{tmp_path / 'd.jsonl'}: row 3, chosen: mixed formats: the row is standard"
+    )
     write_records(rows[1:2] * 2, tmp_path / "bad.jsonl")
     with pytest.raises(DMPODataError, match=r"^all 2 rows fail the checks and were skipped, nothing is left"):
         load_preference_files([str(tmp_path / "bad.jsonl")], skip_invalid=True)
