@@ -1,6 +1,7 @@
 """Tokenization cost per pair: the linear-time action locator vs rendering every prefix, at T actions per side.
 
     python benchmarks/tokenization.py [--turns 20,200] [--pairs 3] [--repeats 3] [--tokenizer smollm2]
+                                      [--chat-template qwen2_5_training.jinja]
 
 Data: `benchmarks.agent_data.agent_pairs` with exactly T actions on each side (observations of 8-80 words, the
 suite's), tokenized by `dmpo_trl.tokenization.tokenize_pair` as the trainer does. Printed per T: tokens per pair,
@@ -8,6 +9,10 @@ CPU seconds per pair (best of `--repeats`, process time), of which chat-template
 BPE pass, and the same pair with every action located by prefix renders (the method before; `action_spans.window_span`
 disabled), with the speed-up. Both give identical token and turn ids (checked here, and in
 `tests/core/test_tokenization_locator.py`).
+
+`--chat-template` replaces the tokenizer's template with one of TRL's `trl/chat_templates/*.jinja` (by file name) or
+a template file: a template with ``{% generation %}`` markers takes the marker path (`dmpo_trl.templates`), which
+does not use the locator, so both columns then measure that path.
 """
 
 from __future__ import annotations
@@ -67,10 +72,18 @@ def main():
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tokenizer", choices=["smollm2", "tiny"], default="smollm2")
+    p.add_argument("--chat-template", help="a trl/chat_templates file name, or a path to a template file")
     args = p.parse_args()
     from benchmarks.agent_data import agent_pairs
 
     tok = load_tokenizer(args.tokenizer)
+    if args.chat_template:
+        from pathlib import Path
+
+        from dmpo_trl.testing import TEMPLATE_DIR
+
+        path = Path(args.chat_template)
+        tok.chat_template = (path if path.is_file() else TEMPLATE_DIR / args.chat_template).read_text(encoding="utf-8")
     print(f"load average before: {load_average()}")
     lines = []
     for t in [int(x) for x in args.turns.split(",")]:
@@ -85,7 +98,10 @@ def main():
             f"{old[1]:.3f} | {old[0] / new[0]:.1f}x |"
         )
     print(f"load average after: {load_average()}")
-    print(f"tokenizer: {args.tokenizer} ({len(tok)} entries); {args.pairs} pairs per T, best of {args.repeats}")
+    template = args.chat_template or "its own chat template"
+    print(
+        f"tokenizer: {args.tokenizer} ({len(tok)} entries), {template}; {args.pairs} pairs per T, best of {args.repeats}"
+    )
     print(
         "| T per side | tokens/pair | CPU s/pair | of which rendering | of which BPE | prefix renders: CPU s/pair | "
         "of which rendering | speed-up |"
