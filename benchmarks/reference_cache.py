@@ -41,13 +41,13 @@ def worker(args) -> dict:
     tok = load_tokenizer(args.tokenizer)
     model = build_model(args, tok)
     forwards = []
-    original = DMPOForwardMixin.compute_ref_log_probs
+    original = DMPOForwardMixin._ref_per_token_logps  # every reference pass: in the step and in the precompute
 
     def counting(self, model, inputs):
         forwards.append(1)
         return original(self, model, inputs)
 
-    DMPOForwardMixin.compute_ref_log_probs = counting
+    DMPOForwardMixin._ref_per_token_logps = counting
     config = DMPOConfig(
         output_dir=tempfile.mkdtemp(prefix="dmpo_ref_bench_"),
         per_device_train_batch_size=args.batch,
