@@ -33,6 +33,10 @@ class DMPOConfig(DPOConfig):
             `phi(t, T) = gamma^t (1 - gamma^(T - t)) / (1 - gamma^T)` (`(T - t) / T` at `gamma = 1`). `gamma = 0`
             trains on the first action only; larger values spread the weight over later actions. The authors use 0.7
             by default and found smaller values better with noisy losing trajectories, larger ones with clean ones.
+        turn_weighting (`str`, *optional*, defaults to `"dmpo"`):
+            How the actions of a trajectory are weighted. `"dmpo"`: by `phi(t, T)` above (the DMPO loss). `"uniform"`:
+            every action weight 1, observations still masked, so `S = sum_t r_t` over the whole trajectory: the
+            multi-turn DPO baseline of the DMPO paper and of ETO (`gamma` is then not used).
         skip_invalid_pairs (`bool`, *optional*, defaults to `False`):
             Whether to drop the rows DMPO cannot train on (no action on a side, a template that cannot be aligned, a
             side that keeps no action after truncation, ...) instead of raising an error on the first one. Dropped rows
@@ -68,6 +72,14 @@ class DMPOConfig(DPOConfig):
             "gamma^t (1 - gamma^(T-t)) / (1 - gamma^T) ((T - t) / T at gamma = 1)."
         },
     )
+    turn_weighting: str = field(
+        default="dmpo",
+        metadata={
+            "help": "'dmpo': action t weighted by phi(t, T); 'uniform': every action weight 1 (multi-turn DPO, the "
+            "paper's and ETO's baseline; gamma unused).",
+            "choices": ["dmpo", "uniform"],
+        },
+    )
     skip_invalid_pairs: bool = field(
         default=False,
         metadata={
@@ -87,6 +99,8 @@ class DMPOConfig(DPOConfig):
         if not isinstance(self.gamma, int | float) or not 0.0 <= float(self.gamma) <= 1.0:
             raise ValueError(f"`gamma` must lie in [0, 1], got {self.gamma!r}.")
         self.gamma = float(self.gamma)
+        if self.turn_weighting not in ("dmpo", "uniform"):
+            raise ValueError(f"`turn_weighting` must be 'dmpo' or 'uniform', got {self.turn_weighting!r}.")
         unknown = [t for t in self.loss_type if t not in SUPPORTED_LOSS_TYPES]
         if unknown or "sigmoid" not in self.loss_type or len(set(self.loss_type)) != len(self.loss_type):
             raise ValueError(

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 
 from .attention import attn_implementation
-from .loss import dmpo_phi
+from .loss import turn_weight
 
 
 __all__ = [
@@ -78,6 +78,7 @@ def build_packed_batch(
     gamma: float,
     packing: str = "bins",
     pad_to_multiple_of: int | None = None,
+    turn_weighting: str = "dmpo",
 ) -> dict[str, torch.Tensor]:
     """Pack ``2B`` tokenized sequences (``[chosen; rejected]`` order) into rows.
 
@@ -89,6 +90,7 @@ def build_packed_batch(
         gamma: DMPO discount factor.
         packing: ``"bins"`` or ``"single_row"`` (see the module docstring).
         pad_to_multiple_of: pad the row length to a multiple of this value.
+        turn_weighting: ``"dmpo"`` or ``"uniform"`` (`dmpo_trl.loss.turn_weight`).
 
     Returns:
         ``input_ids``, ``position_ids``, ``sequence_ids``, ``completion_mask`` (int64) and ``dmpo_weights`` (float32),
@@ -126,7 +128,7 @@ def build_packed_batch(
         raise ValueError("a turn index is >= the sequence's number of turns")
     weights = torch.zeros((n_rows, length), dtype=torch.float64)
     if bool(is_action.any()):
-        weights[is_action] = dmpo_phi(turn_ids[is_action], turn_count[is_action], gamma)
+        weights[is_action] = turn_weight(turn_ids[is_action], turn_count[is_action], gamma, turn_weighting)
     return {
         "input_ids": input_ids,
         "position_ids": position_ids,

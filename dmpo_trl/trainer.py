@@ -34,7 +34,7 @@ from trl.trainer.utils import get_config_model_id, global_then_local_main_first,
 
 from .attention import is_varlen_capable, use_varlen_sdpa, varlen_kwargs
 from .checks import COLLATOR_COLUMNS, SKIP_REASON_COLUMN, prepare_row, skipped_summary, truncation_stats
-from .collator import DataCollatorForDMPO, DMPOBatch
+from .collator import DataCollatorForDMPO, DMPOBatch, collator_for_config
 from .config import DMPOConfig
 from .loss import dmpo_loss_from_scores
 from .model_card import card_rows, is_hub_id, write_card_section
@@ -157,16 +157,7 @@ class DMPOTrainer(DPOTrainer):
         if padding_free:
             use_varlen_sdpa(model)
             use_varlen_sdpa(ref_model)
-        if data_collator is None:
-            data_collator = DataCollatorForDMPO(
-                pad_token_id=processing_class.pad_token_id,
-                gamma=args.gamma,
-                max_length=args.max_length,
-                pad_to_multiple_of=args.pad_to_multiple_of,
-                padding_free=padding_free,
-            )
-        elif getattr(data_collator, "gamma", args.gamma) != args.gamma:
-            raise ValueError(f"data_collator.gamma={data_collator.gamma} differs from args.gamma={args.gamma}.")
+        data_collator = collator_for_config(args, processing_class.pad_token_id, data_collator)
         if (
             ref_model is None
             and not isinstance(model, str)
@@ -256,11 +247,11 @@ class DMPOTrainer(DPOTrainer):
 
     # ------------------------------------------------------------- reference
     def _precompute_ref_logps(self, dataset, name, batch_size):
-        # TRL keys the cache on the dataset and the reference weights only; DMPO scores also depend on gamma and on
-        # the truncation, so fold those into the key for the duration of the call.
+        # TRL keys the cache on the dataset and the reference weights only; DMPO scores also depend on gamma, the turn
+        # weighting and the truncation, so fold those into the key for the duration of the call.
         base_hash = self._precompute_model_hash
         self._precompute_model_hash = Hasher.hash(
-            (base_hash, "dmpo", MASKING_VERSION, self.args.gamma, self.args.max_length)
+            (base_hash, "dmpo", MASKING_VERSION, self.args.gamma, self.args.max_length, self.args.turn_weighting)
         )
         try:
             return super()._precompute_ref_logps(dataset, name, batch_size)
