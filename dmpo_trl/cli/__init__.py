@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "train",
     "build_pairs",
     "evaluate",
+    "pipeline",
     "demo",
 ]
 

@@ -118,5 +118,9 @@ def train_sft(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     trainer.train()
     return trainer
