@@ -1,7 +1,7 @@
 """Cached, resumable stages: each stage writes into its own folder and finishes by writing ``stage.json``.
 
-``stage.json`` holds the stage's *key* (every setting it depends on, including the keys of the stages it reads
-from), the key's hash, the stage's result (small JSON) and its run time. Running a stage whose folder has a
+``stage.json`` holds the stage's *key* (every setting it depends on, and the ``run_id`` of each stage it reads
+from), the key's hash, a ``run_id`` drawn when the stage ran, the stage's result (small JSON) and its run time. Running a stage whose folder has a
 ``stage.json`` with the same key hash returns the stored result without doing the work; a folder without one (an
 interrupted stage) or with another key (changed settings or inputs) is emptied and the stage runs again. So an
 interrupted pipeline resumes where it stopped, and changing a setting reruns exactly the stages that depend on it.
@@ -13,6 +13,7 @@ import hashlib
 import json
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +35,7 @@ class StageRunner:
     """Runs named stages under `root`, skipping those already done with the same key.
 
     Attributes:
-        log: one entry per stage call: name, whether it was cached, seconds (of the run that produced it).
+        log: one entry per stage: name, whether it was read from the cache, seconds (of the run that produced it).
     """
 
     def __init__(self, root: str | Path, *, verbose: bool = True):
@@ -57,11 +58,14 @@ class StageRunner:
 
     def run(self, name: str, key: Any, fn: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Run ``fn(folder, *args, **kwargs)`` unless stage `name` is done with `key`; returns the stage's record
-        (``result``, ``key_hash``, ``seconds``, ``finished``, ``cached``)."""
+        (``result``, ``key_hash``, ``run_id``, ``seconds``, ``finished``, ``cached``). Stages that read this stage's
+        output put its ``run_id`` (new at every run) in their key, so they run again whenever it does."""
         record = self.done(name, key)
         elapsed = time.perf_counter() - self._start
         if record is not None:
             record["cached"] = True
+            if any(entry["stage"] == name for entry in self.log):
+                return record  # a stage shared by several runs (explore, pairs), already listed
             self.log.append({"stage": name, "cached": True, "seconds": record["seconds"]})
             if self.verbose:
                 print(f"=== [{elapsed:6.0f} s] {name}: cached ({record['seconds']:.0f} s when it ran)", flush=True)
@@ -79,6 +83,7 @@ class StageRunner:
             "stage": name,
             "key": key,
             "key_hash": key_hash(key),
+            "run_id": uuid.uuid4().hex[:12],
             "result": result,
             "seconds": seconds,
             "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

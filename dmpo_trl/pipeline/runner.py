@@ -84,7 +84,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
         if cfg.eval.base_model:
             key = {**eval_key, "model": base_model, **env_key}
             evals["base"] = stages.run("eval/base", key, st.eval_stage, cfg, env, variations["heldout"], base_model)
-        key = {**eval_key, "sft": sft["key_hash"]}
+        key = {**eval_key, "sft": sft["run_id"]}
         evals["sft"] = stages.run("eval/sft", key, st.eval_stage, cfg, env, variations["heldout"], sft_model)
 
         runs: list[dict[str, Any]] = []
@@ -93,9 +93,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
         settings = config_to_dict(cfg)
         for seed in cfg.seeds:
             # every (setting, method) starts from the SFT model; round 1's explore and pairs are shared
-            parents = {
-                (s, m.name): _Parent(sft_model, None, sft["key_hash"]) for s in cfg.settings for m in cfg.methods
-            }
+            parents = {(s, m.name): _Parent(sft_model, None, sft["run_id"]) for s in cfg.settings for m in cfg.methods}
             for round_index in range(cfg.rounds):
                 tag = f"seed{seed}/r{round_index + 1}"
                 last_round = round_index + 1 == cfg.rounds
@@ -119,7 +117,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
                         )
                         explores[x_name] = explored["result"]
                         p_name = f"{tag}/pairs-{setting}" if round_index == 0 else f"{run_name}/pairs"
-                        p_key = {"explore": explored["key_hash"], "setting": setting, "round": round_index}
+                        p_key = {"explore": explored["run_id"], "setting": setting, "round": round_index}
                         p_key["cap"] = cfg.explore.max_extra_rejected_turns
                         rollouts_file = stages.path(x_name) / "rollouts.jsonl"
                         paired = stages.run(
@@ -128,7 +126,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
                         pairs[p_name] = paired["result"]
                         base_dir = parent.merged or sft_model
                         t_key = {"train": settings["train"], "method": settings["methods"][m_index], "seed": seed}
-                        t_key.update(pairs=paired["key_hash"], base=parent.key, merge=not last_round)
+                        t_key.update(pairs=paired["run_id"], base=parent.key, merge=not last_round)
                         pairs_file = stages.path(p_name) / "train.jsonl"
                         trained = stages.run(
                             f"{run_name}/train",
@@ -142,7 +140,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
                             merge=not last_round,
                         )
                         adapter = trained["result"]["adapter"]
-                        e_key = {**eval_key, "train": trained["key_hash"]}
+                        e_key = {**eval_key, "train": trained["run_id"]}
                         evaluated = stages.run(
                             f"{run_name}/eval",
                             e_key,
@@ -167,7 +165,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
                             }
                         )
                         merged = trained["result"].get("merged")
-                        parents[(setting, method.name)] = _Parent(base_dir, adapter, trained["key_hash"], merged)
+                        parents[(setting, method.name)] = _Parent(base_dir, adapter, trained["run_id"], merged)
     finally:
         env.close()
 
