@@ -52,6 +52,7 @@ def explore(
     batch_size: int = 32,
     seed: int = 0,
     progress: bool = True,
+    autocast_dtype: Any = None,
 ) -> list[Rollout]:
     """`num_rollouts` sampled rollouts of the current policy on each training variation (see the module docstring)."""
     return generate_rollouts(
@@ -68,6 +69,7 @@ def explore(
         seed=seed,
         progress=progress,
         desc=f"explore {env.describe()} (T={temperature:g}, {num_rollouts}/task)",
+        autocast_dtype=autocast_dtype,
     )
 
 

@@ -133,12 +133,16 @@ def generate_rollouts(
     seed: int = 0,
     progress: bool = True,
     desc: str | None = None,
+    autocast_dtype: Any = None,
 ) -> list[Rollout]:
     """Roll `model` out `num_rollouts` times on each variation (see the module docstring).
 
     Returns the rollouts in order: all samples of the first variation, then of the second, ... Each episode ends
-    when the environment says done or after `max_steps` actions (``truncated=True``).
+    when the environment says done or after `max_steps` actions (``truncated=True``). `autocast_dtype` (e.g.
+    ``torch.bfloat16``) runs the model under `torch.autocast` on its device.
     """
+    import contextlib
+
     import torch
 
     if num_rollouts < 1 or max_steps < 1 or batch_size < 1:
@@ -154,7 +158,11 @@ def generate_rollouts(
     bar = tqdm(total=len(jobs), desc=desc or f"rollouts {env.describe()}", disable=not progress)
     try:
         for b, first in enumerate(range(0, len(jobs), batch_size)):
-            with torch.random.fork_rng(devices=[]):
+            device_type = next(model.parameters()).device.type
+            autocast = (
+                torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+            )
+            with torch.random.fork_rng(devices=[]), autocast:
                 torch.manual_seed(seed * 100003 + b)
                 done = _run_batch(
                     model, tokenizer, env, jobs[first : first + batch_size], max_steps, max_new_tokens,

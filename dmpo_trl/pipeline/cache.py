@@ -35,7 +35,8 @@ class StageRunner:
     """Runs named stages under `root`, skipping those already done with the same key.
 
     Attributes:
-        log: one entry per stage: name, whether it was read from the cache, seconds (of the run that produced it).
+        log: one entry per stage: name, whether it was read from the cache, wall-clock and CPU seconds (of this
+            process, all threads) of the run that produced it.
     """
 
     def __init__(self, root: str | Path, *, verbose: bool = True):
@@ -66,7 +67,9 @@ class StageRunner:
             record["cached"] = True
             if any(entry["stage"] == name for entry in self.log):
                 return record  # a stage shared by several runs (explore, pairs), already listed
-            self.log.append({"stage": name, "cached": True, "seconds": record["seconds"]})
+            self.log.append(
+                {"stage": name, "cached": True, "seconds": record["seconds"], "cpu_seconds": record.get("cpu_seconds")}
+            )
             if self.verbose:
                 print(f"=== [{elapsed:6.0f} s] {name}: cached ({record['seconds']:.0f} s when it ran)", flush=True)
             return record
@@ -76,9 +79,9 @@ class StageRunner:
         folder.mkdir(parents=True)
         if self.verbose:
             print(f"\n=== [{elapsed:6.0f} s] {name}", flush=True)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         result = fn(folder, *args, **kwargs)
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
         record = {
             "stage": name,
             "key": key,
@@ -86,11 +89,12 @@ class StageRunner:
             "run_id": uuid.uuid4().hex[:12],
             "result": result,
             "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
             "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         }
         (folder / STAGE_FILE).write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
         record["cached"] = False
-        self.log.append({"stage": name, "cached": False, "seconds": seconds})
+        self.log.append({"stage": name, "cached": False, "seconds": seconds, "cpu_seconds": cpu_seconds})
         if self.verbose:
             print(f"    {name} done in {seconds:.0f} s", flush=True)
         return record

@@ -23,6 +23,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_recipe",
+    "resolve_bf16",
 ]
 
 
@@ -123,6 +124,9 @@ class PipelineConfig:
     explore: ExploreSettings = field(default_factory=ExploreSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    bf16: bool | None = None
+    """bfloat16 autocast for training and rollouts (weights stay float32). ``None``: on when the device computes
+    bf16 natively (a CUDA GPU with bf16, a CPU with AVX512-BF16/AMX: 2.5x faster training on this project's CPU)."""
     progress: bool = True
 
     def __post_init__(self):
@@ -194,3 +198,17 @@ def load_recipe(path: str | Path, *, quick: bool = False, overrides: dict[str, A
 def config_to_dict(cfg: PipelineConfig) -> dict[str, Any]:
     """The settings as plain data (for stage keys and the report)."""
     return dataclasses.asdict(cfg)
+
+
+def resolve_bf16(setting: bool | None) -> bool:
+    """`PipelineConfig.bf16` resolved: an explicit value, else whether this device computes bf16 natively."""
+    if setting is not None:
+        return bool(setting)
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:  # oneDNN's check for native bf16 (AVX512-BF16 or AMX)
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

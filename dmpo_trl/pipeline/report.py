@@ -151,8 +151,9 @@ def _kinds_table(results: dict[str, Any]) -> tuple[list[str], dict[str, dict[str
     return kinds, shares
 
 
-def write_report(out: str | Path, results: dict[str, Any]) -> Path:
-    """Write ``report.md`` and its plots into `out`; returns the report's path."""
+def write_report(out: str | Path, results: dict[str, Any], preamble: list[str] | None = None) -> Path:
+    """Write ``report.md`` and its plots into `out` (`preamble`: Markdown lines to put first, e.g. a summary);
+    returns the report's path."""
     out = Path(out)
     cfg = results["config"]
     rows = summarize(results)
@@ -163,7 +164,8 @@ def write_report(out: str | Path, results: dict[str, Any]) -> Path:
     _plot_training(results, out / "training.png")
     gold = list(results["heldout_gold_lengths"].values())
     lines = [
-        f"# Pipeline: {cfg['env']} / {cfg['task']}",
+        *(preamble or []),
+        f"{'##' if preamble else '#'} Pipeline: {results.get('env_name', cfg['env'] + '/' + cfg['task'])}",
         "",
         f"Command: `{results['command']}`  ",
         f"Finished: {results['finished']}; machine: {results['machine']}; load average at the end "
@@ -251,9 +253,22 @@ def write_report(out: str | Path, results: dict[str, Any]) -> Path:
             f"{t.get('last_rewards/margins', float('nan')):.3f} | {t.get('last_rewards/accuracies', float('nan')):.2f} | "
             f"{run['train'].get('runtime_s') or 0:.0f} s |"
         )
-    lines += ["", "![training](training.png)", "", "| stage | time | cached |", "|---|---|---|"]
+    lines += [
+        "",
+        "![training](training.png)",
+        "",
+        "Stage times: wall clock, and CPU time of the pipeline's process (all threads; on a 2-core machine that no one "
+        "else uses, wall clock is about CPU time / 2).",
+        "",
+        "| stage | wall | CPU | cached |",
+        "|---|---|---|---|",
+    ]
     for s in results["stage_log"]:
-        lines.append(f"| {s['stage']} | {s['seconds']:.0f} s | {'yes' if s['cached'] else ''} |")
+        cpu = f"{s['cpu_seconds']:.0f} s" if s.get("cpu_seconds") is not None else "-"
+        lines.append(f"| {s['stage']} | {s['seconds']:.0f} s | {cpu} | {'yes' if s['cached'] else ''} |")
+    wall = sum(s["seconds"] for s in results["stage_log"])
+    cpu = sum(s.get("cpu_seconds") or 0.0 for s in results["stage_log"])
+    lines.append(f"| all stages | {wall:.0f} s | {cpu:.0f} s | |")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

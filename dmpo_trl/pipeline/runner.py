@@ -28,7 +28,7 @@ from typing import Any
 from dmpo_trl.envs.base import AgentEnv
 
 from .cache import StageRunner, key_hash
-from .config import PipelineConfig, config_to_dict
+from .config import PipelineConfig, config_to_dict, resolve_bf16
 
 
 __all__ = ["run_pipeline"]
@@ -76,10 +76,11 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
         heldout_gold = {v: t.num_turns for v, t in heldout_experts.items()}
         base_key = {**env_key, "model": base_model, "seed": cfg.seed, "variations": variations}
 
-        sft_key = {**base_key, "sft": config_to_dict(cfg)["sft"]}
+        bf16 = {"bf16": resolve_bf16(cfg.bf16)}  # part of every stage key: it changes the numbers
+        sft_key = {**base_key, **bf16, "sft": config_to_dict(cfg)["sft"]}
         sft = stages.run("sft", sft_key, st.sft_stage, cfg, env, variations["sft"], base_model)
         sft_model = sft["result"]["model"]
-        eval_key = {"eval": config_to_dict(cfg)["eval"], "heldout": variations["heldout"]}
+        eval_key = {"eval": config_to_dict(cfg)["eval"], "heldout": variations["heldout"], **bf16}
         evals: dict[str, dict[str, Any]] = {}
         if cfg.eval.base_model:
             key = {**eval_key, "model": base_model, **env_key}
@@ -102,7 +103,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
                         parent = parents[(setting, method.name)]
                         run_name = f"{tag}/{setting}-{method.name}"
                         x_name = f"{tag}/explore" if round_index == 0 else f"{run_name}/explore"
-                        x_key = {"explore": settings["explore"], "seed": seed, "parent": parent.key}
+                        x_key = {"explore": settings["explore"], "seed": seed, "parent": parent.key, **bf16}
                         x_key["variations"] = variations["explore"]
                         explored = stages.run(
                             x_name,
@@ -125,7 +126,12 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
                         )
                         pairs[p_name] = paired["result"]
                         base_dir = parent.merged or sft_model
-                        t_key = {"train": settings["train"], "method": settings["methods"][m_index], "seed": seed}
+                        t_key = {
+                            "train": settings["train"],
+                            "method": settings["methods"][m_index],
+                            "seed": seed,
+                            **bf16,
+                        }
                         t_key.update(pairs=paired["run_id"], base=parent.key, merge=not last_round)
                         pairs_file = stages.path(p_name) / "train.jsonl"
                         trained = stages.run(
@@ -178,7 +184,9 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
         "runtime_s": time.perf_counter() - t_start,
         "config": config_to_dict(cfg),
         "config_hash": key_hash(config_to_dict(cfg)),
+        "bf16": resolve_bf16(cfg.bf16),
         "model": base_model,
+        "env_name": env_key["env"] if "class" in env_key else f"{cfg.env}/{cfg.task}",
         "variations": variations,
         "heldout_gold_lengths": heldout_gold,
         "gold_action_kinds": st.action_kinds([a for t in heldout_experts.values() for a in t.actions]),

@@ -81,6 +81,7 @@ def train_sft(
     lora: dict[str, Any] | None = None,
     seed: int = 0,
     max_length: int | None = None,
+    bf16: bool = False,
     progress: bool = True,
 ):
     """Train `model` on the SFT rows with `trl.SFTTrainer`; returns the trainer (``trainer.model`` is the trained
@@ -99,7 +100,7 @@ def train_sft(
         logging_steps=1,
         save_strategy="no",
         report_to=[],
-        bf16=False,
+        bf16=bf16,
         use_cpu=not torch.cuda.is_available(),
         seed=seed,
         data_seed=seed,

@@ -23,7 +23,7 @@ from dmpo_trl.envs.base import AgentEnv, DMPOEnvError
 from dmpo_trl.envs.rollouts import Rollout, generate_rollouts, rollouts_to_eval
 from dmpo_trl.envs.trajectory import Trajectory
 
-from .config import Method, PipelineConfig
+from .config import Method, PipelineConfig, resolve_bf16
 
 
 __all__ = [
@@ -117,6 +117,12 @@ def load_policy(model_dir: str | Path, adapter_dir: str | Path | None = None):
     return model, tokenizer
 
 
+def _autocast(cfg: PipelineConfig):
+    import torch
+
+    return torch.bfloat16 if resolve_bf16(cfg.bf16) else None
+
+
 def _quiet(trainer, progress: bool) -> None:
     """Without progress bars, no per-step log lines either (the figures are in the report)."""
     if not progress:
@@ -150,7 +156,8 @@ def sft_stage(folder: Path, cfg: PipelineConfig, env: AgentEnv, variations: list
     lora = None if s.lora_r <= 0 else {"r": s.lora_r, "alpha": s.lora_alpha, "last_layers": s.lora_last_layers}
     trainer = train_sft(
         model, tokenizer, rows, output_dir=str(folder / "trainer"), epochs=s.epochs, learning_rate=s.learning_rate,
-        batch_size=s.batch_size, lora=lora, seed=cfg.seed, max_length=s.max_length, progress=cfg.progress,
+        batch_size=s.batch_size, lora=lora, seed=cfg.seed, max_length=s.max_length, bf16=resolve_bf16(cfg.bf16),
+        progress=cfg.progress,
     )  # fmt: skip
     trained = trainer.model.merge_and_unload() if lora is not None else trainer.model
     trained.save_pretrained(folder / "model", safe_serialization=True)
@@ -177,7 +184,8 @@ def eval_stage(folder: Path, cfg: PipelineConfig, env: AgentEnv, heldout: list[i
     e = cfg.eval
     rollouts = generate_rollouts(
         model, tokenizer, env, heldout, max_steps=e.max_steps, max_new_tokens=e.max_new_tokens,
-        batch_size=e.batch_size, progress=cfg.progress, desc=f"eval {folder.name}",
+        batch_size=e.batch_size, progress=cfg.progress, desc=f"eval {folder.parent.name}/{folder.name}",
+        autocast_dtype=_autocast(cfg),
     )  # fmt: skip
     save_rollouts(rollouts, folder / "rollouts.jsonl")
     result = rollouts_to_eval(rollouts)
@@ -207,7 +215,7 @@ def explore_stage(folder: Path, cfg: PipelineConfig, env: AgentEnv, variations: 
     rollouts = explore(
         model, tokenizer, env, variations, num_rollouts=x.num_rollouts, temperature=x.temperature, top_p=x.top_p,
         max_steps=x.max_steps, max_new_tokens=x.max_new_tokens, batch_size=x.batch_size, seed=seed,
-        progress=cfg.progress,
+        progress=cfg.progress, autocast_dtype=_autocast(cfg),
     )  # fmt: skip
     save_rollouts(rollouts, folder / "rollouts.jsonl")
     n = max(len(rollouts), 1)
@@ -272,7 +280,7 @@ def train_stage(folder: Path, cfg: PipelineConfig, method: Method, pairs_file, s
         output_dir=str(folder / "trainer"), num_train_epochs=t.epochs, per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
         lr_scheduler_type="constant", beta=t.beta, gamma=method.gamma, turn_weighting=method.turn_weighting,
-        max_length=t.max_length, logging_steps=1, save_strategy="no", report_to=[], bf16=False,
+        max_length=t.max_length, logging_steps=1, save_strategy="no", report_to=[], bf16=resolve_bf16(cfg.bf16),
         use_cpu=not torch.cuda.is_available(), seed=seed, data_seed=seed, dataloader_num_workers=0,
         disable_tqdm=not cfg.progress,
         **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, t.sft_weight]} if t.sft_weight else {}),
