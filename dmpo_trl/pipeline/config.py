@@ -36,6 +36,7 @@ class SFTSettings:
     learning_rate: float = 2e-3
     batch_size: int = 4
     lora_r: int = 16
+    """LoRA rank; ``0``: full fine-tuning."""
     lora_alpha: int = 32
     lora_last_layers: int | None = 4
     """LoRA on the top N decoder layers (``null``: all layers)."""
@@ -70,6 +71,7 @@ class TrainSettings:
     batch_size: int = 1
     gradient_accumulation_steps: int = 1
     lora_r: int = 16
+    """LoRA rank; ``0``: full fine-tuning (the reference is then a frozen copy of the starting model)."""
     lora_alpha: int = 32
     lora_last_layers: int | None = 4
     max_length: int = 1024

@@ -74,7 +74,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
         experts = expert_trajectories(env, variations["sft"])
         heldout_experts = expert_trajectories(env, variations["heldout"])
         heldout_gold = {v: t.num_turns for v, t in heldout_experts.items()}
-        base_key = {**env_key, "model": base_model, "seed": cfg.seed, "variations": variations}
+        base_key = {**env_key, "model": base_model, "seed": cfg.seed, "variations": variations["sft"]}
 
         bf16 = {"bf16": resolve_bf16(cfg.bf16)}  # part of every stage key: it changes the numbers
         sft_key = {**base_key, **bf16, "sft": config_to_dict(cfg)["sft"]}
@@ -146,6 +146,8 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
                             merge=not last_round,
                         )
                         adapter = trained["result"]["adapter"]
+                        if trained["result"].get("model"):  # full fine-tuning: the trained model itself
+                            base_dir, adapter = trained["result"]["model"], None
                         e_key = {**eval_key, "train": trained["run_id"]}
                         evaluated = stages.run(
                             f"{run_name}/eval",

@@ -286,14 +286,21 @@ def train_stage(folder: Path, cfg: PipelineConfig, method: Method, pairs_file, s
         **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, t.sft_weight]} if t.sft_weight else {}),
         **checkpointing_off(DMPOConfig),
     )  # fmt: skip
-    peft = lora_config(model.config.num_hidden_layers, t.lora_r, t.lora_alpha, t.lora_last_layers)
+    peft = None  # lora_r <= 0: full fine-tuning, the reference a frozen copy of the starting model
+    if t.lora_r > 0:
+        peft = lora_config(model.config.num_hidden_layers, t.lora_r, t.lora_alpha, t.lora_last_layers)
     trainer = DMPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft)
     _quiet(trainer, cfg.progress)
     trainer.train()
-    trainer.model.save_pretrained(folder / "adapter")
-    tokenizer.save_pretrained(folder / "adapter")
+    if peft is None:  # a full model: later stages load it as the model, with no adapter
+        trainer.model.save_pretrained(folder / "model", safe_serialization=True)
+        tokenizer.save_pretrained(folder / "model")
+    else:
+        trainer.model.save_pretrained(folder / "adapter")
+        tokenizer.save_pretrained(folder / "adapter")
     result = {
-        "adapter": str((folder / "adapter").resolve()),
+        "adapter": str((folder / "adapter").resolve()) if peft is not None else None,
+        "model": str((folder / "model").resolve()) if peft is None else None,
         "pairs": len(rows),
         "runtime_s": trainer.state.log_history[-1].get("train_runtime"),
         "train": _log_summary(trainer.state.log_history, ("loss", "rewards/margins", "rewards/accuracies")),
@@ -303,8 +310,10 @@ def train_stage(folder: Path, cfg: PipelineConfig, method: Method, pairs_file, s
         },
         "data_stats": trainer.dmpo_data_stats,
     }
-    if merge:
+    if merge and peft is not None:
         trainer.model.merge_and_unload().save_pretrained(folder / "merged", safe_serialization=True)
         tokenizer.save_pretrained(folder / "merged")
         result["merged"] = str((folder / "merged").resolve())
+    elif merge:
+        result["merged"] = result["model"]
     return result

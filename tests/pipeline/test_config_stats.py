@@ -110,3 +110,15 @@ def test_length_buckets():
         ">6",
     ]
     assert bucket_label(4, [4, 5]) == "1-4" and bucket_label(5, [4, 5]) == "5"
+
+
+def test_cli_reports_a_bad_recipe_in_one_line(tmp_path, capsys):
+    from dmpo_trl.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"train": {"lr": 1}}))
+    assert main(["pipeline", "--config", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown key(s) ['lr']" in err and str(path) in err
+    assert main(["pipeline", "--config", str(tmp_path / "missing.yaml")]) == 1
+    assert "missing.yaml" in capsys.readouterr().err

@@ -82,3 +82,19 @@ def test_pipeline_resumes_from_its_cache(tmp_path, model):
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["config"]["train"]["learning_rate"] == 1e-3
     assert {r["turn_weighting"] for r in saved["runs"]} == {"uniform", "dmpo"}
+
+
+def test_second_round_and_full_fine_tuning(tmp_path, model):
+    cfg = recipe(tmp_path, model, lora_r=0)  # the preference stage fine-tunes the whole model
+    cfg.rounds = 2
+    cfg.methods = cfg.methods[1:]
+    results = run_pipeline(cfg, env=KeyDoorEnv())
+    assert [(r["round"], r["method"]) for r in results["runs"]] == [(1, "dmpo-0.7"), (2, "dmpo-0.7")]
+    names = [s["stage"] for s in results["stage_log"]]
+    # round 2 explores with the round-1 model and pairs its own rollouts
+    assert "seed0/r2/noisy-dmpo-0.7/explore" in names and "seed0/r2/noisy-dmpo-0.7/pairs" in names
+    first, second = results["runs"]
+    if first["pairs"]:
+        assert first["train"]["adapter"] is None and (tmp_path / "run/seed0/r1/noisy-dmpo-0.7/train/model").is_dir()
+    explored = results["explore"]["seed0/r2/noisy-dmpo-0.7/explore"]
+    assert explored["rollouts"] == 3 * 2
