@@ -52,9 +52,9 @@ class MainJobConfig:
     sft_learning_rate: float = 2e-3
     explore_episodes: int = 24
     num_rollouts: int = 4
-    temperature: float = 1.0
+    temperature: float = 0.7
     max_pairs: int = 24
-    learning_rate: float = 5e-4
+    learning_rate: float = 2e-4
     beta: float = 0.1
     gamma: float = 0.7
     heldout_episodes: int = 30

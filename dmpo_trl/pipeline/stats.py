@@ -26,7 +26,8 @@ def bootstrap_mean_ci(values: Sequence[float], *, seed: int = 0, resamples: int 
     if n == 0:
         return float("nan"), float("nan")
     rng = random.Random(seed)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    values = list(values)
+    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(resamples))
     return means[int(0.025 * resamples)], means[min(int(0.975 * resamples), resamples - 1)]
 
 
