@@ -91,26 +91,26 @@ def pipeline_config(cfg: MainJobConfig):
                 "epochs": cfg.sft_epochs,
                 "learning_rate": cfg.sft_learning_rate,
                 "max_length": cfg.max_length,
-            },  # fmt: skip
+            },
             "explore": {
                 "episodes": cfg.explore_episodes,
                 "num_rollouts": cfg.num_rollouts,
                 "temperature": cfg.temperature,
                 "max_steps": cfg.eval_max_steps,
                 "max_new_tokens": cfg.max_new_tokens,
-            },  # fmt: skip
+            },
             "train": {
                 "max_pairs": cfg.max_pairs,
                 "learning_rate": cfg.learning_rate,
                 "beta": cfg.beta,
                 "max_length": cfg.max_length,
-            },  # fmt: skip
+            },
             "eval": {
                 "episodes": cfg.heldout_episodes,
                 "max_steps": cfg.eval_max_steps,
                 "max_new_tokens": cfg.max_new_tokens,
                 "batch_size": cfg.heldout_episodes,
-            },  # fmt: skip
+            },
         }
     )
 

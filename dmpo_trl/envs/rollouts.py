@@ -165,9 +165,16 @@ def generate_rollouts(
             with torch.random.fork_rng(devices=[]), autocast:
                 torch.manual_seed(seed * 100003 + b)
                 done = _run_batch(
-                    model, tokenizer, env, jobs[first : first + batch_size], max_steps, max_new_tokens,
-                    temperature, top_p, bar,
-                )  # fmt: skip
+                    model,
+                    tokenizer,
+                    env,
+                    jobs[first : first + batch_size],
+                    max_steps,
+                    max_new_tokens,
+                    temperature,
+                    top_p,
+                    bar,
+                )
             results.extend(done)
             solved = sum(r.success for r in results)
             bar.set_postfix(success=f"{solved / len(results):.2f}")

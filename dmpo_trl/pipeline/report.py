@@ -210,8 +210,12 @@ def write_report(out: str | Path, results: dict[str, Any], preamble: list[str] |
         lines.append(f"| {name} | " + " | ".join(f"{values.get(b, float('nan')):.3f}" for b in labels) + " |")
     lines += ["", "![success by length](length_buckets.png)", "", "## What the models do", ""]
     kinds, shares = _kinds_table(results)
-    lines += ["Share of held-out actions by first word:", "", "| model | " + " | ".join(kinds) + " |",
-              "|---|" + "---|" * len(kinds)]  # fmt: skip
+    lines += [
+        "Share of held-out actions by first word:",
+        "",
+        "| model | " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+    ]
     for name, share in shares.items():
         lines.append(f"| {name} | " + " | ".join(f"{share[k]:.2f}" for k in kinds) + " |")
     lines += ["", "Sample held-out rollouts (SFT):", ""]
@@ -235,16 +239,22 @@ def write_report(out: str | Path, results: dict[str, Any], preamble: list[str] |
             f"| {name} | {x['rollouts']} | {x['success_rate']:.3f} | {x['mean_score']:.3f} | "
             f"{x['invalid_action_rate']:.3f} | {x['tasks_all_solved']} |"
         )
-    lines += ["", "| pairs | pairs | tasks | lose | win | tie dropped | duplicate | not clean | capped |",
-              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| pairs | pairs | tasks | lose | win | tie dropped | duplicate | not clean | capped |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, p in results["pairs"].items():
         s = p["stats"]
         lines.append(
             f"| {name} | {p['pairs']} | {p['tasks']} | {s['lose']} | {s['win']} | {s['tie_dropped']} | "
             f"{s['duplicate_dropped']} | {s['not_clean_dropped']} | {s['rejected_capped']} |"
         )
-    lines += ["", "| training run | pairs | steps | loss first -> last | margin last | accuracy last | time |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| training run | pairs | steps | loss first -> last | margin last | accuracy last | time |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for run in results["runs"]:
         t = run["train"]["train"]
         lines.append(

@@ -155,10 +155,19 @@ def sft_stage(folder: Path, cfg: PipelineConfig, env: AgentEnv, variations: list
     s = cfg.sft
     lora = None if s.lora_r <= 0 else {"r": s.lora_r, "alpha": s.lora_alpha, "last_layers": s.lora_last_layers}
     trainer = train_sft(
-        model, tokenizer, rows, output_dir=str(folder / "trainer"), epochs=s.epochs, learning_rate=s.learning_rate,
-        batch_size=s.batch_size, lora=lora, seed=cfg.seed, max_length=s.max_length, bf16=resolve_bf16(cfg.bf16),
+        model,
+        tokenizer,
+        rows,
+        output_dir=str(folder / "trainer"),
+        epochs=s.epochs,
+        learning_rate=s.learning_rate,
+        batch_size=s.batch_size,
+        lora=lora,
+        seed=cfg.seed,
+        max_length=s.max_length,
+        bf16=resolve_bf16(cfg.bf16),
         progress=cfg.progress,
-    )  # fmt: skip
+    )
     trained = trainer.model.merge_and_unload() if lora is not None else trainer.model
     trained.save_pretrained(folder / "model", safe_serialization=True)
     tokenizer.save_pretrained(folder / "model")
@@ -183,10 +192,17 @@ def eval_stage(folder: Path, cfg: PipelineConfig, env: AgentEnv, heldout: list[i
     model, tokenizer = load_policy(model_dir, adapter_dir)
     e = cfg.eval
     rollouts = generate_rollouts(
-        model, tokenizer, env, heldout, max_steps=e.max_steps, max_new_tokens=e.max_new_tokens,
-        batch_size=e.batch_size, progress=cfg.progress, desc=f"eval {folder.parent.name}/{folder.name}",
+        model,
+        tokenizer,
+        env,
+        heldout,
+        max_steps=e.max_steps,
+        max_new_tokens=e.max_new_tokens,
+        batch_size=e.batch_size,
+        progress=cfg.progress,
+        desc=f"eval {folder.parent.name}/{folder.name}",
         autocast_dtype=_autocast(cfg),
-    )  # fmt: skip
+    )
     save_rollouts(rollouts, folder / "rollouts.jsonl")
     result = rollouts_to_eval(rollouts)
     return {
@@ -200,23 +216,34 @@ def eval_stage(folder: Path, cfg: PipelineConfig, env: AgentEnv, heldout: list[i
                 "invalid": r.num_invalid,
             }
             for r in rollouts
-        ],  # fmt: skip
+        ],
         "action_kinds": action_kinds([a for r in rollouts for a in r.actions]),
         "samples": [{"variation": r.variation, "actions": r.actions, "success": r.success} for r in rollouts[:4]],
     }
 
 
-def explore_stage(folder: Path, cfg: PipelineConfig, env: AgentEnv, variations: list[int], seed: int, model_dir,
-                  adapter_dir=None):  # fmt: skip
+def explore_stage(
+    folder: Path, cfg: PipelineConfig, env: AgentEnv, variations: list[int], seed: int, model_dir, adapter_dir=None
+):
     from dmpo_trl.envs.explore import explore
 
     model, tokenizer = load_policy(model_dir, adapter_dir)
     x = cfg.explore
     rollouts = explore(
-        model, tokenizer, env, variations, num_rollouts=x.num_rollouts, temperature=x.temperature, top_p=x.top_p,
-        max_steps=x.max_steps, max_new_tokens=x.max_new_tokens, batch_size=x.batch_size, seed=seed,
-        progress=cfg.progress, autocast_dtype=_autocast(cfg),
-    )  # fmt: skip
+        model,
+        tokenizer,
+        env,
+        variations,
+        num_rollouts=x.num_rollouts,
+        temperature=x.temperature,
+        top_p=x.top_p,
+        max_steps=x.max_steps,
+        max_new_tokens=x.max_new_tokens,
+        batch_size=x.batch_size,
+        seed=seed,
+        progress=cfg.progress,
+        autocast_dtype=_autocast(cfg),
+    )
     save_rollouts(rollouts, folder / "rollouts.jsonl")
     n = max(len(rollouts), 1)
     return {
@@ -230,15 +257,26 @@ def explore_stage(folder: Path, cfg: PipelineConfig, env: AgentEnv, variations: 
     }
 
 
-def pairs_stage(folder: Path, cfg: PipelineConfig, env: AgentEnv, experts: dict[int, Trajectory], rollouts_file,
-                setting: str, round_index: int):  # fmt: skip
+def pairs_stage(
+    folder: Path,
+    cfg: PipelineConfig,
+    env: AgentEnv,
+    experts: dict[int, Trajectory],
+    rollouts_file,
+    setting: str,
+    round_index: int,
+):
     from dmpo_trl.envs.explore import pair_with_experts
 
     rollouts = load_rollouts(env, Path(rollouts_file))
     rows, stats = pair_with_experts(
-        env, experts, rollouts, setting=setting, max_extra_rejected_turns=cfg.explore.max_extra_rejected_turns,
+        env,
+        experts,
+        rollouts,
+        setting=setting,
+        max_extra_rejected_turns=cfg.explore.max_extra_rejected_turns,
         round_index=round_index,
-    )  # fmt: skip
+    )
     _write_jsonl(rows, folder / "train.jsonl")
     return {
         "pairs": len(rows),
@@ -249,8 +287,9 @@ def pairs_stage(folder: Path, cfg: PipelineConfig, env: AgentEnv, experts: dict[
     }
 
 
-def train_stage(folder: Path, cfg: PipelineConfig, method: Method, pairs_file, seed: int, base_model,
-                merge: bool = False):  # fmt: skip
+def train_stage(
+    folder: Path, cfg: PipelineConfig, method: Method, pairs_file, seed: int, base_model, merge: bool = False
+):
     import torch
     from datasets import Dataset
 
@@ -277,15 +316,28 @@ def train_stage(folder: Path, cfg: PipelineConfig, method: Method, pairs_file, s
     torch.manual_seed(seed)
     model, tokenizer = load_policy(base_model)
     args = DMPOConfig(
-        output_dir=str(folder / "trainer"), num_train_epochs=t.epochs, per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
-        lr_scheduler_type="constant", beta=t.beta, gamma=method.gamma, turn_weighting=method.turn_weighting,
-        max_length=t.max_length, logging_steps=1, save_strategy="no", report_to=[], bf16=resolve_bf16(cfg.bf16),
-        use_cpu=not torch.cuda.is_available(), seed=seed, data_seed=seed, dataloader_num_workers=0,
+        output_dir=str(folder / "trainer"),
+        num_train_epochs=t.epochs,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type="constant",
+        beta=t.beta,
+        gamma=method.gamma,
+        turn_weighting=method.turn_weighting,
+        max_length=t.max_length,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        bf16=resolve_bf16(cfg.bf16),
+        use_cpu=not torch.cuda.is_available(),
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
         disable_tqdm=not cfg.progress,
         **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, t.sft_weight]} if t.sft_weight else {}),
         **checkpointing_off(DMPOConfig),
-    )  # fmt: skip
+    )
     peft = None  # lora_r <= 0: full fine-tuning, the reference a frozen copy of the starting model
     if t.lora_r > 0:
         peft = lora_config(model.config.num_hidden_layers, t.lora_r, t.lora_alpha, t.lora_last_layers)

@@ -28,8 +28,14 @@ def test_main_job_reduced(tmp_path):
     summary = run_main_job(cfg, command="pytest reduced main job")
     print(f"reduced main job: {time.perf_counter() - start:.0f} s")
     out = tmp_path / "run"
-    for name in ("report.md", "summary.json", "results.png", "training.png", "length_buckets.png",
-                 "sft/model/model.safetensors"):  # fmt: skip
+    for name in (
+        "report.md",
+        "summary.json",
+        "results.png",
+        "training.png",
+        "length_buckets.png",
+        "sft/model/model.safetensors",
+    ):
         assert (out / name).is_file(), name
     assert summary["eval"]["gold"]["success_rate"] == 1.0
     assert summary["heldout_gold_mean_steps"] == pytest.approx(

@@ -19,8 +19,17 @@ def lively_model(tok, seed=0):
 
 def test_explored_observations_are_the_environments_replies_after_replay(tok):
     env = KeyDoorEnv()
-    rollouts = explore(lively_model(tok), tok, env, [0, 1, 2], num_rollouts=3, max_steps=4, max_new_tokens=6,
-                       batch_size=4, progress=False)  # fmt: skip
+    rollouts = explore(
+        lively_model(tok),
+        tok,
+        env,
+        [0, 1, 2],
+        num_rollouts=3,
+        max_steps=4,
+        max_new_tokens=6,
+        batch_size=4,
+        progress=False,
+    )
     assert [(r.variation, r.sample) for r in rollouts] == [(v, k) for v in (0, 1, 2) for k in range(3)]
     for r in rollouts:
         check_replay(env, r.variation, r.messages(env))  # every observation replays from reset
@@ -30,8 +39,18 @@ def test_explored_observations_are_the_environments_replies_after_replay(tok):
 
 
 def test_twx_rollouts_replay_from_reset(twx, tok):
-    rollouts = generate_rollouts(lively_model(tok, seed=3), tok, twx, [0, 1, 2, 3], num_rollouts=2, max_steps=3,
-                                 max_new_tokens=5, temperature=1.0, batch_size=3, progress=False)  # fmt: skip
+    rollouts = generate_rollouts(
+        lively_model(tok, seed=3),
+        tok,
+        twx,
+        [0, 1, 2, 3],
+        num_rollouts=2,
+        max_steps=3,
+        max_new_tokens=5,
+        temperature=1.0,
+        batch_size=3,
+        progress=False,
+    )
     for r in rollouts:
         check_replay(twx, r.variation, r.messages(twx))
         assert r.start.observation == twx.reset(r.variation).observation
@@ -68,8 +87,9 @@ def test_batched_greedy_rollouts_equal_sequential_decoding(tok):
     episodes end at different steps, so finished rows leave the batch and its cache."""
     env, model = EndsEarly(), lively_model(tok)
     variations = list(range(7))
-    batched = generate_rollouts(model, tok, env, variations, max_steps=4, max_new_tokens=6, batch_size=3,
-                                progress=False)  # fmt: skip
+    batched = generate_rollouts(
+        model, tok, env, variations, max_steps=4, max_new_tokens=6, batch_size=3, progress=False
+    )
     sequential = evaluate_policy(env, HFPolicy(model, tok, max_new_tokens=6), variations, max_steps=4, progress=False)
     assert [r.actions for r in batched] == [e.actions for e in sequential.episodes]
     assert any(reply != action for r in batched for reply, action in zip(r.replies, r.actions, strict=True))
@@ -106,7 +126,7 @@ def scripted():
                 "look around",
             ],
             4,
-        ),  # fmt: skip
+        ),
     ]
     return env, gold, rollouts
 
@@ -115,8 +135,15 @@ def test_eto_rule_noisy_and_clean(scripted):
     env, gold, rollouts = scripted
     experts = expert_trajectories(env, [0])
     noisy, stats = pair_with_experts(env, experts, rollouts, setting="noisy", max_extra_rejected_turns=2)
-    assert stats == {"rollouts": 5, "lose": 3, "win": 0, "tie_dropped": 1, "duplicate_dropped": 1,
-                     "not_clean_dropped": 0, "rejected_capped": 1}  # fmt: skip
+    assert stats == {
+        "rollouts": 5,
+        "lose": 3,
+        "win": 0,
+        "tie_dropped": 1,
+        "duplicate_dropped": 1,
+        "not_clean_dropped": 0,
+        "rejected_capped": 1,
+    }
     assert [r["sample"] for r in noisy] == [1, 2, 4]
     for row in noisy:
         assert [m["content"] for m in row["chosen"] if m["role"] == "assistant"] == gold

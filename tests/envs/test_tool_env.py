@@ -87,8 +87,9 @@ def test_pairs_train_and_evaluate(env, tok, tmp_path):
 
     # explore with a (random) model: real tool replies, ETO pairs against the experts
     model = tiny_model(tok, max_position_embeddings=2048)
-    rollouts = explore(model, tok, env, env.variations("train")[:4], num_rollouts=2, max_steps=3, max_new_tokens=8,
-                       progress=False)  # fmt: skip
+    rollouts = explore(
+        model, tok, env, env.variations("train")[:4], num_rollouts=2, max_steps=3, max_new_tokens=8, progress=False
+    )
     for r in rollouts:
         assert replay_mismatches(env, r.variation, r.messages(env)) == []
     explored, stats = pair_with_experts(env, expert_trajectories(env, range(4)), rollouts, setting="noisy")
@@ -122,7 +123,7 @@ def test_the_same_environment_serves_grpo_trainer(tok, tmp_path):
             num_generations=2,
             max_completion_length=8,
             bf16=False,
-        ),  # fmt: skip
+        ),
         train_dataset=dataset,
         processing_class=tok,
         environment_factory=VaultEnv,

@@ -34,9 +34,18 @@ def test_pipeline_end_to_end_reduced(tmp_path):
     results = run_pipeline(cfg(), command="pytest reduced pipeline")
     print(f"reduced pipeline: {time.perf_counter() - start:.0f} s")
     out = tmp_path / "run"
-    for name in ("report.md", "results.json", "results.png", "length_buckets.png", "training.png",
-                 "sft/model/model.safetensors", "seed0/r1/explore/rollouts.jsonl", "seed0/r1/pairs-noisy/train.jsonl",
-                 "eval/base/rollouts.jsonl", "eval/sft/rollouts.jsonl"):  # fmt: skip
+    for name in (
+        "report.md",
+        "results.json",
+        "results.png",
+        "length_buckets.png",
+        "training.png",
+        "sft/model/model.safetensors",
+        "seed0/r1/explore/rollouts.jsonl",
+        "seed0/r1/pairs-noisy/train.jsonl",
+        "eval/base/rollouts.jsonl",
+        "eval/sft/rollouts.jsonl",
+    ):
         assert (out / name).is_file(), name
     assert results["sft"]["experts"] == 4 and results["sft"]["data"]["action_tokens"] > 0
     assert len(results["runs"]) == 4
