@@ -177,17 +177,21 @@ def run_main_job(cfg: MainJobConfig, command: str | None = None) -> dict[str, An
     # first parallel region, so it only takes effect when torch has not run anything yet.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from dmpo_trl.envs import make_env
-    from dmpo_trl.envs.evaluate import GoldPolicy, evaluate_policy
+    from dmpo_trl.envs.rollouts import Rollout, rollouts_to_eval
     from dmpo_trl.pipeline.report import write_report
     from dmpo_trl.pipeline.runner import run_pipeline
+    from dmpo_trl.pipeline.stages import load_experts
 
     command = command or "python -m dmpo_trl.demo.main_job " + " ".join(map(shlex.quote, sys.argv[1:]))
     pcfg = pipeline_config(cfg)
     results = run_pipeline(pcfg, command=command)
     run = results["runs"][0]
     env = make_env("textworld-express", cfg.task, **pcfg.env_kwargs)
-    try:
-        gold = evaluate_policy(env, GoldPolicy(), results["variations"]["heldout"], max_steps=100, progress=False)
+    try:  # the oracle: the stored expert trajectories of the held-out games, replayed
+        experts = load_experts(env, Path(cfg.output_dir) / "experts" / "experts.jsonl", "heldout")
+        gold = rollouts_to_eval(
+            [Rollout(start=t.start, actions=t.actions, steps=t.steps, variation=v) for v, t in experts.items()]
+        )
     finally:
         env.close()
     turn_table = _turn_rewards(results, run, cfg, Path(cfg.output_dir))

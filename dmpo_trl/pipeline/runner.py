@@ -62,7 +62,6 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
 
     from dmpo_trl.cli.modeling import resolve_model
     from dmpo_trl.envs import make_env
-    from dmpo_trl.envs.explore import expert_trajectories
 
     from . import stages as st
 
@@ -71,14 +70,14 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
     env = env if env is not None else make_env(cfg.env, cfg.task, **cfg.env_kwargs)
     try:
         variations = st.choose_variations(env, cfg)
-        experts = expert_trajectories(env, variations["sft"])
-        heldout_experts = expert_trajectories(env, variations["heldout"])
-        heldout_gold = {v: t.num_turns for v, t in heldout_experts.items()}
-        base_key = {**env_key, "model": base_model, "seed": cfg.seed, "variations": variations["sft"]}
+        gold = stages.run("experts", {**env_key, "variations": variations}, st.experts_stage, env, variations)
+        experts = st.load_experts(env, stages.path("experts") / "experts.jsonl", "sft")
+        heldout_gold = {int(v): n for v, n in gold["result"]["heldout"]["gold_lengths"].items()}
+        base_key = {**env_key, "model": base_model, "seed": cfg.seed, "experts": gold["run_id"]}
 
         bf16 = {"bf16": resolve_bf16(cfg.bf16)}  # part of every stage key: it changes the numbers
         sft_key = {**base_key, **bf16, "sft": config_to_dict(cfg)["sft"]}
-        sft = stages.run("sft", sft_key, st.sft_stage, cfg, env, variations["sft"], base_model)
+        sft = stages.run("sft", sft_key, st.sft_stage, cfg, env, experts, base_model)
         sft_model = sft["result"]["model"]
         eval_key = {"eval": config_to_dict(cfg)["eval"], "heldout": variations["heldout"], **bf16}
         evals: dict[str, dict[str, Any]] = {}
@@ -119,6 +118,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
                         explores[x_name] = explored["result"]
                         p_name = f"{tag}/pairs-{setting}" if round_index == 0 else f"{run_name}/pairs"
                         p_key = {"explore": explored["run_id"], "setting": setting, "round": round_index}
+                        p_key["experts"] = gold["run_id"]
                         p_key["cap"] = cfg.explore.max_extra_rejected_turns
                         rollouts_file = stages.path(x_name) / "rollouts.jsonl"
                         paired = stages.run(
@@ -191,7 +191,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
         "env_name": env_key["env"] if "class" in env_key else f"{cfg.env}/{cfg.task}",
         "variations": variations,
         "heldout_gold_lengths": heldout_gold,
-        "gold_action_kinds": st.action_kinds([a for t in heldout_experts.values() for a in t.actions]),
+        "gold_action_kinds": gold["result"]["heldout"]["action_kinds"],
         "sft": sft["result"],
         "evals": {name: rec["result"] for name, rec in evals.items()},
         "explore": explores,

@@ -1,5 +1,6 @@
 """The pipeline's stages, each a function of its output folder (see `dmpo_trl.pipeline.cache`).
 
+* `experts_stage`: the expert trajectories of the SFT and held-out variations, drawn once -> ``experts.jsonl``;
 * `sft_stage`: SFT on the expert trajectories of the SFT variations -> ``model/`` (LoRA merged, safetensors);
 * `eval_stage`: greedy rollouts on the held-out variations -> ``rollouts.jsonl`` + figures per episode;
 * `explore_stage`: sampled rollouts on the explore variations -> ``rollouts.jsonl`` (actions, replies, observations);
@@ -30,7 +31,9 @@ __all__ = [
     "action_kinds",
     "choose_variations",
     "eval_stage",
+    "experts_stage",
     "explore_stage",
+    "load_experts",
     "load_policy",
     "load_rollouts",
     "pairs_stage",
@@ -141,15 +144,48 @@ def _log_summary(log_history: list[dict[str, Any]], keys: tuple[str, ...]) -> di
     return out
 
 
-def sft_stage(folder: Path, cfg: PipelineConfig, env: AgentEnv, variations: list[int], base_model: str):
-    import torch
-
+def experts_stage(folder: Path, env: AgentEnv, variations: dict[str, list[int]]) -> dict[str, Any]:
+    """The expert (gold) trajectory of every SFT and held-out variation, drawn once and stored in
+    ``experts.jsonl``: some environments draw their gold path at random at every reset (TextWorld-Express with
+    several rooms), so every later stage reads these instead of asking the environment again."""
     from dmpo_trl.envs.explore import expert_trajectories
+
+    rows, result = [], {}
+    for split in ("sft", "heldout"):
+        experts = expert_trajectories(env, variations[split])
+        rows += [{"split": split, "variation": v, "actions": t.actions} for v, t in experts.items()]
+        result[split] = {
+            "gold_lengths": {str(v): t.num_turns for v, t in experts.items()},
+            "skipped": sorted(set(variations[split]) - set(experts)),
+            "action_kinds": action_kinds([a for t in experts.values() for a in t.actions]),
+        }
+    _write_jsonl(rows, folder / "experts.jsonl")
+    return result
+
+
+def load_experts(env: AgentEnv, path: Path, split: str) -> dict[int, Trajectory]:
+    """The stored expert trajectories of one split, replayed from reset (each must still solve its task)."""
+    from dmpo_trl.envs.trajectory import run_actions
+
+    experts = {}
+    for rec in _read_jsonl(path):
+        if rec["split"] != split:
+            continue
+        traj = run_actions(env, rec["variation"], rec["actions"])
+        if not traj.success or traj.num_turns != len(rec["actions"]):
+            raise DMPOEnvError(
+                f"{path}: the stored expert trajectory of variation {rec['variation']} no longer solves it"
+            )
+        experts[int(rec["variation"])] = traj
+    return experts
+
+
+def sft_stage(folder: Path, cfg: PipelineConfig, env: AgentEnv, experts: dict[int, Trajectory], base_model: str):
+    import torch
 
     from .sft import sft_dataset, train_sft
 
     torch.manual_seed(cfg.seed)
-    experts = expert_trajectories(env, variations)
     model, tokenizer = load_policy(base_model)
     rows, stats = sft_dataset(env, experts.values(), tokenizer, cfg.sft.max_length)
     s = cfg.sft
@@ -175,7 +211,6 @@ def sft_stage(folder: Path, cfg: PipelineConfig, env: AgentEnv, variations: list
     return {
         "model": str((folder / "model").resolve()),
         "experts": len(experts),
-        "skipped_gold": sorted(set(variations) - set(experts)),
         "gold_lengths": dict(sorted(Counter(t.num_turns for t in experts.values()).items())),
         "data": stats,
         "train": _log_summary(trainer.state.log_history, ("loss", "mean_token_accuracy")),

@@ -59,8 +59,8 @@ def ran(results):
 def test_pipeline_resumes_from_its_cache(tmp_path, model):
     first = run_pipeline(recipe(tmp_path, model), env=KeyDoorEnv())
     stages = [s["stage"] for s in first["stage_log"]]
-    assert ran(first) == stages  # sft, eval/sft, explore, pairs, 2 x (train, eval)
-    assert len(stages) == 8 and (tmp_path / "run" / "report.md").is_file()
+    assert ran(first) == stages  # experts, sft, eval/sft, explore, pairs, 2 x (train, eval)
+    assert stages[:2] == ["experts", "sft"] and len(stages) == 9 and (tmp_path / "run" / "report.md").is_file()
 
     again = run_pipeline(recipe(tmp_path, model), env=KeyDoorEnv())
     assert ran(again) == []
@@ -98,3 +98,28 @@ def test_second_round_and_full_fine_tuning(tmp_path, model):
         assert first["train"]["adapter"] is None and (tmp_path / "run/seed0/r1/noisy-dmpo-0.7/train/model").is_dir()
     explored = results["explore"]["seed0/r2/noisy-dmpo-0.7/explore"]
     assert explored["rollouts"] == 3 * 2
+
+
+class RandomGold(KeyDoorEnv):
+    """An environment whose gold path is drawn at random at every call (like TextWorld-Express with many rooms)."""
+
+    def gold_actions(self):
+        import random
+
+        return ["look around"] * random.randrange(3) + super().gold_actions()
+
+
+def test_experts_are_drawn_once_and_reused(tmp_path, model):
+    results = run_pipeline(recipe(tmp_path, model), env=RandomGold())
+    stored = {}
+    for line in (tmp_path / "run" / "experts" / "experts.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        stored[(rec["split"], rec["variation"])] = rec["actions"]
+    pairs = [json.loads(x) for x in (tmp_path / "run/seed0/r1/pairs-noisy/train.jsonl").read_text().splitlines()]
+    for row in pairs:  # every chosen side is the stored expert trajectory of its task
+        chosen = [m["content"] for m in row["chosen"] if m["role"] == "assistant"]
+        assert chosen == stored[("sft", row["variation"])]
+    gold = results["heldout_gold_lengths"]
+    assert gold == {v: len(stored[("heldout", v)]) for v in results["variations"]["heldout"]}
+    again = run_pipeline(recipe(tmp_path, model), env=RandomGold())
+    assert again["heldout_gold_lengths"] == gold and again["summary"] == results["summary"]
