@@ -123,26 +123,29 @@ def _shares(kinds: dict[str, int]) -> dict[str, float]:
 def _narrative(summary: dict[str, Any]) -> list[str]:
     """What the numbers say, in sentences built from the numbers only."""
     ev, n = summary["eval"], summary["heldout_episodes"]
+    gold = summary["action_shares"]["gold"]
+    kinds = sorted(gold, key=lambda k: -gold[k])[:3]  # the kinds of action the task needs
+
+    def shares(name: str) -> str:
+        own = summary["action_shares"][name]
+        return ", ".join(f"`{k} ...` {own.get(k, 0.0):.0%}" for k in kinds)
+
     lines = []
     for name, label in (("before", "untouched"), ("sft", "after SFT"), ("dmpo", "after SFT + DMPO")):
         m = ev[name]
-        shares = summary["action_shares"][name]
         lines.append(
             f"- {label}: solves {round(m['success_rate'] * n)}/{n} held-out games (mean score {m['mean_score']:.3f}), "
-            f"{m['mean_steps']:.1f} actions per game, {m['invalid_action_rate']:.0%} of them invalid; "
-            f"navigation (`move ...`) {shares.get('move', 0.0):.0%} of its actions, `take ...` "
-            f"{shares.get('take', 0.0):.0%}."
+            f"{m['mean_steps']:.1f} actions per game, {m['invalid_action_rate']:.0%} of them invalid; its actions: "
+            f"{shares(name)}."
         )
-    gold = summary["action_shares"]["gold"]
     lines.append(
-        f"- the gold paths of these games: {summary['heldout_gold_mean_steps']:.2f} actions on average, "
-        f"{gold.get('move', 0.0):.0%} navigation."
+        f"- the gold paths of these games: {summary['heldout_gold_mean_steps']:.2f} actions on average; "
+        f"{shares('gold')}."
     )
     d = ev["dmpo"]["success_rate"] - ev["sft"]["success_rate"]
     lines.append(
-        f"- DMPO changed held-out success by {d:+.3f} relative to SFT on {n} games; with one seed and {n} games a "
-        "difference of this size is within noise unless it exceeds about 0.15 (see the 95% intervals below; "
-        "`docs/pipeline.md` has the multi-seed comparison with multi-turn DPO)."
+        f"- DMPO changed held-out success by {d:+.3f} relative to SFT ({n} games, one seed: see the 95% intervals "
+        "below; `docs/pipeline.md` has the multi-seed comparison with multi-turn DPO)."
     )
     return lines
 

@@ -48,5 +48,5 @@ def test_main_job_reduced(tmp_path):
     report = (out / "report.md").read_text()
     assert report.startswith("# DMPO main job report")
     assert f"| success rate | {summary['eval']['before']['success_rate']:.3f} |" in report
-    assert "navigation (`move ...`)" in report
+    assert "of them invalid; its actions: `" in report
     assert json.loads((out / "summary.json").read_text())["command"] == "pytest reduced main job"
