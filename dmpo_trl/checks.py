@@ -5,31 +5,29 @@ The project format (see `docs/dataset_format.md`) is TRL's conversational prefer
     {"prompt": [messages], "chosen": [messages], "rejected": [messages], "tools": [...]?, ...metadata}
 
 `check_pair` is the single place that decides whether a row is well formed (no tokenizer); `prepare_pair` adds the
-tokenization (`dmpo_trl.tokenization`) and the truncation check, and returns the columns of `TOKENIZED_COLUMNS`.
-The converters run `check_pair` on every row they produce, `dmpo_trl.data.validation` and the trainer run
-`prepare_pair`. Every failure raises `DMPODataError` with the row index, the side (`prompt`, `chosen`, `rejected`)
-and a reason that starts with a fixed phrase (e.g. ``"roles out of order"``), so callers and tests can match it.
+tokenization (`dmpo_trl.tokenization`) and the truncation checks, and returns the columns of `TOKENIZED_COLUMNS`. Both
+first undo what Arrow storage does to a row (`dmpo_trl.normalize.normalize_pair`: None fill-ins removed, JSON-string
+tool arguments parsed), so a row reads the same from JSONL, Parquet or a `datasets.Dataset`.
+Standard (plain-text) rows are checked and tokenized by `dmpo_trl.plain_text` instead (one action per side).
+The converters run `check_pair` on every row they produce, `dmpo_trl.data.validation` and the trainer
+(`dmpo_trl.preparation`) run `prepare_pair`. Every failure raises `DMPODataError` with the row index, the side
+(`prompt`, `chosen`, `rejected`) and a reason that starts with a fixed phrase (e.g. ``"roles out of order"``), so
+callers and tests can match it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dmpo_trl.errors import DMPODataError
+from dmpo_trl.normalize import normalize_pair
+from dmpo_trl.plain_text import check_plain_pair, is_plain_text_pair, tokenize_plain_pair
 from dmpo_trl.tokenization import NOT_ACTION, split_prompt, tokenize_pair, truncate_trajectory
 
 
-__all__ = [
-    "COLLATOR_COLUMNS",
-    "SKIP_REASON_COLUMN",
-    "TOKENIZED_COLUMNS",
-    "check_pair",
-    "prepare_pair",
-    "prepare_row",
-    "skipped_summary",
-    "truncation_stats",
-]
+__all__ = ["COLLATOR_COLUMNS", "NO_ACTION_FITS", "TOKENIZED_COLUMNS", "check_pair", "prepare_pair"]
 
 #: The tokenized pair, as `prepare_pair` returns it: token ids of the shared prompt and of each side after it, the
 #: per-token action index of each side (``-1``: not an action), ``T`` of each side, and the actions each side keeps
@@ -49,10 +47,18 @@ TOKENIZED_COLUMNS = (
 REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 #: What `DataCollatorForDMPO` reads (the kept-turn counts it recomputes from the truncation).
 COLLATOR_COLUMNS = TOKENIZED_COLUMNS[:7] + REFERENCE_COLUMNS
-#: Why `prepare_row` could not use a row, ``"<side>: <reason>"`` (``""`` for a usable row); only with ``skip_invalid``.
-SKIP_REASON_COLUMN = "dmpo_skip_reason"
 
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
+#: The start of the reason of a row whose prompt leaves no room for an action (`prepare_pair`).
+NO_ACTION_FITS = "no action fits within max_length"
+#: Columns of formats that need `dmpo-trl convert` first, and what to say about them.
+_OTHER_LAYOUTS = (
+    (("conversations",), " (this looks like ShareGPT data: convert it first with `dmpo-trl convert --from sharegpt`)"),
+    (
+        ("preferred_output", "messages", "input"),
+        " (this looks like OpenAI chat data: convert it first with `dmpo-trl convert --from openai`)",
+    ),
+)
 SIDES = ("chosen", "rejected")
 
 Message = Mapping[str, Any]
@@ -67,10 +73,17 @@ def check_pair(example: Mapping[str, Any], row: int | None = None) -> None:
     the prompt is non-empty, has a system message only first, and does not end with an assistant message; each
     side is non-empty, holds at least one assistant action, starts with one, and alternates actions with
     observations (no two assistant messages in a row); tool results follow an action or another tool result;
-    assistant messages are not empty unless they carry `tool_calls`.
+    assistant messages are not empty unless they carry `tool_calls`; tool-call arguments and `tools` are objects (or
+    their JSON strings). The row is read as `dmpo_trl.normalize.normalize_pair` makes it.
     """
     if not isinstance(example, Mapping):
         raise DMPODataError(f"a row must be a dict with prompt/chosen/rejected, got {type(example).__name__}", row)
+    if is_plain_text_pair(example):  # standard (plain-text) row: one action per side (`dmpo_trl.plain_text`)
+        return check_plain_pair(example, row)
+    _check_normalized(normalize_pair(example), row)
+
+
+def _check_normalized(example: Mapping[str, Any], row: int | None) -> None:
     chosen = _side(example, "chosen", row)
     rejected = _side(example, "rejected", row)
     prompt = example.get("prompt")
@@ -78,7 +91,8 @@ def check_pair(example: Mapping[str, Any], row: int | None = None) -> None:
         prompt, chosen, rejected = _split_implicit(chosen, rejected, row)
     elif isinstance(prompt, str):
         raise DMPODataError(
-            "non-text content: the prompt is a plain string; DMPO needs conversational data (a list of messages)",
+            "mixed formats: the prompt is a plain string but chosen/rejected are lists of messages; give the prompt "
+            "as messages too, or the whole row as plain text (the standard format)",
             row,
             "prompt",
         )
@@ -87,6 +101,7 @@ def check_pair(example: Mapping[str, Any], row: int | None = None) -> None:
     check_prompt(prompt, row)
     for side, messages in (("chosen", chosen), ("rejected", rejected)):
         check_continuation(messages, side, row)
+    _check_tools(example.get("tools"), row)
 
 
 def check_prompt(prompt: Sequence[Message], row: int | None = None) -> None:
@@ -139,6 +154,13 @@ def check_message(message: Any, index: int, side: str, row: int | None = None) -
             f"message {index} is not a dict with 'role' and 'content' (got {type(message).__name__})", row, side
         )
     role = message.get("role")
+    if role is None and "from" in message:
+        raise DMPODataError(
+            f"message {index} has 'from'/'value' keys (FastChat / ShareGPT, as in ETO's files) instead of "
+            "'role'/'content': convert the file first, `dmpo-trl convert --from eto IN OUT` (or --from sharegpt)",
+            row,
+            side,
+        )
     if role not in KNOWN_ROLES:
         raise DMPODataError(
             f"unknown role {role!r} in message {index} (expected one of {', '.join(KNOWN_ROLES)})", row, side
@@ -177,14 +199,9 @@ def _split_implicit(
 
 def _side(example: Mapping[str, Any], side: str, row: int | None) -> list[Message]:
     if side not in example or example[side] is None:
-        raise DMPODataError(f"missing {side!r}: a pair needs 'chosen' and 'rejected'", row, side)
+        hint = next((h for keys, h in _OTHER_LAYOUTS if any(k in example for k in keys)), "")
+        raise DMPODataError(f"missing {side!r}: a pair needs 'chosen' and 'rejected'{hint}", row, side)
     value = example[side]
-    if isinstance(value, str):
-        raise DMPODataError(
-            f"non-text content: {side} is a plain string; DMPO needs conversational data (a list of messages)",
-            row,
-            side,
-        )
     if not _is_list(value):
         raise DMPODataError(f"{side!r} must be a list of messages, got {type(value).__name__}", row, side)
     return list(value)
@@ -224,8 +241,26 @@ def _check_tool_calls(tool_calls: Any, index: int, side: str, row: int | None) -
         if not isinstance(name, str) or not name:
             raise bad(f"call {j} has no function name")
         arguments = function.get("arguments")
-        if arguments is not None and not isinstance(arguments, (Mapping, str)):
+        if isinstance(arguments, str):  # normalize_pair parsed the JSON objects: what is left is not one
+            raise bad(f"call {j} arguments are not a JSON object: {_json_problem(arguments, dict)}")
+        if arguments is not None and not isinstance(arguments, Mapping):
             raise bad(f"call {j} arguments must be a dict or a JSON string, got {type(arguments).__name__}")
+
+
+def _check_tools(tools: Any, row: int | None) -> None:
+    if tools is None or (_is_list(tools) and all(isinstance(t, Mapping) for t in tools)):
+        return
+    if isinstance(tools, str):
+        raise DMPODataError(f"malformed tools: not a JSON list of tool schemas: {_json_problem(tools, list)}", row)
+    raise DMPODataError(f"malformed tools: expected a list of tool schemas, got {type(tools).__name__}", row)
+
+
+def _json_problem(text: str, expected: type) -> str:
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        return f"{err} in {text[:40]!r}"
+    return f"it holds a JSON {type(value).__name__}, not a {'object' if expected is dict else 'list'}"
 
 
 def _describe_content(content: Any) -> str:
@@ -247,76 +282,99 @@ def _is_list(value: Any) -> bool:
 def prepare_pair(
     tokenizer, example: Mapping[str, Any], row: int | None = None, max_length: int | None = None
 ) -> dict[str, Any]:
-    """A row as `DMPOTrainer` trains on it: structural checks (`check_pair`), `tokenize_pair`, and the truncation
-    check. Returns the `TOKENIZED_COLUMNS`; raises `DMPODataError` naming the row and the reason."""
-    check_pair(example, row)
-    out = tokenize_pair(tokenizer, dict(example), row=row)
+    """A row as `DMPOTrainer` trains on it: `normalize_pair`, the structural checks (`check_pair`), the chat template's
+    support for the row's tool calls, `tokenize_pair`, and the truncation checks (each side keeps an action; the kept
+    trajectories still differ). Returns the `TOKENIZED_COLUMNS`; raises `DMPODataError` naming the row and the reason.
+    """
+    if not isinstance(example, Mapping):
+        raise DMPODataError(f"a row must be a dict with prompt/chosen/rejected, got {type(example).__name__}", row)
+    if is_plain_text_pair(example):  # standard rows: DPOTrainer's tokens, one action per side
+        check_plain_pair(example, row)
+        out = tokenize_plain_pair(tokenizer, example, row=row)
+    else:
+        pair = normalize_pair(example)
+        _check_normalized(pair, row)
+        _check_template_renders_tools(tokenizer, pair, row)
+        out = tokenize_pair(tokenizer, pair, row=row)
     prompt = out["prompt_ids"]
+    kept = {}
     for side in SIDES:
         turn_ids = [NOT_ACTION] * len(prompt) + out[f"{side}_turn_ids"]
         if not any(t >= 0 for t in turn_ids):  # the core guarantees this; never let an empty mask through
             raise DMPODataError("the action mask is empty after tokenization", row, side)
-        _, _, kept_turns = truncate_trajectory(len(prompt), prompt + out[f"{side}_ids"], turn_ids, max_length)
+        *cut, kept_turns = truncate_trajectory(len(prompt), prompt + out[f"{side}_ids"], turn_ids, max_length)
         if kept_turns == 0:
             first_end = turn_ids.index(0) + turn_ids.count(0)
             raise DMPODataError(
-                f"no action fits within max_length={max_length}: the first action ends at token {first_end} "
+                f"{NO_ACTION_FITS}={max_length}: the first action ends at token {first_end} "
                 f"(prompt: {len(prompt)} tokens); raise max_length or shorten the prompt",
                 row,
                 side,
             )
         out[f"{side}_kept_turns"] = kept_turns
+        kept[side] = cut
+    if kept["chosen"] == kept["rejected"]:
+        truncated = (out["chosen_kept_turns"], out["rejected_kept_turns"]) != (
+            out["chosen_num_turns"],
+            out["rejected_num_turns"],
+        )
+        if truncated:
+            raise DMPODataError(
+                f"no preference left after truncation at max_length={max_length}: chosen and rejected keep the same "
+                f"{out['chosen_kept_turns']} action(s), token for token (of {out['chosen_num_turns']} and "
+                f"{out['rejected_num_turns']}), so the pair carries no signal; raise max_length or drop the pair",
+                row,
+            )
+        raise DMPODataError("chosen and rejected are identical, token for token: the pair carries no preference", row)
     return out
 
 
-def prepare_row(
-    example: Mapping[str, Any], idx: int, *, tokenizer, max_length: int | None, skip_invalid: bool
-) -> dict[str, Any]:
-    """`datasets.map` function: `prepare_pair`, plus `SKIP_REASON_COLUMN`.
-
-    With ``skip_invalid`` a row DMPO cannot use gets empty columns and its reason (`DMPODataError.reason`, the
-    side prefixed) instead of raising, so the caller can count, report and drop it."""
-    try:
-        out = prepare_pair(tokenizer, example, row=idx, max_length=max_length)
-        out[SKIP_REASON_COLUMN] = ""
-    except DMPODataError as err:
-        if not skip_invalid:
-            raise
-        out = {key: [] for key in TOKENIZED_COLUMNS[:5]}
-        out.update(dict.fromkeys(TOKENIZED_COLUMNS[5:], 0))
-        out[SKIP_REASON_COLUMN] = f"{err.side}: {err.reason}" if err.side else err.reason
-    return out
+#: chat template -> whether it drops tool calls or tool results, checked once per template.
+_DROPS_TOOLS: dict[str, bool] = {}
+_SENTINELS = ("dmpo_tool_name_7f3a", "dmpo_arg_key_1c9e", "dmpo_arg_value_5b2d", "dmpo_tool_output_8e4f")
 
 
-def skipped_summary(reasons: Sequence[str], most: int = 5, rows_shown: int = 5) -> str:
-    """``"2x <reason> (rows 1, 3); 1x <reason> (rows 4)"``: the non-empty `SKIP_REASON_COLUMN` values, grouped by
-    their whole text (most frequent first), with the first row indices of each."""
-    rows: dict[str, list[int]] = {}
-    for row, reason in enumerate(reasons):
-        if reason:
-            rows.setdefault(reason, []).append(row)
-    groups = sorted(rows.items(), key=lambda item: -len(item[1]))
-    parts = []
-    for reason, where in groups[:most]:
-        shown = ", ".join(map(str, where[:rows_shown])) + (", ..." if len(where) > rows_shown else "")
-        parts.append(f"{len(where)}x {reason} (rows {shown})")
-    if len(groups) > most:
-        parts.append(f"and {len(groups) - most} other reasons")
-    return "; ".join(parts)
+def template_drops_tools(tokenizer) -> bool:
+    """Whether the chat template renders a tool-calling exchange (user, assistant tool call, tool result) without the
+    call's name, its arguments or the tool's output (e.g. SmolLM2's, which renders only `content`). The test of TRL's
+    `supports_tool_calling`, except that a template that raises is not counted: the rows then report its error."""
+    template = tokenizer.chat_template
+    if template not in _DROPS_TOOLS:
+        name, key, value, output = _SENTINELS
+        call = {"type": "function", "function": {"name": name, "arguments": {key: value}}}
+        messages = [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "name": name, "content": output},
+        ]
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False)
+        except Exception:  # a template that rejects the exchange: the row's own rendering says how
+            text = "".join(_SENTINELS)
+        _DROPS_TOOLS[template] = not all(s in text for s in _SENTINELS)
+    return _DROPS_TOOLS[template]
 
 
-def truncation_stats(dataset, max_length: int | None, skipped: int) -> dict[str, Any]:
-    """Pairs, skipped pairs, and what truncation at `max_length` drops, over a prepared `datasets.Dataset`."""
-    total = kept = truncated = 0
-    for tw, tl, kw, kl in zip(*(dataset[c] for c in TOKENIZED_COLUMNS[5:]), strict=True):
-        total += tw + tl
-        kept += kw + kl
-        truncated += (kw < tw) or (kl < tl)
-    return {
-        "pairs": len(dataset),
-        "pairs_skipped": skipped,
-        "pairs_truncated": truncated,
-        "actions": total,
-        "actions_dropped": total - kept,
-        "max_length": max_length,
-    }
+def _check_template_renders_tools(tokenizer, pair: Mapping[str, Any], row: int | None) -> None:
+    """Refuse a row with tool calls or tool results when the chat template drops them: the model would learn actions
+    without the calls the row holds."""
+    where = next(
+        (
+            side
+            for side in ("prompt", *SIDES)
+            for m in pair.get(side) or ()
+            if m.get("tool_calls") or m.get("role") == "tool"
+        ),
+        None,
+    )
+    if where is None or not isinstance(getattr(tokenizer, "chat_template", None), str):
+        return
+    if template_drops_tools(tokenizer):
+        raise DMPODataError(
+            "the chat template drops tool calls or tool results (rendered, a tool call loses its name or arguments, "
+            "or a tool message its content), so the model would not train on what the row holds; give a template "
+            "that renders them with --chat_template_path FILE (e.g. TRL's trl/chat_templates/qwen2_5.jinja for a "
+            "ChatML model)",
+            row,
+            where,
+        )

@@ -45,11 +45,12 @@ class DataCollatorForDMPO(DataCollatorMixin):
     - ``input_ids``, ``attention_mask``: `(2B, L)`;
     - ``completion_mask``: `(2B, L)`, 1 on action tokens only (assistant content + its end-of-turn token);
     - ``dmpo_weights``: `(2B, L)` float32, ``phi(t, T)`` on the tokens of action ``t``, 0 elsewhere;
+    - ``turn_ids``: `(2B, L)`, the action index ``t`` of each token, ``-1`` off the action tokens;
     - ``num_turns`` / ``kept_turns``: `(2B,)` actions in the trajectory / actions kept after truncation;
     - ``ref_chosen_logps`` / ``ref_rejected_logps``: `(B,)`, when the examples carry them.
 
     With ``padding_free=True`` the ``2B`` sequences are packed into rows instead (see `dmpo_trl.packing`):
-    ``input_ids``, ``completion_mask``, ``dmpo_weights``, ``position_ids`` (restarting at 0 per sequence) and
+    ``input_ids``, ``completion_mask``, ``dmpo_weights``, ``turn_ids``, ``position_ids`` (restarting at 0 per sequence) and
     ``sequence_ids`` (index of each token's sequence in ``[chosen; rejected]`` order, ``-1`` on row padding) are
     `(rows, L)`; there is no ``attention_mask``; the per-sequence keys are unchanged.
 
@@ -126,6 +127,7 @@ class DataCollatorForDMPO(DataCollatorMixin):
                 "dmpo_weights": dmpo_turn_weights(
                     turn_ids, num_turns_t, self.gamma, turn_weighting=self.turn_weighting
                 ),
+                "turn_ids": turn_ids,
             }
         batch["num_turns"] = num_turns_t
         batch["kept_turns"] = torch.tensor(kept, dtype=torch.long)

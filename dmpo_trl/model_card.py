@@ -7,6 +7,7 @@ regeneration (checkpoints, `save_model`, `push_to_hub`) replaces it instead of a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -19,6 +20,7 @@ CARD_START = "<!-- dmpo-run-configuration:start -->"
 CARD_END = "<!-- dmpo-run-configuration:end -->"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _TRL_NO_BASE = "[None](https://huggingface.co/None)"  # what TRL's template prints for a local base model
+_TRL_NO_REPO = 'model="None"'  # TRL's quick start for a model that is not pushed (no hub_model_id)
 
 
 def is_hub_id(name: str | None) -> bool:
@@ -33,7 +35,8 @@ def write_card_section(
 
     The section goes before the first "## Citations" heading (or at the end), fenced by HTML comments so that
     rewriting the card replaces it. Metadata gains the `dmpo` tag, and `base_model` / `datasets` when they are Hub
-    ids (the Hub rejects local paths there); TRL's "[None](...)" link for a local base model names the model.
+    ids (the Hub rejects local paths there); TRL's "[None](...)" link for a local base model names the model, and the
+    quick start's `model="None"` of a model that is not pushed names the folder the card is in.
     """
     from huggingface_hub import ModelCard
 
@@ -53,6 +56,7 @@ def write_card_section(
     if base_model:
         link = f"[{base_model}](https://huggingface.co/{base_model})" if is_hub_id(base_model) else f"`{base_model}`"
         text = text.replace(_TRL_NO_BASE, link)
+    text = text.replace(_TRL_NO_REPO, f"model={json.dumps(os.path.dirname(readme_path) or '.')}")
     table = "\n".join(f"| {key} | {value} |" for key, value in rows)
     section = f"{CARD_START}\n## Run configuration\n\n| setting | value |\n| --- | --- |\n{table}\n{CARD_END}\n"
     anchor = text.find("## Citations")

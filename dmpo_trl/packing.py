@@ -93,8 +93,8 @@ def build_packed_batch(
         turn_weighting: ``"dmpo"`` or ``"uniform"`` (`dmpo_trl.loss.turn_weight`).
 
     Returns:
-        ``input_ids``, ``position_ids``, ``sequence_ids``, ``completion_mask`` (int64) and ``dmpo_weights`` (float32),
-        all `(rows, L)`. ``completion_mask`` is 0 on the first token of every sequence, so the fused LM head, which
+        ``input_ids``, ``position_ids``, ``sequence_ids``, ``completion_mask``, ``turn_ids`` (int64, ``-1`` off the
+        action tokens) and ``dmpo_weights`` (float32), all `(rows, L)`. ``completion_mask`` is 0 on the first token of every sequence, so the fused LM head, which
         shifts labels inside a row, never scores a sequence's first token as the continuation of its neighbour.
     """
     lengths = [len(x) for x in ids]
@@ -135,6 +135,7 @@ def build_packed_batch(
         "sequence_ids": sequence_ids,
         "completion_mask": is_action.long(),
         "dmpo_weights": weights.to(torch.float32),
+        "turn_ids": turn_ids,
     }
 
 

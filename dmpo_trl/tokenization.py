@@ -1,6 +1,7 @@
 """Conversation -> token ids + per-token turn index, built together and token-exact.
 
-How the action spans are found (works with any chat template with the *prefix property*: the rendering of a
+Chat templates with ``{% generation %}`` markers take the tokenizer's own assistant mask (`dmpo_trl.templates`); the
+others the prefix rendering below, which works with any chat template with the *prefix property* (the rendering of a
 conversation prefix is a prefix of the rendering of the whole conversation):
 
 1. Render the whole conversation once and tokenize it once, with character offsets (fast tokenizers).
@@ -10,7 +11,8 @@ conversation prefix is a prefix of the rendering of the whole conversation):
 3. Map those character boundaries to token boundaries (no token may straddle one), then keep the tokens up to and
    including the last special token of the span (the end-of-turn token, e.g. ``<|im_end|>``, ``<|eot_id|>``,
    ``</s>``, ``<end_of_turn>``). What follows it (e.g. the ``\\n`` ChatML puts after ``<|im_end|>``) is template
-   markup the model never generates, so it is not an action.
+   markup the model never generates, so it is not an action. A template that closes the turn without a special
+   token (GLM-4.5) ends the action with the special token it renders next (`dmpo_trl.templates.template_action_end`).
 
 Every token of action ``t`` gets turn id ``t``; everything else (prompt, observations, role headers, markup) gets
 ``-1``. Any template or row where this cannot be done exactly raises `DMPODataError` naming the row and the reason;
@@ -28,6 +30,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import DMPODataError
+from .templates import (
+    EMPTY_ACTION,
+    TEMPLATE_REMEDY,
+    check_action_content,
+    has_generation_markers,
+    marker_action_spans,
+    template_action_end,
+)
 
 
 __all__ = [
@@ -73,6 +83,12 @@ def _render(tokenizer, messages, add_generation_prompt: bool, tools, chat_templa
     if not isinstance(text, str):  # some processors return a list for batched input
         text = text[0]
     return text
+
+
+def _render_after(tokenizer, messages, full_text, tools, chat_template_kwargs) -> str:
+    """What the template renders after the last of `messages` when a user message follows (for the action end)."""
+    continued = _render(tokenizer, [*messages, {"role": "user", "content": "x"}], False, tools, chat_template_kwargs)
+    return continued[len(full_text) :] if continued.startswith(full_text) else ""
 
 
 def _special_ids(tokenizer) -> frozenset[int]:
@@ -139,6 +155,26 @@ def tokenize_conversation(
     if not action_positions:
         raise DMPODataError("no assistant message (action) in the completion", row=row, side=side)
 
+    special = _special_ids(tokenizer)
+    if has_generation_markers(chat_template_kwargs.get("chat_template", tokenizer.chat_template)):
+        try:
+            input_ids, spans = marker_action_spans(
+                tokenizer,
+                messages,
+                action_positions,
+                render=lambda msgs, gen: _render(tokenizer, msgs, gen, tools, chat_template_kwargs),
+                template_kwargs={"tools": tools, **chat_template_kwargs},
+                special=special,
+                row=row,
+                side=side,
+            )
+        except _TemplateRejected as err:
+            raise DMPODataError(f"the chat template rejected the conversation ({err})", row=row, side=side) from err
+        turn_ids = [NOT_ACTION] * len(input_ids)
+        for t, (k0, k1) in enumerate(spans):
+            turn_ids[k0:k1] = [t] * (k1 - k0)
+        return TokenizedConversation(input_ids, turn_ids, len(spans), turn_ids.index(0))
+
     try:
         full_text = _render(tokenizer, messages, False, tools, chat_template_kwargs)
         renders = [
@@ -162,8 +198,8 @@ def tokenize_conversation(
                     f"the chat template breaks the prefix property: messages[:{j if what else j + 1}] rendered "
                     f"{what + ' ' if what else ''}is not a prefix of the whole conversation (they differ at character "
                     f"{cut}: {text[cut : cut + 30]!r} vs {full_text[cut : cut + 30]!r}). DMPO needs every turn rendered "
-                    "the same way in every prefix; templates that rewrite history (e.g. dropping past reasoning) "
-                    "need a training variant such as trl's `*_training.jinja` templates",
+                    f"the same way in every prefix (templates that rewrite history, e.g. dropping past reasoning, do "
+                    f"not); {TEMPLATE_REMEDY}",
                     row=row,
                     side=side,
                 )
@@ -180,22 +216,32 @@ def tokenize_conversation(
     offsets = encoding["offset_mapping"]
     starts = [s for s, _ in offsets]
     ends = [e for _, e in offsets]
-    special = _special_ids(tokenizer)
 
     turn_ids = [NOT_ACTION] * len(input_ids)
     for t, (char_start, char_end) in enumerate(char_spans):
         k0 = _token_boundary(starts, ends, char_start, f"start of action {t}", row, side)
         k1 = _token_boundary(starts, ends, char_end, f"end of action {t}", row, side)
         eot = next((k for k in range(k1 - 1, k0 - 1, -1) if input_ids[k] in special), None)
+        if eot is None:  # a template that closes the turn with the next message's role token (GLM-4.5)
+            j = action_positions[t]
+            eot = template_action_end(
+                tokenizer,
+                input_ids,
+                k1,
+                special,
+                lambda j=j: _render_after(tokenizer, messages[: j + 1], full_text, tools, chat_template_kwargs),
+            )
+            turn_ids.extend([NOT_ACTION] * (len(input_ids) - len(turn_ids)))
         if eot is None:
             raise DMPODataError(
                 f"action {t} has no end-of-turn token: the chat template closes the assistant message without a "
-                "special token, so the model could not learn to stop",
+                f"special token and none follows it, so the model could not learn to stop; {TEMPLATE_REMEDY}",
                 row=row,
                 side=side,
             )
-        if eot == k0:
-            raise DMPODataError(f"action {t} is empty: only its end-of-turn token is left", row=row, side=side)
+        if eot <= k0:
+            raise DMPODataError(EMPTY_ACTION.format(t=t), row=row, side=side)
+        check_action_content(full_text[char_start:char_end], messages[action_positions[t]], t, row, side)
         turn_ids[k0 : eot + 1] = [t] * (eot + 1 - k0)
 
     return TokenizedConversation(

@@ -30,15 +30,17 @@ from . import _compat  # noqa: F401  (refuses an untested TRL before TRL itself 
 # isort: split
 from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import get_config_model_id, global_then_local_main_first, use_adapter
+from trl.trainer.utils import get_config_model_id, use_adapter
 
 from .attention import is_varlen_capable, use_varlen_sdpa, varlen_kwargs
-from .checks import COLLATOR_COLUMNS, SKIP_REASON_COLUMN, prepare_row, skipped_summary, truncation_stats
+from .checks import COLLATOR_COLUMNS
 from .collator import DataCollatorForDMPO, DMPOBatch, collator_for_config
 from .config import DMPOConfig
-from .loss import dmpo_loss_from_scores
+from .metrics import log_dmpo_metrics
 from .model_card import card_rows, is_hub_id, write_card_section
+from .objective import ObjectiveConfig, dmpo_objective, sequence_scores
 from .packing import check_packed_attention
+from .preparation import prepare_dataset, require_rows
 
 
 if TYPE_CHECKING:
@@ -50,7 +52,7 @@ __all__ = ["DMPOTrainer"]
 logger = get_logger(__name__)
 
 # Bump when the tokenization or masking rules change, so cached reference scores are not reused across versions.
-MASKING_VERSION = 1
+MASKING_VERSION = 2
 
 
 class DMPOTrainer(DPOTrainer):
@@ -58,10 +60,11 @@ class DMPOTrainer(DPOTrainer):
 
     Same constructor and same dataset format as `DPOTrainer` (conversational ``prompt`` / ``chosen`` / ``rejected``
     columns, where ``chosen`` and ``rejected`` are whole multi-turn continuations: assistant actions alternating with
-    observations). Only assistant actions carry loss, each token of action ``t`` weighted by
-    ``phi(t, T) = gamma^t (1 - gamma^(T-t)) / (1 - gamma^T)``; the loss is
-    ``-log sigmoid(beta * (S_w - S_l))`` with ``S = sum_t phi(t, T) * (log pi_theta(a_t|s_t) - log pi_ref(a_t|s_t))``.
-    See `dmpo_trl.loss` for the math and `dmpo_trl.tokenization` for which tokens are actions.
+    observations; standard plain-text rows are one action per side). Only assistant actions carry loss, each token of
+    action ``t`` weighted by ``phi(t, T) = gamma^t (1 - gamma^(T-t)) / (1 - gamma^T)``; the default loss is
+    ``-log sigmoid(beta * (S_w - S_l))`` with ``S = sum_t phi(t, T) * (log pi_theta(a_t|s_t) - log pi_ref(a_t|s_t))``,
+    and every other `loss_type` of DPOConfig works on the same scores (`dmpo_trl.losses`). See `dmpo_trl.loss` for
+    the math and `dmpo_trl.tokenization` for which tokens are actions.
 
     Example:
 
@@ -94,7 +97,7 @@ class DMPOTrainer(DPOTrainer):
         dmpo_data_stats (`dict`): per prepared dataset, pairs, skipped pairs and what truncation drops.
     """
 
-    _tag_names = ["trl", "dmpo"]
+    _tag_names = ["trl", "dpo", "dmpo"]
     _name = "DMPO"
     _paper = {
         "title": "Direct Multi-Turn Preference Optimization for Language Agents",
@@ -158,6 +161,8 @@ class DMPOTrainer(DPOTrainer):
             use_varlen_sdpa(model)
             use_varlen_sdpa(ref_model)
         data_collator = collator_for_config(args, processing_class.pad_token_id, data_collator)
+        require_rows(train_dataset, "train")  # before the model loads; TRL would stop with a bare StopIteration
+        require_rows(eval_dataset, "eval")
         if (
             ref_model is None
             and not isinstance(model, str)
@@ -166,6 +171,7 @@ class DMPOTrainer(DPOTrainer):
             and not args.precompute_ref_log_probs
         ):
             ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.dmpo_objective = ObjectiveConfig.from_args(args)
         self.dmpo_data_stats: dict[str, dict[str, Any]] = {}
         self.card_base_model: str | None = None
         self.card_dataset: str | None = None
@@ -204,41 +210,10 @@ class DMPOTrainer(DPOTrainer):
 
     # ------------------------------------------------------------------ data
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        first = next(iter(dataset))
-        if "chosen_turn_ids" in first:  # already prepared (e.g. `evaluate` on a prepared split)
-            return dataset
-        map_kwargs: dict[str, Any] = {"with_indices": True}
-        if isinstance(dataset, Dataset):
-            map_kwargs.update(
-                num_proc=args.dataset_num_proc, desc=f"Tokenizing {dataset_name} dataset with turn masks"
-            )
-        fn_kwargs = {
-            "tokenizer": processing_class,
-            "max_length": args.max_length,
-            "skip_invalid": args.skip_invalid_pairs,
-        }
-        # Under a multi-process launch the main process tokenizes first and the others read its cache, as in TRL
-        with global_then_local_main_first():
-            dataset = dataset.map(prepare_row, fn_kwargs=fn_kwargs, **map_kwargs)
-        if not isinstance(dataset, Dataset):  # streaming: no up-front statistics
-            return dataset.filter(lambda ex: ex[SKIP_REASON_COLUMN] == "")
-        reasons = dataset[SKIP_REASON_COLUMN]
-        skipped = sum(1 for r in reasons if r)
-        if skipped:
-            logger.warning(
-                f"Skipped {skipped}/{len(dataset)} rows of the {dataset_name} dataset that DMPO cannot train on "
-                f"(skip_invalid_pairs=True): {skipped_summary(reasons)}",
-                main_process_only=True,
-            )
-            dataset = dataset.filter(lambda e: e == "", input_columns=SKIP_REASON_COLUMN, desc="Dropping invalid rows")
-        self.dmpo_data_stats[dataset_name] = stats = truncation_stats(dataset, args.max_length, skipped)
-        if stats["pairs_truncated"]:
-            logger.warning(
-                f"{dataset_name}: at max_length={args.max_length}, {stats['pairs_truncated']}/{stats['pairs']} pairs "
-                f"lose trailing actions ({stats['actions_dropped']}/{stats['actions']} actions dropped; kept actions keep "
-                "their DMPO weights).",
-                main_process_only=True,
-            )
+        # Tokenization, row checks, skip and truncation accounting: `dmpo_trl.preparation.prepare_dataset`
+        dataset, stats = prepare_dataset(dataset, processing_class, args, dataset_name)
+        if stats is not None:
+            self.dmpo_data_stats[dataset_name] = stats
         return dataset
 
     def _set_signature_columns_if_needed(self):
@@ -248,10 +223,18 @@ class DMPOTrainer(DPOTrainer):
     # ------------------------------------------------------------- reference
     def _precompute_ref_logps(self, dataset, name, batch_size):
         # TRL keys the cache on the dataset and the reference weights only; DMPO scores also depend on gamma, the turn
-        # weighting and the truncation, so fold those into the key for the duration of the call.
+        # weighting, the truncation and LD-DPO's factors, so fold those into the key for the duration of the call.
         base_hash = self._precompute_model_hash
         self._precompute_model_hash = Hasher.hash(
-            (base_hash, "dmpo", MASKING_VERSION, self.args.gamma, self.args.max_length, self.args.turn_weighting)
+            (
+                base_hash,
+                "dmpo",
+                MASKING_VERSION,
+                self.args.gamma,
+                self.args.max_length,
+                self.args.ld_alpha,
+                self.args.turn_weighting,
+            )
         )
         try:
             return super()._precompute_ref_logps(dataset, name, batch_size)
@@ -260,6 +243,10 @@ class DMPOTrainer(DPOTrainer):
 
     def compute_ref_log_probs(self, model, inputs):
         """DMPO-weighted reference scores ``(S_ref_chosen, S_ref_rejected)`` of one collated batch."""
+        return self._sequence_scores(self._ref_per_token_logps(model, inputs), inputs)
+
+    def _ref_per_token_logps(self, model, inputs):
+        """The reference's per-token log-probs (a frozen model, or the policy with its adapter disabled)."""
         adapter_context = contextlib.nullcontext()
         if self.ref_model is None and is_peft_model(self.model):
             unwrapped = self.accelerator.unwrap_model(self.model)
@@ -271,7 +258,7 @@ class DMPOTrainer(DPOTrainer):
             self.accelerator.autocast(),
         ):
             per_token_logps, _ = self._per_token_logps(model, inputs)
-        return self._sequence_scores(per_token_logps, inputs)
+        return per_token_logps
 
     # ------------------------------------------------------------------ loss
     def _model_inputs(self, model, batch: DMPOBatch) -> dict[str, Any]:
@@ -292,36 +279,29 @@ class DMPOTrainer(DPOTrainer):
         outputs = model(**model_inputs, labels=batch.labels(), use_cache=False, fused_lm_head=True, **extra)
         return outputs.log_probs[:, -(inputs["input_ids"].size(1) - 1) :], outputs
 
-    @staticmethod
-    def _sequence_scores(per_token_logps, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """DMPO-weighted scores ``S`` of the chosen and of the rejected sequences, `(B,)` each."""
-        return DMPOBatch(inputs).scores(per_token_logps)
+    def _sequence_scores(self, per_token_logps, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """DMPO-weighted scores ``S`` of the chosen and of the rejected sequences, `(B,)` each (LD-DPO applied)."""
+        return sequence_scores(DMPOBatch(inputs), per_token_logps, self.dmpo_objective.ld_alpha)
 
     def _compute_loss(self, model, inputs, return_outputs):
+        """Every `loss_type` of the config on the DMPO scores (`dmpo_trl.objective`), plus the MoE auxiliary loss."""
         batch = DMPOBatch(inputs)
         mode = "train" if self.model.training else "eval"
         extra = {"output_router_logits": True} if self.aux_loss_enabled else {}
         per_token_logps, outputs = self._per_token_logps(model, inputs, **extra)
-        policy_chosen, policy_rejected = batch.scores(per_token_logps)
         if self.precompute_ref_logps:
-            ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+            ref = {"ref_scores": (inputs["ref_chosen_logps"], inputs["ref_rejected_logps"])}
         else:
-            ref_chosen, ref_rejected = self.compute_ref_log_probs(self.ref_model or self.model, inputs)
-        out = dmpo_loss_from_scores(
-            policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta, self.label_smoothing
-        )
-
-        loss = 0.0
-        for loss_type, loss_weight in zip(self.loss_types, self.loss_weights, strict=True):
-            if loss_type == "sigmoid":
-                loss = loss + out.losses.mean() * loss_weight
-            else:  # "sft": mean NLL of each chosen trajectory's action tokens, averaged over pairs
-                loss = loss + batch.chosen_nll(per_token_logps).mean() * loss_weight
+            ref = {"ref_per_token_logps": self._ref_per_token_logps(self.ref_model or self.model, inputs)}
+        sq = getattr(outputs, "log_sum_sq_probs", None)  # WPO: requested by DPOTrainer.__init__ when use_weighting
+        sq = None if sq is None else sq[:, -per_token_logps.size(1) :]
+        out = dmpo_objective(batch, self.dmpo_objective, per_token_logps, log_sum_sq_probs=sq, **ref)
+        loss = out.loss
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
 
-        self._log_dmpo_metrics(mode, batch, outputs, out, policy_chosen, policy_rejected)
+        self._log_dmpo_metrics(mode, batch, outputs, out, out.chosen_logps, out.rejected_logps)
         if return_outputs:
             with torch.no_grad():
                 outputs = model(**self._model_inputs(model, batch), use_cache=False)
@@ -329,47 +309,7 @@ class DMPOTrainer(DPOTrainer):
         return loss
 
     def _log_dmpo_metrics(self, mode, batch: DMPOBatch, outputs, out, policy_chosen, policy_rejected):
-        # Per-pair tensors go through gather_for_metrics, which drops the duplicates padding the last batch; it trims
-        # along dim 0 by pairs, so [chosen; rejected] tensors are split into halves first. Token counts are (1,)-shaped
-        # sums, gathered as they are (gather_for_metrics would trim them like samples).
-        gather = self.accelerator.gather_for_metrics
-
-        def gather_sum(value: torch.Tensor) -> torch.Tensor:
-            return self.accelerator.gather(value.reshape(1)).sum()
-
-        def masked_mean(values, m):
-            total, count = gather_sum(values[m].float().sum()), gather_sum(m.sum())
-            return (total / count).item() if count > 0 else 0.0
-
-        metrics = self._metrics[mode]
-        seq_len = batch.action_mask.size(1)
-        chosen_mask, rejected_mask = batch.side_masks()
-        mean_logits = outputs.mean_logits[:, -seq_len:].detach()
-        metrics["entropy"].append(masked_mean(outputs.entropy[:, -seq_len:].detach(), batch.action_mask))
-        metrics["logits/chosen"].append(masked_mean(mean_logits, chosen_mask))
-        metrics["logits/rejected"].append(masked_mean(mean_logits, rejected_mask))
-        metrics["mean_token_accuracy"].append(masked_mean(outputs.is_top1[:, -seq_len:], chosen_mask))
-        real_tokens = gather_sum(batch.real_tokens())
-        if mode == "train":
-            self._total_train_tokens += real_tokens.item() // self._tp_size
-        metrics["num_tokens"] = [self._total_train_tokens]
-
-        chosen_rewards, rejected_rewards = gather(out.chosen_rewards), gather(out.rejected_rewards)
-        metrics["rewards/chosen"].append(chosen_rewards.mean().item())
-        metrics["rewards/rejected"].append(rejected_rewards.mean().item())
-        metrics["rewards/accuracies"].append((chosen_rewards > rejected_rewards).float().mean().item())
-        metrics["rewards/margins"].append((chosen_rewards - rejected_rewards).mean().item())
-        metrics["logps/chosen"].append(gather(policy_chosen.detach()).mean().item())
-        metrics["logps/rejected"].append(gather(policy_rejected.detach()).mean().item())
-
-        turns_w, turns_l = (gather(x) for x in batch.inputs["num_turns"].chunk(2, dim=0))
-        kept_w, kept_l = (gather(x) for x in batch.inputs["kept_turns"].chunk(2, dim=0))
-        metrics["turns/chosen"].append(turns_w.float().mean().item())
-        metrics["turns/rejected"].append(turns_l.float().mean().item())
-        metrics["action_token_share"].append((gather_sum(batch.action_tokens()) / real_tokens.clamp(min=1)).item())
-        dropped_w, dropped_l = turns_w - kept_w, turns_l - kept_l
-        metrics["truncation/actions_dropped"].append((dropped_w.sum() + dropped_l.sum()).item())
-        metrics["truncation/pairs_truncated"].append(((dropped_w > 0) | (dropped_l > 0)).float().mean().item())
+        log_dmpo_metrics(self, self._metrics[mode], mode, batch, outputs, out, policy_chosen, policy_rejected)
 
     # ------------------------------------------------------------ model card
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):

@@ -54,20 +54,21 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     from dmpo_trl.data.io import read_records, write_records
     from dmpo_trl.errors import DMPODataError
 
+    if args.fmt == "eto-rollouts":
+        if not args.expert:
+            print("dmpo-trl convert: --from eto-rollouts needs --expert FILE", file=sys.stderr)
+            return 2
+        if args.task is None and args.rollout_offset is None:
+            print("dmpo-trl convert: --from eto-rollouts needs --task or --rollout-offset", file=sys.stderr)
+            return 2
     try:
         if args.fmt == "eto-rollouts":
-            if not args.expert:
-                print("dmpo-trl convert: --from eto-rollouts needs --expert FILE", file=sys.stderr)
-                return 2
             kwargs = {}
             if args.rollout_offset is not None:
                 kwargs["rollout_offset"] = args.rollout_offset
             if args.max_extra_rejected_turns is not None:
                 cap = args.max_extra_rejected_turns
                 kwargs["max_extra_rejected_turns"] = None if cap.lower() == "none" else int(cap)
-            if args.task is None and args.rollout_offset is None:
-                print("dmpo-trl convert: --from eto-rollouts needs --task or --rollout-offset", file=sys.stderr)
-                return 2
             rows = pair_eto_rollouts(
                 read_records(args.expert),
                 read_records(args.input),
@@ -78,11 +79,21 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         else:
             rows = convert(read_records(args.input), args.fmt, skip_invalid=args.skip_invalid)
     except DMPODataError as err:
-        print(f"dmpo-trl convert: {args.input}: {err}", file=sys.stderr)
-        return 1
+        if err.source is not None:
+            raise
+        source = args.expert if err.reason.startswith("expert record") else args.input
+        raise DMPODataError(err.reason, err.row, err.side, source=source) from None
+    for skipped in rows.skipped:
+        print(f"skipped {args.input}: {skipped.reason}", file=sys.stderr)
+    if not rows:
+        counts = ", ".join(f"{key} {value}" for key, value in rows.stats.items() if value)
+        raise DMPODataError(
+            f"no pair to write: {len(rows.skipped)} rows skipped"
+            + (f" ({counts})" if counts else "")
+            + "; nothing was written",
+            source=args.input,
+        )
     write_records(rows, args.output)
     summary = {"written": len(rows), "output": args.output, **rows.stats, "skipped": len(rows.skipped)}
     print(json.dumps(summary))
-    for skipped in rows.skipped:
-        print(f"skipped {skipped.reason}", file=sys.stderr)
     return 0

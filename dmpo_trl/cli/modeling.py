@@ -3,11 +3,15 @@
 Names resolve the same way everywhere: ``"default"`` (or ``"smollm2"``) is the embedded SmolLM2-135M-Instruct
 (`dmpo_trl.demo.default_model`), a path to a ``.gguf`` file loads the tokenizer stored in it, a folder with an
 ``adapter_config.json`` is a PEFT adapter on its base model, anything else is a local folder or a Hub id.
-`trust_remote_code` is off unless asked for.
+`trust_remote_code` is off unless asked for. A name that can only be a local path and does not exist, or (offline) a
+Hub id that is neither a local folder nor in the Hugging Face cache, is an error that says so (`check_model_source`),
+instead of a Hub connection error.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,16 +22,70 @@ if TYPE_CHECKING:
 
     from dmpo_trl import DMPOConfig
 
-__all__ = ["build_model_init_kwargs", "kbit_device_map", "load_model", "load_tokenizer", "resolve_model"]
+__all__ = [
+    "DEFAULT_MODEL_HUB_ID",
+    "build_model_init_kwargs",
+    "check_model_source",
+    "kbit_device_map",
+    "load_model",
+    "load_tokenizer",
+    "resolve_model",
+]
+
+#: The Hub id of the embedded default model (what model cards name as its base model).
+DEFAULT_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 def resolve_model(name_or_path: str | None) -> str:
     """``None`` or a default alias -> the cached embedded model's folder (converted once); anything else unchanged."""
-    from dmpo_trl.demo.default_model import DEFAULT_MODEL_ALIASES, load_default_model
+    from dmpo_trl.demo.default_model import load_default_model
 
-    if name_or_path is None or name_or_path.lower() in DEFAULT_MODEL_ALIASES:
+    if is_default_alias(name_or_path):
         return load_default_model()
     return name_or_path
+
+
+def is_default_alias(name_or_path: str | None) -> bool:
+    """True for None and the names of the embedded default model (``default``, ``smollm2``, ...)."""
+    from dmpo_trl.demo.default_model import DEFAULT_MODEL_ALIASES
+
+    return name_or_path is None or name_or_path.lower() in DEFAULT_MODEL_ALIASES
+
+
+def check_model_source(name_or_path: str) -> None:
+    """Raise `FileNotFoundError` when `name_or_path` cannot be loaded for lack of the thing it names.
+
+    - an existing file or folder passes;
+    - a name that can only be a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``, ``x.gguf``, ...) that does not exist
+      is an error naming the absolute path it was looked for at;
+    - a Hub id (``name`` or ``org/name``) passes, except offline (``HF_HUB_OFFLINE``) when it is not in the
+      Hugging Face cache either: then the error says both.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return
+    hint = (
+        "give an existing folder, a .gguf file, a Hub id (org/name) or 'default' (the embedded SmolLM2-135M-Instruct)"
+    )
+    if not _HUB_ID.fullmatch(name_or_path) or name_or_path.endswith(".gguf"):
+        raise FileNotFoundError(f"model path {name_or_path!r} does not exist (looked for {path.resolve()}); {hint}")
+    offline = any(
+        os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+    if offline:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = any(
+            isinstance(try_to_load_from_cache(name_or_path, name), str)
+            for name in ("config.json", "tokenizer_config.json")
+        )
+        if not cached:
+            raise FileNotFoundError(
+                f"model {name_or_path!r} is not a local folder ({path.resolve()} does not exist) and not in the "
+                f"Hugging Face cache, and the Hub is off (HF_HUB_OFFLINE=1); {hint}"
+            )
 
 
 def load_tokenizer(
@@ -46,15 +104,30 @@ def load_tokenizer(
     """
     from transformers import AutoTokenizer
 
-    path = Path(resolve_model(name_or_path))
+    source = resolve_model(name_or_path)
+    check_model_source(source)
+    path = Path(source)
     if path.suffix == ".gguf" and path.is_file():
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(path), revision=revision, trust_remote_code=trust_remote_code
+            )
+        except OSError as err:
+            if path.exists():
+                raise
+            raise OSError(
+                f"model {str(path)!r} is not a local folder ({path.resolve()} does not exist) and could not be "
+                f"loaded from the Hugging Face Hub: {err}"
+            ) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if chat_template_path is not None:
-        tokenizer.chat_template = Path(chat_template_path).read_text(encoding="utf-8")
+        template = Path(chat_template_path)
+        if not template.is_file():
+            raise FileNotFoundError(f"chat template file {chat_template_path!r} does not exist")
+        tokenizer.chat_template = template.read_text(encoding="utf-8")
     if require_chat_template and not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             f"the tokenizer of {name_or_path!r} has no chat template; DMPO data is conversational. "
@@ -69,6 +142,7 @@ def load_model(name_or_path: str | None, **kwargs: Any) -> tuple[PreTrainedModel
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(name_or_path)
+    check_model_source(path)
     kwargs.setdefault("trust_remote_code", False)
     if (Path(path) / "adapter_config.json").is_file():
         from peft import AutoPeftModelForCausalLM

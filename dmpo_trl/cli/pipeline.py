@@ -6,14 +6,16 @@ import argparse
 import sys
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_arguments(parser: argparse.ArgumentParser, debug: bool = True) -> argparse.ArgumentParser:
+    """The pipeline's flags; `dmpo-trl pipeline` gets ``--debug`` from `dmpo-trl` itself (``debug=False``)."""
     parser.add_argument("--config", required=True, metavar="RECIPE", help="pipeline recipe (YAML)")
     parser.add_argument("--quick", action="store_true", help="apply the recipe's `quick` overrides (a short run)")
     parser.add_argument("--output-dir", default=None, help="where stages, report and results go (recipe default)")
     parser.add_argument("--model", default=None, help="model folder or Hub id instead of the recipe's")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds instead of the recipe's, e.g. 0,1,2")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    if debug:
+        parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
 
@@ -25,7 +27,7 @@ def register(subparsers) -> None:
         "trajectories, sampled rollouts of the SFT model on training tasks, ETO pairs (noisy / clean), preference "
         "training per method and seed, greedy evaluation on held-out tasks, report.md with plots.",
     )
-    add_arguments(parser)
+    add_arguments(parser, debug=False)
     parser.set_defaults(func=run)
 
 
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace, rest: list[str] | None = None) -> int:
         cfg = load_recipe(args.config, quick=args.quick, overrides=overrides)
         run_pipeline(cfg, command="dmpo-trl " + " ".join(map(shlex.quote, sys.argv[1:])))
     except (ValueError, OSError) as err:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         print(f"dmpo-trl pipeline: error: {err}", file=sys.stderr)
         return 1

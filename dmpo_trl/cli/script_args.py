@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trl import ScriptArguments
+from trl import DatasetMixtureConfig, ScriptArguments
 
 
 @dataclass
-class DMPOScriptArguments(ScriptArguments):
-    """TRL's `ScriptArguments` plus local data files and model-card details.
+class DMPOScriptArguments(ScriptArguments, DatasetMixtureConfig):
+    """TRL's `ScriptArguments` and `DatasetMixtureConfig` plus local data files and model-card details.
 
     Data comes from exactly one source:
 
-    - `data_files` (local JSON / JSONL / Parquet files, globs allowed) with optional `eval_data_files`, or
+    - `data_files` (local JSON / JSONL / Parquet files, folders of them, globs) with optional `eval_data_files`, or
     - `dataset_name`: a Hub dataset id, a local dataset directory, or a single local data file
-      (with `dataset_config`, `dataset_train_split`, `dataset_test_split` as in TRL).
+      (with `dataset_config`, `dataset_train_split`, `dataset_test_split`, `dataset_streaming` as in TRL), or
+    - `datasets`: a mixture, as `trl dpo` takes it (a recipe list of `path` / `name` / `data_dir` / `data_files` /
+      `split` / `columns` / `fraction` entries, with `streaming` and `test_split_size`), loaded with TRL's
+      `get_dataset`; it wins over `dataset_name`, as in `trl dpo`.
 
     Every row must be in the project's conversational preference format (`prompt` / `chosen` / `rejected`, see
     `docs/` and CONTRACT): convert ETO data first with `dmpo-trl convert --from eto`.
@@ -23,7 +26,10 @@ class DMPOScriptArguments(ScriptArguments):
 
     data_files: list[str] | None = field(
         default=None,
-        metadata={"help": "Local training files (.json, .jsonl or .parquet; globs allowed). Excludes dataset_name."},
+        metadata={
+            "help": "Local training files (.json, .jsonl or .parquet; folders and globs allowed). Excludes "
+            "dataset_name."
+        },
     )
     eval_data_files: list[str] | None = field(
         default=None,
@@ -34,6 +40,15 @@ class DMPOScriptArguments(ScriptArguments):
         metadata={
             "help": "Hold out this fraction of the training rows for evaluation (seeded with `seed`) when no "
             "evaluation files or split are given."
+        },
+    )
+    chat_template_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Jinja chat template file to use instead of the tokenizer's (as in TRL's scripts), e.g. one "
+            "that renders tool calls (trl/chat_templates/*.jinja) or a training template with generation markers "
+            "(trl/chat_templates/<family>_training.jinja) for a model whose own template re-renders earlier turns; "
+            "`dmpo-trl validate --chat_template_path` takes it too."
         },
     )
     max_train_samples: int | None = field(
@@ -58,6 +73,9 @@ class DMPOScriptArguments(ScriptArguments):
     )
 
     def __post_init__(self) -> None:
+        DatasetMixtureConfig.__post_init__(self)  # recipe dicts -> DatasetConfig
+        if self.datasets and self.data_files:
+            raise ValueError("Give either `data_files` (local files) or a `datasets` mixture, not both.")
         if self.data_files and self.dataset_name:
             raise ValueError("Give either `data_files` (local files) or `dataset_name`, not both.")
         if self.eval_data_files and not self.data_files:

@@ -8,8 +8,8 @@
     dmpo-trl train --accelerate-config zero3 --num-processes 8 --config recipe.yaml [--flag value ...]
 
 Arguments follow TRL's `TrlParser` conventions: a flat YAML recipe (`--config`) sets the defaults of three
-dataclasses -- `DMPOScriptArguments` (data, card), `DMPOConfig` (training) and `ModelConfig` (model, LoRA,
-quantization) -- and command-line flags override the recipe. Unknown recipe keys are an error. `dmpo-trl train`
+dataclasses -- `DMPOScriptArguments` (data and `trl dpo`'s dataset mixtures, card), `DMPOConfig` (training) and
+`ModelConfig` (model, LoRA, quantization) -- and command-line flags override the recipe. Unknown recipe keys are an error. `dmpo-trl train`
 passes everything it does not know itself to that parser; with `--accelerate-config` (a shipped name: ddp, zero2,
 zero3, fsdp, or a path) it re-runs this module on every process with `accelerate launch`.
 """
@@ -50,15 +50,55 @@ def make_parser() -> TrlParser:
 def parse_args(argv: Sequence[str] | None = None) -> tuple[DMPOScriptArguments, DMPOConfig, ModelConfig]:
     """Parse `--config recipe.yaml` plus overriding flags; unknown keys in the recipe or on the line are errors.
 
+    The recipe's keys and the flags are checked against the three dataclasses before any of them is built, so a typo
+    is reported as such (naming the recipe file and the closest known key), not as whatever the defaults then trip.
+
     Raises:
-        ValueError: unknown recipe keys, or no `model_name_or_path`.
+        FileNotFoundError: the recipe does not exist.
+        ValueError: unknown recipe keys or flags, or no `model_name_or_path`.
     """
-    script_args, training_args, model_args = make_parser().parse_args_and_config(
-        args=list(sys.argv[1:] if argv is None else argv)
-    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    _check_keys(parser, argv)
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     if not model_args.model_name_or_path:
         raise ValueError("`model_name_or_path` is required (in the recipe or as --model_name_or_path).")
     return script_args, training_args, model_args
+
+
+def _check_keys(parser: TrlParser, argv: list[str]) -> None:
+    import difflib
+
+    import yaml
+
+    known = {action.dest for action in parser._actions} - {"help"}  # argparse's list of the options it defines
+    rest = list(argv)
+    if "--config" in rest:
+        i = rest.index("--config")
+        if i + 1 >= len(rest):
+            raise ValueError("--config needs a recipe file")
+        config = rest[i + 1]
+        del rest[i : i + 2]
+        if not os.path.isfile(config):
+            raise FileNotFoundError(f"recipe {config!r} does not exist")
+        with open(config, encoding="utf-8") as handle:
+            recipe = yaml.safe_load(handle) or {}
+        if not isinstance(recipe, dict):
+            raise ValueError(f"{config}: a recipe must be a YAML mapping of keys to values")
+        unknown = [key for key in recipe if key not in known and key != "env"]
+        if unknown:
+            hints = [f"{key!r}" + _closest(key, known, difflib) for key in unknown]
+            raise ValueError(f"{config}: unknown recipe key(s) {', '.join(hints)}")
+    _, extra = parser.parse_known_args(rest)
+    flags = [token for token in extra if token.startswith("--")]
+    if flags:
+        hints = [flag + _closest(flag[2:].split("=")[0], known, difflib) for flag in flags]
+        raise ValueError(f"unknown flag(s) {', '.join(hints)}")
+
+
+def _closest(key: str, known: set[str], difflib) -> str:
+    match = difflib.get_close_matches(key, sorted(known), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def resolve_resume(value: str | bool | None, output_dir: str) -> str | bool | None:
@@ -92,32 +132,61 @@ def build_trainer(
     model_args: ModelConfig,
     callbacks: list[TrainerCallback] | None = None,
 ) -> Trainer:
-    """Load data and tokenizer, and build the `DMPOTrainer` the recipe describes (with its card details)."""
+    """Load and check the data, load the tokenizer, tokenize every row, then build the `DMPOTrainer` the recipe
+    describes (with its card details). Everything that can fail on the data fails before the model loads."""
     from trl import get_peft_config, get_quantization_config
 
     from dmpo_trl import DMPOTrainer
-    from dmpo_trl.cli.modeling import build_model_init_kwargs, load_tokenizer
-    from dmpo_trl.cli.recipe_data import describe_data_source, load_preference_datasets
+    from dmpo_trl.cli.modeling import (
+        DEFAULT_MODEL_HUB_ID,
+        build_model_init_kwargs,
+        check_model_source,
+        is_default_alias,
+        load_tokenizer,
+        resolve_model,
+    )
+    from dmpo_trl.cli.recipe_data import describe_data_source, load_recipe_data
+    from dmpo_trl.errors import DMPODataError
+    from dmpo_trl.preparation import prepare_dataset
 
     training_args.model_init_kwargs = build_model_init_kwargs(model_args, training_args)
     want_eval = str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy)) != "no"
-    train_ds, eval_ds = load_preference_datasets(script_args, want_eval=want_eval, seed=training_args.seed)
+    check_output_dir(training_args.output_dir)
+    train, eval_data = load_recipe_data(
+        script_args, want_eval=want_eval, seed=training_args.seed, skip_invalid=training_args.skip_invalid_pairs
+    )
+    name = model_args.model_name_or_path
+    model_path = resolve_model(name)  # "default": the embedded SmolLM2-135M-Instruct, converted once and cached
+    check_model_source(model_path)
     tokenizer = load_tokenizer(
-        model_args.model_name_or_path,
+        model_path,
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
+        chat_template_path=script_args.chat_template_path,
         require_chat_template=True,
     )
+    prepared, stats = {}, {}
+    for split, data in (("train", train), ("eval", eval_data)):
+        if data is None:
+            continue
+        try:
+            prepared[split], stats[split] = prepare_dataset(
+                data.dataset, tokenizer, training_args, split, row_label=data.row_label
+            )
+        except DMPODataError as err:
+            raise data.locate(err) from None
     trainer = DMPOTrainer(
-        model=model_args.model_name_or_path,
+        model=model_path,
         args=training_args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
+        train_dataset=prepared["train"],
+        eval_dataset=prepared.get("eval"),
         processing_class=tokenizer,
         callbacks=callbacks,
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
+    trainer.dmpo_data_stats.update({split: value for split, value in stats.items() if value is not None})
+    trainer.dmpo_train_data = train  # where each training row comes from, to name it in errors raised while training
     if script_args.ignore_bias_buffers:
         import torch
 
@@ -125,9 +194,23 @@ def build_trainer(
             name for name, buffer in trainer.model.named_buffers() if buffer.dtype == torch.bool
         ]
     # What only the recipe knows, for every card the trainer writes (checkpoints, save, push)
-    trainer.card_base_model = script_args.card_base_model or model_args.model_name_or_path
+    trainer.card_base_model = script_args.card_base_model or (DEFAULT_MODEL_HUB_ID if is_default_alias(name) else name)
     trainer.card_dataset = describe_data_source(script_args)
     return trainer
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Create `output_dir` and write a file there now, so an unwritable one fails before training, not after it."""
+    probe = os.path.join(output_dir, f".dmpo-write-check-{os.getpid()}")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(probe, "w") as handle:
+            handle.write("")
+        os.remove(probe)
+    except OSError as err:
+        raise OSError(
+            f"output_dir {output_dir!r} is not writable ({err.strerror or err}): choose another --output_dir"
+        ) from err
 
 
 def run(
@@ -140,7 +223,12 @@ def run(
     trainer = build_trainer(script_args, training_args, model_args, callbacks)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     card_kwargs: dict[str, Any] = {"dataset_name": script_args.dataset_name}
-    trainer.train(resume_from_checkpoint=resume)
+    from dmpo_trl.errors import DMPODataError
+
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except DMPODataError as err:  # a streamed row, read while training: name its file and row
+        raise trainer.dmpo_train_data.locate(err) from None
     trainer.save_state()  # trainer_state.json (log history) next to the final model
     if training_args.push_to_hub:
         # Saves the model (adapter only for PEFT) to output_dir, writes the card, uploads the folder. (`save_model`
@@ -181,6 +269,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
+        add_help=False,
+    )
+    parser.add_argument(
+        "-h",
+        "--help",
+        action=_FullHelp,
+        help="show this help, then every recipe field (as `trl dpo --help`), and exit",
     )
     group = parser.add_argument_group("launching (all other arguments go to the recipe parser)")
     group.add_argument(
@@ -212,6 +307,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dry-run", "--dry_run", dest="dry_run", action="store_true", help="print the command and exit"
     )
     parser.set_defaults(func=run_command, accepts_extra_args=True)
+
+
+class _FullHelp(argparse.Action):
+    """``--help``: the launcher's options, then the recipe parser's: every field of the script arguments (data,
+    mixture, card), `DMPOConfig` (all of `DPOConfig` and `TrainingArguments`, plus DMPO's) and `ModelConfig`."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.print_help()
+        print("\nrecipe fields (in the recipe file, or as flags that override it):\n")
+        recipe = make_parser()
+        recipe.prog = "dmpo-trl train [launch options]"
+        recipe.print_help()
+        parser.exit()
 
 
 def run_command(args: argparse.Namespace, rest: list[str]) -> int:
@@ -253,5 +364,7 @@ def run_command(args: argparse.Namespace, rest: list[str]) -> int:
     return subprocess.call(cmd)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m dmpo_trl.cli.train` / `accelerate launch -m dmpo_trl.cli.train`
+    from dmpo_trl.cli.errors import report_errors
+
+    sys.exit(report_errors("dmpo_trl.cli.train", main))

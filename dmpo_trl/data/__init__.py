@@ -2,6 +2,7 @@
 
 * `convert`: `convert(records, fmt)` and one converter per format (ETO, ShareGPT, OpenAI chat, project).
 * `io`: the one JSON / JSONL / Parquet reader-writer of the project.
+* `loading`: the one loader of `dmpo-trl train` and `dmpo-trl validate` (same files, same rows, rows named by file).
 * `validation`: `validate_dataset`, the report of what the trainer will train on.
 
 The row checks themselves are the trainer's (`dmpo_trl.checks`). Nothing here imports torch.

@@ -16,10 +16,11 @@ Row = dict[str, Any]
 
 @dataclass(frozen=True)
 class SkippedRow:
-    """A row left out because it failed a check (only with `skip_invalid=True`)."""
+    """A row left out because it failed a check (only with `skip_invalid=True`); `source`: its file, if known."""
 
     row: int | None
     reason: str
+    source: str | None = None
 
 
 class ConvertedRows(list):
@@ -131,15 +132,19 @@ def metadata(record: Mapping[str, Any], consumed: Iterable[str]) -> Row:
     return {key: value for key, value in record.items() if key not in skip}
 
 
-def parse_arguments(arguments: Any, where: str, row: int | None, side: str | None) -> Any:
-    """Tool-call arguments as a dict (HF chat-template format); JSON strings are parsed."""
+def parse_arguments(arguments: Any, where: str, row: int | None, side: str | None) -> str:
+    """Tool-call arguments as a JSON string of an object, the form that survives Arrow (`dmpo_trl.normalize`).
+
+    A dict is written with `json.dumps` (explicit nulls kept); a string must hold a JSON object and is kept as it is;
+    None or an empty string is ``"{}"``. The trainer parses the string, so the chat template gets the object.
+    """
     if arguments is None:
-        return {}
+        return "{}"
     if isinstance(arguments, Mapping):
-        return dict(arguments)
+        return json.dumps(dict(arguments), ensure_ascii=False)
     if isinstance(arguments, str):
         if not arguments.strip():
-            return {}
+            return "{}"
         try:
             parsed = json.loads(arguments)
         except json.JSONDecodeError as err:
@@ -148,7 +153,7 @@ def parse_arguments(arguments: Any, where: str, row: int | None, side: str | Non
             ) from err
         if not isinstance(parsed, dict):
             raise DMPODataError(f"malformed tool_calls in {where}: arguments must be a JSON object", row, side)
-        return parsed
+        return arguments
     raise DMPODataError(
         f"malformed tool_calls in {where}: arguments must be a dict or a JSON string, got {type(arguments).__name__}",
         row,
@@ -157,7 +162,7 @@ def parse_arguments(arguments: Any, where: str, row: int | None, side: str | Non
 
 
 def tool_call(name: Any, arguments: Any, where: str, row: int | None, side: str | None, call_id: Any = None) -> Row:
-    """One HF-format tool call: `{"type": "function", "function": {"name", "arguments": dict}}` (+ `id`)."""
+    """One HF-format tool call: `{"type": "function", "function": {"name", "arguments": JSON string}}` (+ `id`)."""
     if not isinstance(name, str) or not name:
         raise DMPODataError(f"malformed tool_calls in {where}: a call has no function name", row, side)
     call: Row = {
@@ -169,8 +174,9 @@ def tool_call(name: Any, arguments: Any, where: str, row: int | None, side: str 
     return call
 
 
-def normalize_tools(tools: Any, row: int | None) -> list[Row] | None:
-    """Tool schemas as a list of `{"type": "function", "function": {...}}` dicts; JSON strings are parsed.
+def normalize_tools(tools: Any, row: int | None) -> str | None:
+    """Tool schemas as the JSON string of a list of `{"type": "function", "function": {...}}` dicts (a string survives
+    Arrow, which would merge the schemas of all rows); JSON strings are parsed first.
 
     Bare function schemas (`{"name", "description", "parameters"}`, as LLaMA-Factory stores them) are wrapped.
     Empty values give None.
@@ -194,7 +200,7 @@ def normalize_tools(tools: Any, row: int | None) -> list[Row] | None:
             result.append({"type": "function", "function": dict(tool)})
         else:
             raise DMPODataError(f"malformed tools: tool {i} is neither a function schema nor {{'function': ...}}", row)
-    return result or None
+    return json.dumps(result, ensure_ascii=False) if result else None
 
 
 def _role_at(messages: Sequence[Mapping[str, Any]], i: int) -> Any:

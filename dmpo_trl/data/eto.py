@@ -46,8 +46,7 @@ def fastchat_messages(messages: Any, side: str, row: int | None, where: str = ""
         )
     result = []
     for i, message in enumerate(messages):
-        if not isinstance(message, Mapping) or "from" not in message:
-            raise DMPODataError(f"{where}message {i} is not a {{from, value}} dict", row, side)
+        check_fastchat_keys(message, i, side, row, where)
         role = FASTCHAT_ROLES.get(message["from"])
         if role is None:
             raise DMPODataError(
@@ -65,6 +64,24 @@ def fastchat_messages(messages: Any, side: str, row: int | None, where: str = ""
             )
         result.append({"role": role, "content": value})
     return result
+
+
+def check_fastchat_keys(message: Any, i: int, side: str, row: int | None, where: str = "") -> None:
+    """A FastChat message is a dict with `from` and `value`; name what a message in another format has instead."""
+    if isinstance(message, Mapping) and "from" in message and "value" not in message and "content" in message:
+        raise DMPODataError(
+            f"{where}message {i} has 'content' instead of 'value': FastChat / ETO / ShareGPT messages are "
+            "{from, value} (rename the key; messages with 'role'/'content' are the project format or --from openai)",
+            row,
+            side,
+        )
+    if not isinstance(message, Mapping) or "from" not in message:
+        hint = (
+            " (it has 'role': this is the project format or OpenAI's; use --from project or --from openai)"
+            if isinstance(message, Mapping) and "role" in message
+            else ""
+        )
+        raise DMPODataError(f"{where}message {i} is not a {{from, value}} dict{hint}", row, side)
 
 
 def from_eto_pairs(records: Iterable[Any], *, skip_invalid: bool = False) -> ConvertedRows:

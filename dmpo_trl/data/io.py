@@ -1,150 +1,304 @@
-"""The project's one reader-writer of record files: .json (a list), .jsonl, .parquet, or a folder of .json files.
+"""The project's one reader-writer of record files: .json (a list), .jsonl, .parquet, or a folder of them.
 
-`read_records` / `write_records` work on lists of dicts (converters, validation, environments' pair sets, tests);
-`expand_data_files` / `load_dataset_files` give the `datasets` split that `dmpo-trl train` trains on.
+`read_records` / `iter_file_records` read what a file holds, record by record, and name the file, line and column
+of anything they cannot read; `write_records` writes rows so that they read back exactly (Parquet: tool-call arguments
+and tools as JSON strings, `dmpo_trl.normalize.arrow_safe`); `expand_data_files` turns data paths (files, globs,
+folders) into files; `arrow_columns` builds Arrow columns and names the column and row Arrow cannot store.
+`dmpo_trl.data.loading` builds the datasets `dmpo-trl train` and `dmpo-trl validate` read on these.
+
+Rules (the same for every command):
+
+- text is UTF-8, with or without a byte-order mark; anything else is an error naming the line and byte;
+- `.json` holds a list of records (objects); in a folder, a `.json` file holding one object is one record, and it
+  gets the file name as `id` when it has none (ETO stores rollouts that way: `outputs/<model>/<task>/<id>.json`);
+- `.jsonl` holds one record (an object) per line; blank lines are skipped; a line holding a list is an error;
+- `.parquet` is read with pyarrow; Arrow gives every row and message the union of all keys, filling the missing ones
+  with None, so None values are removed at every level (a key whose value really was None reads back as absent);
+- a file, a folder or a glob that yields no record is an error.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from dmpo_trl.errors import DMPODataError
+from dmpo_trl.normalize import arrow_safe, drop_none
 
 
 SUFFIXES = (".json", ".jsonl", ".parquet")
-__all__ = ["SUFFIXES", "builder_of", "expand_data_files", "load_dataset_files", "read_records", "write_records"]
+try:
+    import pyarrow as _pa
+
+    _ARROW_ERRORS: tuple[type[Exception], ...] = (_pa.ArrowInvalid, _pa.ArrowTypeError, _pa.ArrowNotImplementedError)
+except ImportError:  # pragma: no cover  (datasets depends on pyarrow)
+    _ARROW_ERRORS = ()
+__all__ = [
+    "SUFFIXES",
+    "arrow_columns",
+    "data_files_in",
+    "expand_data_files",
+    "expand_data_paths",
+    "iter_file_records",
+    "read_records",
+    "write_records",
+]
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a local file, in order.
+    """All records of a file or a folder (its data files sorted by name), in order.
 
-    - `.json`: a JSON list of objects (ETO's files);
-    - `.jsonl`: one object per line (blank lines ignored);
-    - `.parquet`: read with `datasets`; Arrow gives every row and every message the union of all keys, filling
-      the missing ones with None (a message without `tool_calls` gets `tool_calls: None`), so None values are
-      removed again at every level (a key whose value really was None is read back as absent);
-    - a folder: every `*.json` file in it (sorted by name) is one record, and a record without `id` gets the
-      file name without `.json` (how ETO stores rollouts: `outputs/<model>/<task>/<id>.json`).
+    Raises:
+        FileNotFoundError: no such file or folder.
+        DMPODataError: the file cannot be read as records (names the file, and the line and column where there is
+            one), or it holds none.
     """
     path = Path(path)
     if path.is_dir():
-        return [_folder_record(file) for file in sorted(path.glob("*.json"))]
-    if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
-    if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise DMPODataError(f"{path} is not valid JSON ({err})") from err
-        if isinstance(data, dict):
-            raise DMPODataError(f"{path} holds one JSON object; expected a list of records (or use .jsonl)")
-        if not isinstance(data, list):
-            raise DMPODataError(f"{path} holds a JSON {type(data).__name__}; expected a list of records")
-        return data
-    if path.suffix == ".jsonl":
-        return _read_jsonl(path)
-    if path.suffix == ".parquet":
-        from datasets import Dataset
-
-        return [_drop_none(record) for record in Dataset.from_parquet(str(path)).to_list()]
-    raise ValueError(f"unsupported file type {path.suffix!r} for {path}; use one of {', '.join(SUFFIXES)}")
+        return [record for file in data_files_in(path) for record in iter_file_records(file, in_folder=True)]
+    return list(iter_file_records(path))
 
 
-def write_records(rows: Iterable[dict[str, Any]], path: str | Path) -> None:
-    """Write rows to `.json` (an indented list), `.jsonl` or `.parquet` (via `datasets`)."""
+def data_files_in(folder: str | Path) -> list[Path]:
+    """The `.json`, `.jsonl` and `.parquet` files directly in `folder`, sorted by name; an error if there are none."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise DMPODataError(f"the folder holds no {', '.join(SUFFIXES)} files", source=str(folder))
+    return files
+
+
+def iter_file_records(path: str | Path, *, in_folder: bool = False) -> Iterator[dict[str, Any]]:
+    """The records of one file, one at a time (a `.jsonl` file is read line by line, Parquet by record batch).
+
+    `in_folder`: the file is one of a folder's, so a `.json` file may hold a single record (see the module rules).
+    """
     path = Path(path)
-    rows = list(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".json":
-        path.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    elif path.suffix == ".jsonl":
-        with path.open("w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    elif path.suffix == ".parquet":
-        from datasets import Dataset
-
-        # Not Dataset.from_list: it takes the columns of the first row only and drops the others' extra keys.
-        columns = list(dict.fromkeys(key for row in rows for key in row))
-        Dataset.from_dict({key: [row.get(key) for row in rows] for key in columns}).to_parquet(str(path))
+    if not path.exists():
+        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise DMPODataError("is a folder; give it as a data path of its own (its files are read)", source=str(path))
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        records = _jsonl_records(path)
+    elif suffix == ".json":
+        records = _json_records(path, in_folder)
+    elif suffix == ".parquet":
+        records = _parquet_records(path)
     else:
-        raise ValueError(f"unsupported file type {path.suffix!r} for {path}; use one of {', '.join(SUFFIXES)}")
+        raise DMPODataError(
+            f"unsupported file type {path.suffix!r}: use one of {', '.join(SUFFIXES)}", source=str(path)
+        )
+    count = 0
+    for record in records:
+        count += 1
+        yield record
+    if count == 0:
+        raise DMPODataError("is empty" if path.stat().st_size == 0 else "holds no records", source=str(path))
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+def _decode(data: bytes, path: Path, first_line: int = 1) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = first_line + data[: err.start].count(b"\n")
+        raise DMPODataError(
+            f"line {line}: not UTF-8 text (byte 0x{data[err.start]:02x} cannot be decoded); re-encode the file as "
+            "UTF-8, e.g. `iconv -f latin1 -t utf-8`",
+            source=str(path),
+        ) from err
+    return text.removeprefix("\ufeff") if first_line == 1 else text
+
+
+def _not_json(err: json.JSONDecodeError, path: Path, line: int | None = None) -> DMPODataError:
+    where = f"line {line if line is not None else err.lineno}, column {err.colno}"
+    return DMPODataError(f"{where}: not valid JSON ({err.msg})", source=str(path))
+
+
+def _json_records(path: Path, in_folder: bool) -> Iterator[dict[str, Any]]:
+    text = _decode(path.read_bytes(), path)
+    if not text.strip():
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise _not_json(err, path) from None
+    if isinstance(data, dict) and in_folder:
+        yield {"id": path.stem, **data} if "id" not in data else data
+        return
+    if isinstance(data, dict):
+        raise DMPODataError(
+            "holds one JSON object, not a list of records: wrap it in [...] (or write one record per line to a "
+            ".jsonl file)",
+            source=str(path),
+        )
+    if not isinstance(data, list):
+        raise DMPODataError(f"holds a JSON {type(data).__name__}; expected a list of records", source=str(path))
+    for i, record in enumerate(data):
+        if not isinstance(record, dict):
+            raise DMPODataError(
+                f"is a JSON {type(record).__name__}, not a record (an object)", row=i, source=str(path)
+            )
+        yield record
+
+
+def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            line = _decode(raw, path, lineno)
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DMPODataError(f"{path} line {lineno} is not valid JSON ({err})", len(records)) from err
-    return records
+                raise _not_json(err, path, lineno) from None
+            if not isinstance(record, dict):
+                extra = "; write one record per line" if isinstance(record, list) else ""
+                raise DMPODataError(
+                    f"line {lineno} holds a JSON {type(record).__name__}, not a record (an object){extra}",
+                    source=str(path),
+                )
+            yield record
 
 
-def _folder_record(file: Path) -> dict[str, Any]:
+def _parquet_records(path: Path) -> Iterator[dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
-        record = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DMPODataError(f"{file} is not valid JSON ({err})") from err
-    if not isinstance(record, dict):
-        raise DMPODataError(f"{file} holds a JSON {type(record).__name__}; expected one record (an object)")
-    return {"id": file.stem, **record} if "id" not in record else record
-
-
-def _drop_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_drop_none(v) for v in value]
-    return value
-
-
-#: File suffix -> `datasets` builder.
-_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+        parquet = pq.ParquetFile(str(path))
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DMPODataError(f"not a readable Parquet file ({err})", source=str(path)) from None
+    for batch in parquet.iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            yield drop_none(record)
 
 
 def expand_data_files(patterns: list[str] | str) -> list[str]:
-    """Expand globs, check every file exists, and return the sorted unique paths.
+    """Files, folders (their data files) and globs -> the data files, in order, each once.
 
     Raises:
         FileNotFoundError: a pattern matches nothing.
-        ValueError: a file has an unsupported suffix, or the files mix JSON and Parquet.
+        DMPODataError: a folder holds no data file, or a file has an unsupported suffix.
     """
+    return [file for file, _ in expand_data_paths(patterns)]
+
+
+def expand_data_paths(patterns: list[str] | str) -> list[tuple[str, bool]]:
+    """`expand_data_files`, each file with whether it came from a folder (where a `.json` may hold one record)."""
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-    files: list[str] = []
+    files: dict[str, bool] = {}
     for pattern in patterns:
-        pattern = os.path.expanduser(pattern)
-        matches = [m for m in sorted(glob.glob(pattern)) if os.path.isfile(m)]
+        pattern = os.path.expanduser(str(pattern))
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        matches = [m for m in matches if os.path.exists(m)]
         if not matches:
-            raise FileNotFoundError(f"data file {pattern!r} does not exist (or the glob matches no file).")
-        files.extend(matches)
-    builder_of(files)  # validates suffixes
-    return list(dict.fromkeys(files))
+            if glob.has_magic(pattern):
+                raise FileNotFoundError(f"the glob {pattern!r} matches no file")
+            raise FileNotFoundError(f"data file {pattern!r} does not exist")
+        for match in matches:
+            if os.path.isdir(match):
+                files.update((str(p), True) for p in data_files_in(match) if str(p) not in files)
+            elif Path(match).suffix.lower() in SUFFIXES:
+                files.setdefault(match, False)
+            elif not glob.has_magic(pattern):
+                raise DMPODataError(f"unsupported data file: use one of {', '.join(SUFFIXES)}", source=match)
+    if not files:
+        raise FileNotFoundError(f"no {', '.join(SUFFIXES)} file matches {patterns}.")
+    return list(files.items())
 
 
-def builder_of(files: list[str]) -> str:
-    """The `datasets` builder ("json" or "parquet") for these files; they must all need the same one."""
-    builders = set()
-    for f in files:
-        suffix = Path(f).suffix.lower()
-        if suffix not in _BUILDERS:
-            raise ValueError(f"unsupported data file {f!r}: expected one of {sorted(_BUILDERS)}.")
-        builders.add(_BUILDERS[suffix])
-    if len(builders) != 1:
-        raise ValueError(f"data files mix formats {sorted(builders)}; use one format per split.")
-    return builders.pop()
+def arrow_columns(rows: list[dict[str, Any]], as_text: Callable[[str], bool] | None = None) -> dict[str, Any]:
+    """The rows as Arrow arrays, one per column (the union of the rows' keys, None where a row has no value).
+
+    `as_text(column)`: whether a column Arrow cannot store in one type may be stored as JSON text instead (each value
+    `json.dumps`-ed; a warning says so). Only for columns nothing trains on (metadata).
+
+    Raises:
+        DMPODataError: Arrow cannot store a column in one type; names the column and the first row (counted from 0)
+            whose value does not fit the ones before it (`.row`).
+    """
+    import pyarrow as pa
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    arrays = {}
+    for key in columns:
+        values = [row.get(key) for row in rows]
+        try:
+            arrays[key] = pa.array(values)
+        except _ARROW_ERRORS as err:
+            bad = _first_misfit(values)
+            if as_text is not None and as_text(key):
+                logging.getLogger(__name__).warning(
+                    f"column {key!r} mixes types (row {bad} differs from the rows before it): the dataset stores it as "
+                    "JSON text (the trainer does not read it)"
+                )
+                arrays[key] = pa.array([None if v is None else json.dumps(v, ensure_ascii=False) for v in values])
+                continue
+            raise DMPODataError(
+                f"column {key!r} cannot be stored by Arrow (datasets, Parquet): this row's value does not have the "
+                f"type of the rows before it ({err}); give the column one type in every row",
+                row=bad,
+            ) from None
+    return arrays
 
 
-def load_dataset_files(files: list[str], streaming: bool = False):
-    """The files (one format: JSON/JSONL or Parquet) as one `datasets` split, streamed if asked."""
-    from datasets import load_dataset
+def _first_misfit(values: list[Any]) -> int:
+    """The smallest k such that Arrow cannot store values[: k + 1] (a prefix that fails makes every longer one fail)."""
+    import pyarrow as pa
 
-    return load_dataset(builder_of(files), data_files=files, split="train", streaming=streaming)
+    lo, hi = 0, len(values) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        try:
+            pa.array(values[: mid + 1])
+            lo = mid + 1
+        except _ARROW_ERRORS:
+            hi = mid
+    return lo
+
+
+def write_records(rows: Iterable[dict[str, Any]], path: str | Path) -> None:
+    """Write rows to `.json` (an indented list), `.jsonl` or `.parquet`, creating the folder.
+
+    Parquet gets the rows in `arrow_safe` form (tool-call arguments and tools as JSON strings), so that reading the
+    file back, with `read_records` or with `datasets`, gives what was written and trains the same tokens.
+    """
+    path = Path(path)
+    rows = list(rows)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DMPODataError(
+            f"unsupported file type {path.suffix!r}: use one of {', '.join(SUFFIXES)}", source=str(path)
+        )
+    try:
+        _write(rows, path, suffix)
+    except OSError as err:
+        why = err.strerror or str(err)
+        raise OSError(f"cannot write {path} ({why}: {err.filename or path}); choose another output path") from err
+
+
+def _write(rows: list[dict[str, Any]], path: Path, suffix: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".json":
+        path.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    elif suffix == ".jsonl":
+        with path.open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            table = pa.table(arrow_columns([arrow_safe(row) for row in rows]))
+        except DMPODataError as err:
+            raise DMPODataError(err.reason, err.row, source=str(path)) from None
+        pq.write_table(table, str(path))

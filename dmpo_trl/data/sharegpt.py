@@ -36,6 +36,7 @@ from dmpo_trl.data.common import (
     split_implicit,
     tool_call,
 )
+from dmpo_trl.data.eto import check_fastchat_keys
 from dmpo_trl.errors import DMPODataError
 
 
@@ -69,8 +70,7 @@ def sharegpt_messages(messages: Any, side: str, row: int | None) -> list[Row]:
     result: list[Row] = []
     pending_names: list[str] = []
     for i, message in enumerate(messages):
-        if not isinstance(message, Mapping) or "from" not in message:
-            raise DMPODataError(f"message {i} is not a {{from, value}} dict", row, side)
+        check_fastchat_keys(message, i, side, row)
         sender = message["from"]
         role = SHAREGPT_ROLES.get(sender.lower()) if isinstance(sender, str) else None
         if role is None:

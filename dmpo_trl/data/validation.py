@@ -1,9 +1,11 @@
 """Dataset validation: every check the trainer makes, up front, with a report of what the data looks like.
 
-`validate_dataset` runs on each row, in order: `check_pair` (structure: roles, emptiness, text content, the
-prompt shared by both sides), the core tokenizer (`tokenize_pair`: chat-template alignment, per-token turn
-ids) and the truncation at `max_length` (`truncate_trajectory`: a side that keeps no action is an error). It
-reports pairs, actions per side, tokens, the share of action tokens and what truncation costs.
+`validate_dataset` runs on each row what the trainer runs (`dmpo_trl.checks.prepare_pair`): `check_pair` (structure:
+roles, emptiness, text content, the prompt shared by both sides), the core tokenizer (`tokenize_pair`: chat-template
+alignment, per-token turn ids) and the truncation at `max_length` (`truncate_trajectory`: a side that keeps no action,
+or a pair whose kept trajectories are the same, is an error). Files are read by the loader `dmpo-trl train` uses
+(`dmpo_trl.data.loading`), so the report counts the rows and tokens the trainer will train on. It reports pairs,
+actions per side, tokens, the share of action tokens and what truncation costs.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 
 from dmpo_trl.checks import check_pair, prepare_pair
 from dmpo_trl.data.common import SkippedRow
-from dmpo_trl.data.io import read_records
+from dmpo_trl.data.loading import LoadedData, load_preference_files
 from dmpo_trl.errors import DMPODataError
+from dmpo_trl.preparation import refusal
 from dmpo_trl.tokenization import NOT_ACTION, truncate_trajectory
 
 
@@ -73,6 +76,8 @@ class ValidationReport:
     tokens_dropped: int
     """Tokens cut by `max_length`."""
     skipped: list[SkippedRow] = field(default_factory=list)
+    per_row: list[dict[str, Any]] | None = None
+    """With ``per_row=True``: for each valid pair, its row (and file) and token counts before and after truncation."""
 
     @property
     def action_token_share(self) -> float:
@@ -82,7 +87,11 @@ class ValidationReport:
         """A JSON-serialisable dict (what `dmpo-trl validate --json` prints)."""
         data = asdict(self)
         data["action_token_share"] = self.action_token_share
-        data["skipped"] = [{"row": s.row, "reason": s.reason} for s in self.skipped]
+        data["skipped"] = [
+            {"row": s.row, "reason": s.reason, **({"file": s.source} if s.source else {})} for s in self.skipped
+        ]
+        if self.per_row is None:
+            del data["per_row"]
         return data
 
     def format(self) -> str:
@@ -145,42 +154,70 @@ def validate_row(
 
 
 def validate_dataset(
-    dataset_or_rows: Iterable[Mapping[str, Any]] | str | Path,
+    dataset_or_rows: Iterable[Mapping[str, Any]] | str | Path | LoadedData,
     tokenizer,
     max_length: int | None = None,
-    skip_invalid: bool = False,
+    skip_invalid: bool | None = None,
     *,
     progress: bool = True,
+    per_row: bool = False,
 ) -> ValidationReport:
     """Check every row as the trainer would and describe the dataset.
 
     Args:
-        dataset_or_rows: a `datasets.Dataset`, a list of row dicts, or a path to a .json/.jsonl/.parquet file.
+        dataset_or_rows: a `datasets.Dataset`, a list of row dicts, a data path (file, folder or glob: read by the
+            loader `dmpo-trl train` uses, `load_preference_files`) or what that loader returned.
         tokenizer: the fast tokenizer (with its chat template) the model will train with.
         max_length: the trainer's `max_length` (tokens per trajectory, prompt included); None: no truncation.
-        skip_invalid: report bad rows (count and reasons) instead of raising at the first one.
+        skip_invalid: the trainer's `skip_invalid_pairs`: True reports every bad row (count and reasons) instead of
+            raising at the first one; None (the default) reports the rows whose prompt leaves no room for an action
+            within `max_length`, as the trainer drops them, and raises for the others; False raises for every one.
         progress: show a tqdm progress bar.
+        per_row: also list every valid pair's token counts (`ValidationReport.per_row`).
 
     Raises:
-        `DMPODataError` at the first bad row (unless `skip_invalid`), naming the row and the reason.
+        `DMPODataError` at the first bad row (unless `skip_invalid`), naming the row (and its file) and the reason.
     """
     from tqdm.auto import tqdm
 
     if isinstance(dataset_or_rows, (str, Path)):
-        dataset_or_rows = read_records(dataset_or_rows)
-    total = len(dataset_or_rows) if hasattr(dataset_or_rows, "__len__") else None
+        dataset_or_rows = load_preference_files(str(dataset_or_rows), skip_invalid=skip_invalid)
+    loaded = dataset_or_rows if isinstance(dataset_or_rows, LoadedData) else None
+    rows_in = loaded.dataset if loaded is not None else dataset_or_rows
+    total = len(rows_in) if hasattr(rows_in, "__len__") else None
     stats: list[_RowStats] = []
-    skipped: list[SkippedRow] = []
-    rows = 0
-    for row, example in enumerate(tqdm(dataset_or_rows, total=total, desc="Validating", disable=not progress)):
-        rows += 1
+    skipped: list[SkippedRow] = list(loaded.skipped) if loaded is not None else []
+    details: list[dict[str, Any]] = []
+    for row, example in enumerate(tqdm(rows_in, total=total, desc="Validating", disable=not progress)):
         try:
             stats.append(validate_row(tokenizer, example, row, max_length))
         except DMPODataError as err:
-            if not skip_invalid:
-                raise
-            skipped.append(SkippedRow(row, str(err)))
-    return _report(rows, stats, skipped, max_length)
+            err = loaded.locate(err) if loaded is not None else err
+            refused = refusal(err, skip_invalid)
+            if refused is not None:
+                raise refused from None
+            skipped.append(SkippedRow(err.row, str(err), err.source))
+            continue
+        if per_row:
+            where = loaded.sources[row] if loaded is not None and row < len(loaded.sources) else None
+            s = stats[-1]
+            details.append(
+                {
+                    "row": where.row if where else row,
+                    **({"file": where.file} if where else {}),
+                    "prompt_tokens": s.prompt_tokens,
+                    "tokens": dict(zip(("chosen", "rejected"), s.lengths, strict=True)),
+                    "kept_tokens": dict(zip(("chosen", "rejected"), s.kept_lengths, strict=True)),
+                    "kept_actions": dict(zip(("chosen", "rejected"), s.kept, strict=True)),
+                }
+            )
+    if loaded is not None:  # the loader's skipped rows and these, in file order
+        order = {file: i for i, file in enumerate(loaded.files)}
+        skipped.sort(key=lambda s: (order.get(s.source, len(order)), s.row if s.row is not None else -1))
+    rows = loaded.rows_read if loaded is not None and loaded.rows_read is not None else len(stats) + len(skipped)
+    report = _report(rows, stats, skipped, max_length)
+    report.per_row = details if per_row else None
+    return report
 
 
 def _report(rows: int, stats: list[_RowStats], skipped: list[SkippedRow], max_length: int | None) -> ValidationReport:

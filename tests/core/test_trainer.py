@@ -140,11 +140,13 @@ def test_precomputed_reference_equals_online_and_cache_tracks_gamma(tmp_path, to
     path = tmp_path / "pairs.jsonl"
     write_records(dataset_rows(8, seed=4), path)
     ref = tiny_model(tok, seed=9)
-    for gamma in (0.7, 0.3):  # same dataset files, same reference: the cache must not be reused across gamma
+    # same dataset files, same reference: the cache must not be reused across gamma or LD-DPO's alpha
+    for gamma, ld_alpha in ((0.7, None), (0.3, None), (0.3, 0.5)):
         ds = load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "hf_cache"))
         kw = dict(model=tiny_model(tok), ref_model=copy.deepcopy(ref), train_dataset=ds, processing_class=tok)
-        pre = DMPOTrainer(args=make_args(tmp_path, gamma=gamma, precompute_ref_log_probs=True), **kw)
-        online = DMPOTrainer(args=make_args(tmp_path, gamma=gamma), **{**kw, "model": tiny_model(tok)})
+        options = dict(gamma=gamma, ld_alpha=ld_alpha)
+        pre = DMPOTrainer(args=make_args(tmp_path, precompute_ref_log_probs=True, **options), **kw)
+        online = DMPOTrainer(args=make_args(tmp_path, **options), **{**kw, "model": tiny_model(tok)})
         pre_batch, online_batch = batch_of(pre, 8), batch_of(online, 8)
         ref_w, ref_l = online.compute_ref_log_probs(online.ref_model, online_batch)
         assert torch.allclose(pre_batch["ref_chosen_logps"], ref_w, atol=1e-5)
@@ -244,23 +246,46 @@ def test_truncation_keeps_weights_and_is_logged(tmp_path, tok):
     assert (batch["num_turns"][4:] == 6).all() and (batch["kept_turns"][4:] < 6).all()  # T stays the real count
 
 
-def test_row_that_keeps_no_action_is_an_error_or_skipped(tmp_path, tok):
+def test_rows_that_keep_no_action_are_dropped_with_a_warning_or_refused_in_strict_mode(tmp_path, tok, caplog):
     rows = dataset_rows(4)
     rows[2]["prompt"][-1]["content"] = "very long task " * 80
-    with pytest.raises(ValueError, match=r"row 2, chosen: no action fits within max_length=100"):
+    kw = dict(model=tiny_model(tok), train_dataset=Dataset.from_list(rows), processing_class=tok)
+    with caplog.at_level("WARNING", logger="dmpo_trl.trainer"):
+        trainer = DMPOTrainer(args=make_args(tmp_path, max_length=100), **kw)  # the default, as DPOTrainer
+    assert len(trainer.train_dataset) == 3 and trainer.dmpo_data_stats["train"]["pairs_skipped"] == 1
+    assert "Skipped 1/4 rows of the train dataset" in caplog.text
+    assert "1x chosen: no action fits within max_length=100" in caplog.text and "(rows 2)" in caplog.text
+    with pytest.raises(
+        ValueError, match=r"row 2, chosen: no action fits within max_length=100.*skip_invalid_pairs=False"
+    ):
+        DMPOTrainer(args=make_args(tmp_path, max_length=100, skip_invalid_pairs=False), **kw)
+    trainer = DMPOTrainer(args=make_args(tmp_path, max_length=100, skip_invalid_pairs=True), **kw)
+    assert len(trainer.train_dataset) == 3
+
+
+def test_streamed_rows_that_keep_no_action_are_dropped_and_logged(tmp_path, tok, caplog):
+    rows = dataset_rows(6)
+    rows[2]["prompt"][-1]["content"] = "very long task " * 80
+    stream = Dataset.from_list(rows).to_iterable_dataset()
+    args = make_args(tmp_path, max_length=100, max_steps=1, per_device_train_batch_size=2)
+    with caplog.at_level("WARNING", logger="dmpo_trl.checks"):
+        trainer = DMPOTrainer(model=tiny_model(tok), args=args, train_dataset=stream, processing_class=tok)
+        kept = list(trainer.train_dataset)
+    assert len(kept) == 5
+    assert "Skipped row 2 of the streamed train dataset (" in caplog.text
+    assert "1 skipped so far): chosen: no action fits within max_length=100" in caplog.text
+
+
+def test_other_bad_rows_raise_by_default_naming_skip_invalid_pairs(tmp_path, tok):
+    rows = dataset_rows(3)
+    rows[1]["rejected"] = [{"role": "user", "content": "Observation: nothing."}]
+    with pytest.raises(ValueError, match=r"row 1, rejected: no assistant action.*set skip_invalid_pairs=True"):
         DMPOTrainer(
             model=tiny_model(tok),
-            args=make_args(tmp_path, max_length=100),
+            args=make_args(tmp_path),
             train_dataset=Dataset.from_list(rows),
             processing_class=tok,
         )
-    trainer = DMPOTrainer(
-        model=tiny_model(tok),
-        args=make_args(tmp_path, max_length=100, skip_invalid_pairs=True),
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tok,
-    )
-    assert len(trainer.train_dataset) == 3 and trainer.dmpo_data_stats["train"]["pairs_skipped"] == 1
 
 
 def test_sft_term_adds_chosen_action_nll(tmp_path, tok):
@@ -276,7 +301,7 @@ def test_sft_term_adds_chosen_action_nll(tmp_path, tok):
     batch = batch_of(plain, 4)
     per_token, _ = plain._per_token_logps(plain.model, batch)
     mask = batch["completion_mask"][:4, 1:].float()
-    nll = (-(per_token[:4] * mask).sum(1) / mask.sum(1)).mean()
+    nll = -(per_token[:4] * mask).sum() / mask.sum()  # token mean over the batch's chosen actions, as DPOTrainer's
     expected = plain.compute_loss(plain.model, batch) + 0.5 * nll
     assert mixed.compute_loss(mixed.model, batch).item() == pytest.approx(expected.item(), abs=1e-5)
 
@@ -300,6 +325,8 @@ def test_model_card_carries_dmpo(tmp_path, tok):
         "my/agent-pairs",
     ):
         assert needle in card, needle
+    # a model that is not pushed: the quick start loads the folder the card is in, not model="None"
+    assert 'model="None"' not in card and f'model="{tmp_path / "out"}"' in card
 
 
 @pytest.mark.parametrize(
@@ -307,11 +334,9 @@ def test_model_card_carries_dmpo(tmp_path, tok):
     [
         (dict(gamma=1.5), "gamma"),
         (dict(gamma=-0.1), "gamma"),
-        (dict(loss_type=["ipo"]), "DMPO supports"),
-        (dict(loss_type=["sft"]), "DMPO supports"),
-        (dict(ld_alpha=0.5), "ld_alpha"),
-        (dict(use_weighting=True), "use_weighting"),
-        (dict(f_divergence_type="js_divergence"), "f_divergence_type"),
+        (dict(loss_type=["sigmoid", "dpop"]), r"Unknown loss type\(s\) \['dpop'\]"),
+        (dict(truncation_mode="keep_end"), "highest DMPO weights"),
+        (dict(f_divergence_type="js_divergence", precompute_ref_log_probs=True), "reference log-prob of every action"),
     ],
 )
 def test_config_rejects_unsupported_options(tmp_path, kw, match):
@@ -337,11 +362,9 @@ def test_trainer_rejects_plain_dpo_config_and_wrong_trl(tmp_path, tok):
     check_trl_version("1.16.3")
 
 
-def test_dataset_with_non_conversational_rows_names_the_row(tmp_path, tok):
-    rows = [{"prompt": "hi", "chosen": "a", "rejected": "b"}]
-    with pytest.raises(
-        ValueError, match=r"row 0, chosen: non-text content: chosen is a plain string; DMPO needs conversational data"
-    ):
+def test_dataset_with_mixed_format_rows_names_the_row(tmp_path, tok):
+    rows = [{"prompt": "hi", "chosen": "a", "rejected": [{"role": "assistant", "content": "b"}]}]
+    with pytest.raises(ValueError, match=r"row 0, rejected: mixed formats: the row is standard \(plain text\)"):
         DMPOTrainer(
             model=tiny_model(tok),
             args=make_args(tmp_path),
@@ -382,7 +405,7 @@ def test_skipped_rows_are_reported_by_their_whole_reason(tmp_path, tok, caplog):
     for i in (1, 3):  # same reason twice
         rows[i]["rejected"] = [{"role": "user", "content": "Observation: nothing."}]
     rows[4]["chosen"] = [{"role": "assistant", "content": "Action: a"}, {"role": "assistant", "content": "Action: b"}]
-    with caplog.at_level("WARNING", logger="dmpo_trl.trainer"):
+    with caplog.at_level("WARNING", logger="dmpo_trl.preparation"):
         trainer = DMPOTrainer(
             model=tiny_model(tok),
             args=make_args(tmp_path, skip_invalid_pairs=True),
@@ -403,8 +426,7 @@ def test_dataset_preparation_runs_main_process_first(tmp_path, tok, monkeypatch)
     """Every row is tokenized inside TRL's main-process-first context (the other ranks then read the cache)."""
     import contextlib
 
-    import dmpo_trl.checks
-    import dmpo_trl.trainer
+    import dmpo_trl.preparation
 
     state = {"inside": False, "rows": [], "entered": 0}
 
@@ -417,14 +439,14 @@ def test_dataset_preparation_runs_main_process_first(tmp_path, tok, monkeypatch)
         finally:
             state["inside"] = False
 
-    original = dmpo_trl.checks.prepare_row
+    original = dmpo_trl.preparation.prepare_row
 
     def spy(example, idx, **kwargs):
         state["rows"].append(state["inside"])
         return original(example, idx, **kwargs)
 
-    monkeypatch.setattr(dmpo_trl.trainer, "global_then_local_main_first", recording)
-    monkeypatch.setattr(dmpo_trl.trainer, "prepare_row", spy)
+    monkeypatch.setattr(dmpo_trl.preparation, "global_then_local_main_first", recording)
+    monkeypatch.setattr(dmpo_trl.preparation, "prepare_row", spy)
     DMPOTrainer(
         model=tiny_model(tok),
         args=make_args(tmp_path),

@@ -126,13 +126,15 @@ PROJECT_CASES = [
         "string prompt",
         with_(prompt="Task: find the coin."),
         "prompt",
-        "non-text content: the prompt is a plain string; DMPO needs conversational data (a list of messages)",
+        "mixed formats: the prompt is a plain string but chosen/rejected are lists of messages; give the prompt "
+        "as messages too, or the whole row as plain text (the standard format)",
     ),
     (
         "string side",
         with_(chosen="Action: look"),
-        "chosen",
-        "non-text content: chosen is a plain string; DMPO needs conversational data (a list of messages)",
+        "rejected",
+        "mixed formats: the row is standard (plain text) but 'rejected' is of type list; standard rows need 'chosen' "
+        "and 'rejected' strings (and a 'prompt' string or none), conversational rows lists of messages",
     ),
     (
         "empty action",
@@ -243,9 +245,12 @@ def test_side_with_no_action_after_truncation(tok):
     row = good()
     prompt_len = len(tokenize_pair(tok, row)["prompt_ids"])
     with pytest.raises(DMPODataError) as err:
-        validate_dataset([good(), row], tok, max_length=prompt_len + 3, progress=False)
+        validate_dataset([good(), row], tok, max_length=prompt_len + 3, skip_invalid=False, progress=False)
     assert (err.value.row, err.value.side) == (0, "chosen")
     assert err.value.reason.startswith(f"no action fits within max_length={prompt_len + 3}: the first action ends at")
+    # by default (skip_invalid unset) such rows are dropped and counted, as the trainer does
+    report = validate_dataset([good(), row], tok, max_length=prompt_len + 3, progress=False)
+    assert len(report.skipped) == 2
 
 
 # --------------------------------------------------------------------------------------------- converter-specific
@@ -406,7 +411,7 @@ def test_converter_errors_name_row_and_reason(case, converter, bad, side, reason
 def test_bad_jsonl_line_names_the_row(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps(good()) + "\n\n" + '{"prompt": [\n')
-    with pytest.raises(DMPODataError, match=r"^row 1: .*data.jsonl line 3 is not valid JSON"):
+    with pytest.raises(DMPODataError, match=r"data.jsonl: line 3, column 1: not valid JSON \(Expecting value\)$"):
         read_records(path)
 
 

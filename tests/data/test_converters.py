@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from dmpo_trl.checks import prepare_pair
 from dmpo_trl.cli import main as cli_main
 from dmpo_trl.data.convert import (
     convert,
@@ -18,13 +19,12 @@ from dmpo_trl.data.convert import (
 )
 from dmpo_trl.data.io import read_records, write_records
 from dmpo_trl.errors import DMPODataError
-from dmpo_trl.tokenization import tokenize_pair
 from tests.data import records as rec
 
 
 def action_texts(tokenizer, row: dict) -> dict[str, list[str]]:
-    """Per side, the decoded tokens of each action t (the tokens whose turn id is t)."""
-    out = tokenize_pair(tokenizer, row)
+    """Per side, the decoded tokens of each action t (the tokens whose turn id is t), as the trainer tokenizes it."""
+    out = prepare_pair(tokenizer, row)
     texts = {}
     for side in ("chosen", "rejected"):
         ids, turn_ids = out[f"{side}_ids"], out[f"{side}_turn_ids"]
@@ -39,8 +39,15 @@ def msg(role: str, content: str, **extra) -> dict:
     return {"role": role, "content": content, **extra}
 
 
-def call(name: str, arguments: dict, **extra) -> dict:
-    return {"type": "function", "function": {"name": name, "arguments": arguments}, **extra}
+def call(name: str, arguments: dict | str, **extra) -> dict:
+    """A converted tool call: the converters write arguments as a JSON string (it survives Arrow)."""
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return {"type": "function", "function": {"name": name, "arguments": text}, **extra}
+
+
+def tools_json(*functions: dict) -> str:
+    """Converted tools: the JSON string of the wrapped schemas."""
+    return json.dumps([{"type": "function", "function": f} for f in functions])
 
 
 # ---------------------------------------------------------------------------------------------------------- ETO pairs
@@ -172,7 +179,7 @@ def test_llamafactory_sharegpt_pair_exact_messages_and_action_spans(tok):
         ],
         "chosen": [msg("assistant", "", tool_calls=[call("buy", {"product_id": "B09QQLDJ93"})])],
         "rejected": [msg("assistant", "I could not find anything.")],
-        "tools": [{"type": "function", "function": rec.SEARCH_TOOL}, {"type": "function", "function": rec.BUY_TOOL}],
+        "tools": tools_json(rec.SEARCH_TOOL, rec.BUY_TOOL),
     }
     texts = action_texts(tok, row)
     assert texts["chosen"] == [
@@ -259,7 +266,7 @@ def test_openai_full_conversations_with_tool_calls(tok):
         msg("tool", "[]", name="search_products", tool_call_id="call_9"),
         msg("assistant", "Nothing found."),
     ]
-    assert row["tools"] == record["tools"]
+    assert row["tools"] == json.dumps(record["tools"])
     texts = action_texts(tok, row)
     assert texts["chosen"] == [
         '<tool_call>\n{"name": "search_products", "arguments": {"query": "clip-in hair extension", "max_price": 40}}'
@@ -291,12 +298,12 @@ def test_openai_preference_finetuning_format_and_legacy_functions():
     assert row == {
         "prompt": [msg("system", "Be brief."), msg("user", "2+2?")],
         "chosen": [
-            msg("assistant", "", tool_calls=[call("calc", {"expr": "2+2"})]),
+            msg("assistant", "", tool_calls=[call("calc", '{"expr": "2+2"}')]),
             msg("tool", "4", name="calc"),
             msg("assistant", "4"),
         ],
         "rejected": [msg("assistant", "5")],
-        "tools": [{"type": "function", "function": {"name": "calc", "parameters": {}}}],
+        "tools": tools_json({"name": "calc", "parameters": {}}),
     }
 
 
@@ -392,5 +399,5 @@ def test_cli_convert_reports_the_bad_row(tmp_path, capsys):
     assert "row 1, rejected: 'rejected' must be a list of {from, value} messages, got str" in err
     assert cli_main(["convert", "--from", "eto", "--skip-invalid", str(src), str(tmp_path / "o.json")]) == 0
     captured = capsys.readouterr()
-    assert json.loads(captured.out)["skipped"] == 1 and "skipped row 1, rejected" in captured.err
+    assert json.loads(captured.out)["skipped"] == 1 and f"skipped {src}: row 1, rejected" in captured.err
     assert len(read_records(tmp_path / "o.json")) == 1

@@ -10,6 +10,8 @@ from dmpo_trl.cli import main as cli_main
 from dmpo_trl.data.convert import from_eto_pairs
 from dmpo_trl.data.io import write_records
 from dmpo_trl.data.validation import validate_dataset
+from dmpo_trl.errors import DMPODataError
+from dmpo_trl.normalize import normalize_pair
 from dmpo_trl.testing import agent_pair
 from tests.data import records as rec
 
@@ -44,20 +46,51 @@ def expected_side(tokenizer, prompt, side, max_length, tools=None):
 
 def first_action_end(tokenizer, row) -> int:
     """The largest, over both sides, token position where the first action ends: the tightest max_length that works."""
+    row = normalize_pair(row)  # as the trainer reads it: JSON-string arguments and tools parsed
     tools = row.get("tools")
     return max(expected_side(tokenizer, row["prompt"], row[s][:1], None, tools)[2] - 1 for s in ("chosen", "rejected"))
 
 
+def collapses(tokenizer, row, max_length) -> bool:
+    """Independently: truncation at max_length leaves both sides with the same rendered text (same kept actions)."""
+    kept_text = []
+    for side in ("chosen", "rejected"):
+        _, kept, total, _, _ = expected_side(tokenizer, row["prompt"], row[side], max_length)
+        actions = [j for j, m in enumerate(row[side]) if m["role"] == "assistant"]
+        cut = len(row[side]) if max_length is None or total <= max_length else actions[kept - 1] + 1
+        kept_text.append(render(tokenizer, row["prompt"] + row[side][:cut]))
+    return kept_text[0] == kept_text[1]
+
+
+def long_row() -> dict:
+    """Five actions a side with long observations: truncated at the lengths the ETO pair needs."""
+    row = agent_pair(5, 5)
+    for side in ("chosen", "rejected"):
+        for m in row[side]:
+            if m["role"] == "user":
+                m["content"] = "Observation: a door and a coin on the table. " * 12
+    return row
+
+
 @pytest.mark.parametrize("extra", [None, 0, 40, 400])
 def test_report_numbers_match_an_independent_count(tok, rows, extra):
+    rows = [*rows, long_row()]
     max_length = None if extra is None else max(first_action_end(tok, r) for r in rows) + extra
-    report = validate_dataset(rows, tok, max_length=max_length, progress=False)
-    per_side = {s: [expected_side(tok, r["prompt"], r[s], max_length) for r in rows] for s in ("chosen", "rejected")}
-    assert (report.rows, report.pairs, report.skipped) == (4, 4, [])
+    # Rows whose kept trajectories are the same carry no preference: an error, or skipped and counted
+    dead = [i for i, r in enumerate(rows) if collapses(tok, r, max_length)]
+    if dead:
+        with pytest.raises(DMPODataError, match=rf"^row {dead[0]}: no preference left after truncation"):
+            validate_dataset(rows, tok, max_length=max_length, progress=False)
+    report = validate_dataset(rows, tok, max_length=max_length, skip_invalid=True, progress=False)
+    assert [s.row for s in report.skipped] == dead
+    live = [r for i, r in enumerate(rows) if i not in dead]
+    n = len(live)
+    per_side = {s: [expected_side(tok, r["prompt"], r[s], max_length) for r in live] for s in ("chosen", "rejected")}
+    assert (report.rows, report.pairs) == (5, n)
     for side, values in per_side.items():
         turns = [v[0] for v in values]
         dist = report.actions[side]
-        assert (dist.min, dist.max, dist.mean) == (min(turns), max(turns), sum(turns) / 4)
+        assert (dist.min, dist.max, dist.mean) == (min(turns), max(turns), sum(turns) / n)
         assert dist.histogram == {t: turns.count(t) for t in sorted(set(turns))}
         assert [report.tokens[side].min, report.tokens[side].max] == [
             min(v[2] for v in values),
@@ -73,10 +106,13 @@ def test_report_numbers_match_an_independent_count(tok, rows, extra):
     pairs = zip(per_side["chosen"], per_side["rejected"], strict=True)
     truncated = sum(1 for c, r in pairs if c[1] < c[0] or r[1] < r[0])
     assert report.pairs_truncated == truncated
-    prompts = [n_tokens(tok, render(tok, r["prompt"], add_generation_prompt=True)) for r in rows]
+    prompts = [n_tokens(tok, render(tok, r["prompt"], add_generation_prompt=True)) for r in live]
     assert (report.tokens["prompt"].min, report.tokens["prompt"].max) == (min(prompts), max(prompts))
-    if extra in (0, 40):  # these cases truncate some but not all actions
+    if extra in (0, 40):  # these cases truncate some but not all actions, and make the ETO pair (row 3) collapse
         assert 0 < report.actions_dropped < report.actions_total and report.pairs_truncated > 0
+        assert dead == [3]
+    else:
+        assert dead == []
 
 
 def test_report_format_and_json(tok, rows):
@@ -85,11 +121,12 @@ def test_report_format_and_json(tok, rows):
         rows + [{**agent_pair(), "chosen": []}], tok, max_length=max_length, skip_invalid=True, progress=False
     )
     text = report.format()
-    assert text.splitlines()[0] == "rows: 5    valid pairs: 4    skipped: 1"
-    assert f"truncation at max_length={max_length}: {report.pairs_truncated}/4 pairs" in text
+    assert text.splitlines()[0] == "rows: 5    valid pairs: 3    skipped: 2"  # the ETO pair (3) collapses, 4 is bad
+    assert f"truncation at max_length={max_length}: {report.pairs_truncated}/3 pairs" in text
+    assert text.splitlines()[-2].startswith("skipped row 3: no preference left after truncation")
     assert text.splitlines()[-1] == "skipped row 4, chosen: empty chosen: the chosen continuation has no messages"
     data = json.loads(json.dumps(report.to_dict()))
-    assert data["pairs"] == 4 and data["skipped"] == [{"row": 4, "reason": report.skipped[0].reason}]
+    assert data["pairs"] == 3 and data["skipped"][1] == {"row": 4, "reason": report.skipped[1].reason}
     assert data["actions"]["chosen"]["histogram"] == {str(k): v for k, v in report.actions["chosen"].histogram.items()}
 
 
@@ -111,6 +148,7 @@ def tokenizer_dir(tok, tmp_path_factory):
 
 
 def test_cli_validate(tok, rows, tmp_path, tokenizer_dir, capsys):
+    rows = rows[:3]  # the ETO pair collapses at this max_length (test_report_numbers_match_an_independent_count)
     path = tmp_path / "rows.json"
     write_records(rows, path)
     max_length = max(first_action_end(tok, r) for r in rows)
@@ -122,7 +160,7 @@ def test_cli_validate(tok, rows, tmp_path, tokenizer_dir, capsys):
     assert printed == json.loads(json.dumps(validate_dataset(rows, tok, max_length, progress=False).to_dict()))
     assert printed["actions_dropped"] > 0
     assert cli_main(["validate", str(path), "--model", str(tokenizer_dir)]) == 0
-    assert capsys.readouterr().out.startswith("rows: 4    valid pairs: 4    skipped: 0\n")
+    assert capsys.readouterr().out.startswith("rows: 3    valid pairs: 3    skipped: 0\n")
 
 
 def test_cli_validate_bad_row_exit_code_and_skip(rows, tmp_path, tokenizer_dir, capsys):
@@ -132,7 +170,7 @@ def test_cli_validate_bad_row_exit_code_and_skip(rows, tmp_path, tokenizer_dir, 
     assert "row 4, rejected: no assistant action in rejected (roles: 'user')" in capsys.readouterr().err
     assert cli_main(["validate", str(path), "--model", str(tokenizer_dir), "--skip-invalid"]) == 0
     out = capsys.readouterr().out
-    assert "valid pairs: 4    skipped: 1" in out and "skipped row 4, rejected: no assistant action" in out
+    assert "valid pairs: 4    skipped: 1" in out and f"skipped {path}: row 4, rejected: no assistant action" in out
 
 
 def test_cli_validate_converts_other_formats(tmp_path, tokenizer_dir, capsys):
@@ -155,6 +193,7 @@ def test_report_agrees_with_the_trainer_and_converted_rows_train(tok, rows, tmp_
 
     converted = [
         *rows,
+        long_row(),  # truncated at this max_length
         *from_sharegpt([rec.llamafactory_pair()]),
         *from_openai([dict(zip(("chosen", "rejected"), rec.openai_conversations(), strict=True))]),
     ]
@@ -171,10 +210,12 @@ def test_report_agrees_with_the_trainer_and_converted_rows_train(tok, rows, tmp_
         save_strategy="no",
         use_cpu=True,
         bf16=False,
+        skip_invalid_pairs=True,  # the ETO pair (row 3) keeps only its shared first action at this max_length
     )
     trainer = DMPOTrainer(model=tiny_model(tok), args=args, train_dataset=dataset, processing_class=tok)
-    report = validate_dataset(dataset, tok, max_length=max_length, progress=False)
+    report = validate_dataset(dataset, tok, max_length=max_length, skip_invalid=True, progress=False)
     stats = trainer.dmpo_data_stats["train"]
+    assert [s.row for s in report.skipped] == [3] and stats["pairs_skipped"] == 1
     assert (stats["pairs"], stats["pairs_truncated"], stats["actions"], stats["actions_dropped"]) == (
         report.pairs,
         report.pairs_truncated,

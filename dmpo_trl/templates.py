@@ -1,0 +1,241 @@
+"""Chat-template paths to the action spans: the tokenizer's assistant mask, and action ends taken from the template.
+
+`dmpo_trl.tokenization.tokenize_conversation` finds the actions one of two ways:
+
+- **generation markers** (this module): when the chat template wraps assistant output in ``{% generation %}`` /
+  ``{% endgeneration %}`` (TRL's ``trl/chat_templates/*_training.jinja``), the tokenizer's own assistant mask,
+  ``apply_chat_template(..., return_dict=True, return_assistant_tokens_mask=True)``, marks the tokens of every assistant
+  message; each contiguous run of the mask is one message. The template's rendering need not have the prefix property
+  (templates that rewrite history are fine: the whole conversation is tokenized as the template renders it).
+- **prefix rendering** (`dmpo_trl.tokenization`): otherwise.
+
+Both paths apply DMPO's action rule to what they find: an action is what the model generates for the message, up to
+and including its end-of-turn token (the last special token of the span); template markup after that token (ChatML's
+``\\n`` after ``<|im_end|>``) is not an action. On the marker path the start is aligned to the generation prompt too:
+when the block opens before the end of the generation prompt (``qwen2_5_training.jinja`` puts the ``\\n`` of
+``<|im_start|>assistant\\n`` inside it), the tokens the generation prompt already holds are context, not action.
+
+Templates that close an assistant turn without a special token of their own (GLM-4.5: the next message's role token,
+``<|user|>`` or ``<|observation|>``, is what the model emits to stop) get the action's end from the template
+(`template_action_end`): the special token the template renders right after the message; after the last message, the
+one it renders when a user message follows.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .errors import DMPODataError
+
+
+__all__ = [
+    "EMPTY_ACTION",
+    "TEMPLATE_REMEDY",
+    "check_action_content",
+    "has_generation_markers",
+    "marker_action_spans",
+    "template_action_end",
+]
+
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+#: What every "this template cannot be aligned" error ends with: the two ways out.
+TEMPLATE_REMEDY = (
+    "use a training chat template with {% generation %} markers (TRL ships one per family as "
+    "trl/chat_templates/<family>_training.jinja, e.g. qwen3_training.jinja), set as tokenizer.chat_template or given "
+    "with chat_template_path (`dmpo-trl train --chat_template_path FILE`, the same for `dmpo-trl validate`)"
+)
+_PROBE = {"role": "user", "content": "x"}
+#: An action with nothing but its end-of-turn token (`str.format` with ``t``).
+EMPTY_ACTION = (
+    "action {t} is empty: the chat template renders nothing for the assistant message but its end-of-turn token "
+    "(templates that drop tool_calls do this for a message that is only a tool call)"
+)
+
+
+def has_generation_markers(template: Any) -> bool:
+    """Whether a chat template (a string) wraps assistant output in ``{% generation %}`` blocks."""
+    return isinstance(template, str) and bool(_GENERATION_TAG.search(template))
+
+
+def template_action_end(
+    tokenizer, input_ids: list[int], k1: int, special: frozenset[int], render_continued
+) -> int | None:
+    """Index of the token that ends an action whose span ``[.., k1)`` holds no special token, or ``None``.
+
+    The template's own end: the token at ``k1`` when it is special (the next message's role token). When the action
+    ends the conversation (``k1 == len(input_ids)``), ``render_continued()`` gives the text the template renders after
+    it when a user message follows; its first token, if special, is appended to ``input_ids`` (what the model emits to
+    stop, e.g. GLM's ``<|user|>``).
+    """
+    if k1 < len(input_ids):
+        return k1 if input_ids[k1] in special else None
+    after = render_continued()
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    if ids and ids[0] in special:
+        input_ids.append(ids[0])
+        return k1
+    return None
+
+
+def _runs(mask: list[int]) -> list[tuple[int, int]]:
+    runs, start = [], None
+    for k, m in enumerate([*mask, 0]):
+        if m and start is None:
+            start = k
+        elif not m and start is not None:
+            runs.append((start, k))
+            start = None
+    return runs
+
+
+def marker_action_spans(
+    tokenizer,
+    messages: list[dict[str, Any]],
+    action_positions: list[int],
+    *,
+    render,
+    template_kwargs: dict[str, Any],
+    special: frozenset[int],
+    row: int | None,
+    side: str | None,
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of the conversation and the ``[k0, k1)`` token span of every action, from the assistant mask.
+
+    Args:
+        tokenizer: a fast tokenizer whose chat template has generation markers.
+        messages: the whole conversation (prompt + completion).
+        action_positions: indices in ``messages`` of the completion's assistant messages, in order.
+        render: ``render(messages, add_generation_prompt) -> str`` with the row's tools and template kwargs.
+        template_kwargs: those keyword arguments (``tools`` and the row's ``chat_template_kwargs``).
+        special: ids of the tokenizer's special tokens.
+        row, side: for error messages.
+
+    Returns:
+        ``(input_ids, spans)``; each span ends right after the action's end-of-turn token.
+    """
+    full_text = render(messages, False)
+    try:
+        out = tokenizer.apply_chat_template(
+            messages,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            **template_kwargs,
+        )
+    except Exception as err:  # jinja2 errors, a template without markers for this conversation, ...
+        raise DMPODataError(
+            f"the chat template rejected the conversation ({type(err).__name__}: {err})", row, side
+        ) from err
+    input_ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    encoding = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
+    if list(encoding["input_ids"]) != input_ids:
+        raise DMPODataError(
+            "the tokenizer's assistant mask does not come with the same tokens as the rendered conversation", row, side
+        )
+    offsets = encoding["offset_mapping"]
+    runs = _runs(mask)
+    num_prompt_assistant = sum(1 for m in messages[: action_positions[0]] if m.get("role") == "assistant")
+    runs = runs[num_prompt_assistant:]
+    if len(runs) != len(action_positions):
+        raise DMPODataError(
+            f"the chat template's generation markers mark {len(runs)} assistant span(s) in the completion for "
+            f"{len(action_positions)} assistant message(s) (a message rendered as nothing, or a message split into "
+            f"several generation blocks); {TEMPLATE_REMEDY}",
+            row,
+            side,
+        )
+    spans = []
+    for t, ((k0, k1), j) in enumerate(zip(runs, action_positions, strict=True)):
+        first = _action_start(full_text, offsets, k0, k1, render(messages[:j], True), render(messages[:j], False))
+        if first is None:
+            raise DMPODataError(
+                f"cannot align tokens with the chat template: a token spans the end of the generation prompt of "
+                f"action {t}, so the action cannot be separated exactly from it",
+                row,
+                side,
+            )
+        k0 = first
+        eot = next((k for k in range(k1 - 1, k0 - 1, -1) if input_ids[k] in special), None)
+        if eot is None:
+            eot = template_action_end(
+                tokenizer, input_ids, k1, special, lambda j=j: _continued(render, messages[: j + 1], full_text)
+            )
+        if eot is None:
+            raise DMPODataError(
+                f"action {t} has no end-of-turn token: the chat template's generation block for it holds no special "
+                f"token and none follows it, so the model could not learn to stop; {TEMPLATE_REMEDY}",
+                row,
+                side,
+            )
+        if eot <= k0:
+            raise DMPODataError(EMPTY_ACTION.format(t=t), row, side)
+        end_char = offsets[eot][1] if eot < len(offsets) else len(full_text)
+        check_action_content(full_text[offsets[k0][0] : end_char], messages[j], t, row, side)
+        spans.append((k0, eot + 1))
+    return input_ids, spans
+
+
+def _continued(render, messages, full_text) -> str:
+    """What the template renders after the last message when a user message follows."""
+    continued = render([*messages, _PROBE], False)
+    return continued[len(full_text) :] if continued.startswith(full_text) else ""
+
+
+def _ends_with(text: str, end: int, context: str, window: int = 32) -> bool:
+    """Whether ``text[:end]`` ends with the last ``window`` characters of ``context``."""
+    tail = context[-window:] if window < len(context) else context
+    return text[:end].endswith(tail)
+
+
+def _action_start(full_text: str, offsets, k0: int, k1: int, with_prompt: str, without: str) -> int | None:
+    """First token of the generation block ``[k0, k1)`` that is action: after what the generation prompt holds.
+
+    ``with_prompt`` / ``without`` render the conversation before the message with / without the generation prompt.
+    (a) The block opens with the tail of ``with_prompt`` (``qwen2_5_training.jinja``'s ``\\n``, DeepSeek's
+    ``<｜tool▁outputs▁end｜>`` after tool results): the action starts after it (``None`` if a token straddles that
+    point). (b) Otherwise, the block opens with the start of the generation prompt (a role token inside the block)
+    before the template's text goes its own way (R1's past turns lack the ``<think>\\n`` its prompt prefills): the
+    action starts after the whole tokens they share.
+    """
+    start, end = offsets[k0][0], offsets[k1 - 1][1]
+    for m in range(min(len(with_prompt), end - start), 0, -1):
+        if with_prompt.endswith(full_text[start : start + m]) and _ends_with(full_text, start, with_prompt[:-m]):
+            k = k0
+            while k < k1 and offsets[k][1] <= start + m:
+                k += 1
+            return k if k == k1 or offsets[k][0] >= start + m else None
+    if with_prompt.startswith(without) and _ends_with(full_text, start, without):
+        prompt = with_prompt[len(without) :]
+        k = k0
+        while k < k1 and prompt.startswith(full_text[start : offsets[k][1]]):
+            k += 1
+        return k
+    return k0
+
+
+def check_action_content(text: str, message: dict[str, Any], t: int, row: int | None, side: str | None) -> None:
+    """Raise unless the action's text holds the message's content and the names of its tool calls.
+
+    Catches templates that render an assistant message without what it says (vision templates that read only content
+    parts, templates that drop ``tool_calls``), which would otherwise train an action on markup alone.
+    """
+    content = message.get("content")
+    if isinstance(content, str) and content.strip() and "think>" not in content and content.strip() not in text:
+        raise DMPODataError(
+            f"the chat template does not render the content of action {t} (assistant message) inside its span "
+            f"(rendered: {text[:60]!r}); a template that reads only content parts (vision templates) or rewrites the "
+            f"message cannot be trained on as it is; {TEMPLATE_REMEDY}",
+            row,
+            side,
+        )
+    for call in message.get("tool_calls") or ():
+        function = call.get("function", call) if isinstance(call, dict) else {}
+        name = function.get("name") if isinstance(function, dict) else None
+        if isinstance(name, str) and name not in text:
+            raise DMPODataError(
+                f"the chat template drops the tool call {name!r} of action {t}: it renders nothing of it, so the "
+                f"model would not learn the call; {TEMPLATE_REMEDY}",
+                row,
+                side,
+            )
