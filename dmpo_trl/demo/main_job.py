@@ -33,7 +33,8 @@ from typing import Any
 __all__ = ["MainJobConfig", "build_arg_parser", "config_from_args", "main", "pipeline_config", "run_main_job"]
 
 # The task: TextWorld-Express `coin` in 4 rooms (no doors, no distractors): find the coin, which usually lies in
-# another room, and take it. Held-out games are drawn among those whose gold path needs >= `min_gold_steps` actions.
+# another room, and take it. Held-out games are drawn among those whose shortest path needs >= `min_gold_steps`
+# actions.
 MAIN_TASK = "coin"
 MAIN_GAME_PARAMS = "numLocations=4,numDistractorItems=0,includeDoors=0"
 
@@ -50,14 +51,17 @@ class MainJobConfig:
     sft_episodes: int = 48
     sft_epochs: float = 2.0
     sft_learning_rate: float = 2e-3
-    explore_episodes: int = 24
+    explore_episodes: int = 16
     num_rollouts: int = 4
     temperature: float = 0.7
-    max_pairs: int = 24
+    max_pairs: int = 16
     learning_rate: float = 2e-4
     beta: float = 0.1
     gamma: float = 0.7
     heldout_episodes: int = 30
+    min_gold_steps: int = 3
+    """Held-out games are drawn among those whose shortest gold path has at least this many actions (in 4 rooms: the
+    coin two or more rooms away; the gold agent, which explores at random, takes more)."""
     eval_max_steps: int = 10
     max_new_tokens: int = 10
     max_length: int = 1536
@@ -110,6 +114,7 @@ def pipeline_config(cfg: MainJobConfig):
                 "max_steps": cfg.eval_max_steps,
                 "max_new_tokens": cfg.max_new_tokens,
                 "batch_size": cfg.heldout_episodes,
+                "min_gold_steps": cfg.min_gold_steps,
             },
         }
     )

@@ -99,6 +99,9 @@ class EvalSettings:
     batch_size: int = 50
     base_model: bool = True
     """Also evaluate the untouched model (before SFT)."""
+    min_gold_steps: int = 1
+    """Draw the held-out variations among those whose shortest gold path (of `stages.GOLD_DRAWS` draws) has at least
+    this many actions."""
 
 
 @dataclass

@@ -54,10 +54,36 @@ def choose_variations(env: AgentEnv, cfg: PipelineConfig) -> dict[str, list[int]
     if cfg.explore.episodes > cfg.sft.episodes:
         raise ValueError("explore.episodes must be <= sft.episodes (the explored tasks are SFT tasks)")
     sft = rng.sample(train_pool, cfg.sft.episodes)
-    heldout = sorted(rng.sample(heldout_pool, cfg.eval.episodes))
+    if cfg.eval.min_gold_steps <= 1:
+        heldout = sorted(rng.sample(heldout_pool, cfg.eval.episodes))
+    else:
+        heldout = sorted(_needing_steps(env, rng, heldout_pool, cfg.eval.episodes, cfg.eval.min_gold_steps))
     if set(sft) & set(heldout):
         raise DMPOEnvError(f"{env.describe()}: train and held-out variations overlap")
     return {"sft": sorted(sft), "explore": sorted(sft[: cfg.explore.episodes]), "heldout": heldout}
+
+
+#: How many gold paths `_needing_steps` draws per game (some environments draw a random gold path at every reset:
+#: TextWorld-Express's gold agent explores rooms in a random order); the shortest is how many actions the game needs.
+GOLD_DRAWS = 16
+
+
+def _needing_steps(env: AgentEnv, rng: random.Random, pool: list[int], n: int, min_steps: int) -> list[int]:
+    """`n` variations of `pool` (in a seeded random order) whose shortest gold path, over `GOLD_DRAWS` draws, has
+    >= `min_steps` actions."""
+    from dmpo_trl.envs.explore import expert_trajectories
+
+    chosen = []
+    for variation in rng.sample(pool, len(pool)):
+        lengths = [t.num_turns for _ in range(GOLD_DRAWS) for t in expert_trajectories(env, [variation]).values()]
+        if lengths and min(lengths) >= min_steps:
+            chosen.append(int(variation))
+            if len(chosen) == n:
+                return chosen
+    raise ValueError(
+        f"{env.describe()}: only {len(chosen)} of {len(pool)} held-out variations need >= {min_steps} gold actions, "
+        f"the recipe asks for {n} (lower eval.min_gold_steps or eval.episodes)"
+    )
 
 
 def load_policy(model_dir: str | Path, adapter_dir: str | Path | None = None):
