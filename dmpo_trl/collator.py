@@ -16,12 +16,12 @@ import torch
 from transformers.data.data_collator import DataCollatorMixin
 
 from .checks import REFERENCE_COLUMNS
-from .loss import dmpo_turn_weights, weighted_sequence_logps
+from .loss import TURN_WEIGHTINGS, dmpo_turn_weights, weighted_sequence_logps
 from .packing import PACKING_LAYOUTS, build_packed_batch, segment_sum
 from .tokenization import NOT_ACTION, truncate_trajectory
 
 
-__all__ = ["DMPOBatch", "DataCollatorForDMPO"]
+__all__ = ["DMPOBatch", "DataCollatorForDMPO", "collator_for_config"]
 
 
 def _pad(rows: list[list], value, dtype: torch.dtype, length: int) -> torch.Tensor:
@@ -64,6 +64,8 @@ class DataCollatorForDMPO(DataCollatorMixin):
             or ``"single_row"`` (one row, what FlashAttention needs); see `dmpo_trl.packing`.
         max_row_tokens (`int`, *optional*): token budget of a packed row (at least the longest sequence).
         return_tensors (`str`, defaults to `"pt"`): only ``"pt"`` (PyTorch) is implemented.
+        turn_weighting (`str`, defaults to `"dmpo"`): ``"dmpo"`` (``phi(t, T)``) or ``"uniform"`` (every action weight
+            1: multi-turn DPO), see `dmpo_trl.loss.turn_weight`.
     """
 
     pad_token_id: int
@@ -74,10 +76,13 @@ class DataCollatorForDMPO(DataCollatorMixin):
     packing: str = "bins"
     max_row_tokens: int | None = None
     return_tensors: str = "pt"
+    turn_weighting: str = "dmpo"
 
     def __post_init__(self):
         if self.packing not in PACKING_LAYOUTS:
             raise ValueError(f"packing must be one of {PACKING_LAYOUTS}, got {self.packing!r}")
+        if self.turn_weighting not in TURN_WEIGHTINGS:
+            raise ValueError(f"turn_weighting must be one of {TURN_WEIGHTINGS}, got {self.turn_weighting!r}")
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         ids, turns, num_turns, kept = [], [], [], []
@@ -111,6 +116,7 @@ class DataCollatorForDMPO(DataCollatorMixin):
                 packing=self.packing,
                 pad_to_multiple_of=self.pad_to_multiple_of,
                 max_row_tokens=self.max_row_tokens,
+                turn_weighting=self.turn_weighting,
             )
         else:
             length = max(len(x) for x in ids)
@@ -121,7 +127,9 @@ class DataCollatorForDMPO(DataCollatorMixin):
                 "input_ids": _pad(ids, self.pad_token_id, torch.long, length),
                 "attention_mask": _pad([[1] * len(x) for x in ids], 0, torch.long, length),
                 "completion_mask": (turn_ids >= 0).long(),
-                "dmpo_weights": dmpo_turn_weights(turn_ids, num_turns_t, self.gamma),
+                "dmpo_weights": dmpo_turn_weights(
+                    turn_ids, num_turns_t, self.gamma, turn_weighting=self.turn_weighting
+                ),
                 "turn_ids": turn_ids,
             }
         batch["num_turns"] = num_turns_t
@@ -130,6 +138,28 @@ class DataCollatorForDMPO(DataCollatorMixin):
             if key in examples[0]:
                 batch[key] = torch.tensor([float(ex[key]) for ex in examples], dtype=torch.float32)
         return batch
+
+
+def collator_for_config(args: Any, pad_token_id: int, data_collator: Any = None) -> Any:
+    """The trainer's collator: `DataCollatorForDMPO` built from a `DMPOConfig` when `data_collator` is ``None``;
+    otherwise `data_collator` itself, after checking that it weights turns as `args` says (``gamma``,
+    ``turn_weighting``, where it has them)."""
+    if data_collator is None:
+        return DataCollatorForDMPO(
+            pad_token_id=pad_token_id,
+            gamma=args.gamma,
+            max_length=args.max_length,
+            pad_to_multiple_of=args.pad_to_multiple_of,
+            padding_free=args.padding_free,
+            turn_weighting=args.turn_weighting,
+        )
+    for key in ("gamma", "turn_weighting"):
+        expected = getattr(args, key)
+        if getattr(data_collator, key, expected) != expected:
+            raise ValueError(
+                f"data_collator.{key}={getattr(data_collator, key)!r} differs from args.{key}={expected!r}."
+            )
+    return data_collator
 
 
 class DMPOBatch:

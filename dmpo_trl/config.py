@@ -37,6 +37,10 @@ class DMPOConfig(DPOConfig):
             `phi(t, T) = gamma^t (1 - gamma^(T - t)) / (1 - gamma^T)` (`(T - t) / T` at `gamma = 1`). `gamma = 0`
             trains on the first action only; larger values spread the weight over later actions. The authors use 0.7
             by default and found smaller values better with noisy losing trajectories, larger ones with clean ones.
+        turn_weighting (`str`, *optional*, defaults to `"dmpo"`):
+            How the actions of a trajectory are weighted. `"dmpo"`: by `phi(t, T)` above (the DMPO loss). `"uniform"`:
+            every action weight 1, observations still masked, so `S = sum_t r_t` over the whole trajectory: the
+            multi-turn DPO baseline of the DMPO paper and of ETO (`gamma` is then not used).
         skip_invalid_pairs (`bool`, *optional*):
             What happens to rows DMPO cannot train on. Unset (`None`, the default): as in `DPOTrainer`, rows whose
             prompt leaves no room for an action within `max_length` are dropped, with a warning that gives their
@@ -114,6 +118,14 @@ class DMPOConfig(DPOConfig):
             "~/.cache/dmpo_trl/reference_scores); '' keeps scores in memory only."
         },
     )
+    turn_weighting: str = field(
+        default="dmpo",
+        metadata={
+            "help": "'dmpo': action t weighted by phi(t, T); 'uniform': every action weight 1 (multi-turn DPO, the "
+            "paper's and ETO's baseline; gamma unused).",
+            "choices": ["dmpo", "uniform"],
+        },
+    )
     skip_invalid_pairs: bool | None = field(
         default=None,
         metadata={
@@ -135,6 +147,8 @@ class DMPOConfig(DPOConfig):
         if not isinstance(self.gamma, int | float) or not 0.0 <= float(self.gamma) <= 1.0:
             raise ValueError(f"`gamma` must lie in [0, 1], got {self.gamma!r}.")
         self.gamma = float(self.gamma)
+        if self.turn_weighting not in ("dmpo", "uniform"):
+            raise ValueError(f"`turn_weighting` must be 'dmpo' or 'uniform', got {self.turn_weighting!r}.")
         check_loss_options(self)
 
     def _check_numeric_options(self):

@@ -135,7 +135,7 @@ class DMPOForwardMixin:
 
     def _reference_context(self) -> str:
         """Everything a pair's reference score depends on besides the pair: the reference weights (TRL's hash),
-        gamma, the truncation, LD-DPO's factors, the masking rules and the precision."""
+        gamma and the turn weighting, the truncation, LD-DPO's factors, the masking rules and the precision."""
         args = self.args
         precision = (str(self.accelerator.mixed_precision), bool(args.bf16), bool(args.fp16))
         return Hasher.hash(
@@ -146,6 +146,7 @@ class DMPOForwardMixin:
                 args.gamma,
                 args.max_length,
                 args.ld_alpha,
+                getattr(args, "turn_weighting", "dmpo"),
                 precision,
             )
         )

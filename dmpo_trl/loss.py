@@ -20,6 +20,10 @@ in TRL's concatenated ``[chosen; rejected]`` batch layout (first half of the bat
 
 Note: Eq. 16 of the paper omits the ``gamma^t`` factor; the derivation and the authors' code include it, and so
 does this module.
+
+Multi-turn DPO (the baseline of the DMPO paper and of ETO) is the same loss with every action weighted 1
+(``turn_weighting="uniform"``, `turn_weight`): ``S = sum_t r_t``, the sum of the action tokens' log-ratios over the
+whole trajectory, observations still excluded.
 """
 
 from __future__ import annotations
@@ -37,8 +41,11 @@ __all__ = [
     "dmpo_loss_from_scores",
     "dmpo_phi",
     "dmpo_turn_weights",
+    "turn_weight",
     "weighted_sequence_logps",
 ]
+
+TURN_WEIGHTINGS = ("dmpo", "uniform")
 
 
 def _check_gamma(gamma: float) -> float:
@@ -79,8 +86,31 @@ def dmpo_phi(t: torch.Tensor, num_turns: torch.Tensor, gamma: float) -> torch.Te
     return torch.exp(t * log_gamma) * torch.expm1((T - t) * log_gamma) / torch.expm1(T * log_gamma)
 
 
+def turn_weight(t: torch.Tensor, num_turns: torch.Tensor, gamma: float, turn_weighting: str = "dmpo") -> torch.Tensor:
+    """Weight of action ``t`` of a trajectory with ``T`` actions, elementwise, in float64.
+
+    - ``"dmpo"``: ``phi(t, T)`` (`dmpo_phi`);
+    - ``"uniform"``: ``1`` for every action (multi-turn DPO: ``S = sum_t r_t``); `gamma` is not used.
+
+    Same argument checks as `dmpo_phi` (``0 <= t < T``).
+    """
+    if turn_weighting == "dmpo":
+        return dmpo_phi(t, num_turns, gamma)
+    if turn_weighting != "uniform":
+        raise ValueError(f"turn_weighting must be one of {TURN_WEIGHTINGS}, got {turn_weighting!r}")
+    t = torch.as_tensor(t, dtype=torch.float64)
+    T = torch.as_tensor(num_turns, dtype=torch.float64, device=t.device)
+    if bool(((T < 1) | (t < 0) | (t >= T)).any()):
+        raise ValueError("turn_weight needs 0 <= t < T and T >= 1")
+    return torch.ones_like(t) + 0.0 * T
+
+
 def dmpo_turn_weights(
-    turn_ids: torch.Tensor, num_turns: torch.Tensor, gamma: float, dtype: torch.dtype = torch.float32
+    turn_ids: torch.Tensor,
+    num_turns: torch.Tensor,
+    gamma: float,
+    dtype: torch.dtype = torch.float32,
+    turn_weighting: str = "dmpo",
 ) -> torch.Tensor:
     """Per-token DMPO weights from per-token turn indices.
 
@@ -93,9 +123,11 @@ def dmpo_turn_weights(
             truncation, so kept actions keep the weight they would have had).
         gamma (`float`): discount factor in ``[0, 1]``.
         dtype (`torch.dtype`, defaults to `torch.float32`): dtype of the result.
+        turn_weighting (`str`, defaults to `"dmpo"`): ``"dmpo"`` (``phi(t, T)``) or ``"uniform"`` (``1`` on every
+            action token: multi-turn DPO), see `turn_weight`.
 
     Returns:
-        `torch.Tensor` of shape `(batch, seq_len)`: ``phi(t, T)`` on action tokens, exactly ``0`` elsewhere.
+        `torch.Tensor` of shape `(batch, seq_len)`: the action weight on action tokens, exactly ``0`` elsewhere.
     """
     if turn_ids.dim() != 2 or num_turns.dim() != 1 or num_turns.size(0) != turn_ids.size(0):
         raise ValueError("turn_ids must be (batch, seq_len) and num_turns (batch,)")
@@ -105,7 +137,7 @@ def dmpo_turn_weights(
         raise ValueError("a turn index is >= the sequence's number of turns")
     weights = torch.zeros(turn_ids.shape, dtype=torch.float64, device=turn_ids.device)
     if bool(is_action.any()):
-        weights[is_action] = dmpo_phi(turn_ids[is_action], T[is_action], gamma)
+        weights[is_action] = turn_weight(turn_ids[is_action], T[is_action], gamma, turn_weighting)
     return weights.to(dtype)
 
 

@@ -73,9 +73,14 @@ def card_rows(trainer, base_model: str, dataset: str | None) -> list[tuple[str, 
     scheduler = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
     length = f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.num_train_epochs:g} epoch(s)"
     processes = trainer.accelerator.num_processes
+    trainer_row = f"DMPOTrainer (gamma={args.gamma:g}, beta={args.beta:g})"
+    method = "DMPO (Direct Multi-Turn Preference Optimization, arXiv 2406.14868)"
+    if getattr(args, "turn_weighting", "dmpo") == "uniform":
+        trainer_row = f"DMPOTrainer (turn_weighting=uniform, beta={args.beta:g})"
+        method = "multi-turn DPO (every action weight 1, the DMPO paper's baseline)"
     return [
-        ("Trainer", f"DMPOTrainer (gamma={args.gamma:g}, beta={args.beta:g})"),
-        ("Method", "DMPO (Direct Multi-Turn Preference Optimization, arXiv 2406.14868)"),
+        ("Trainer", trainer_row),
+        ("Method", method),
         ("Base model", base_model),
         ("Training data", dataset or "not recorded"),
         ("gamma", f"{args.gamma}"),

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import torch
 
 from .attention import attn_implementation
-from .loss import dmpo_phi
+from .loss import turn_weight
 
 
 __all__ = [
@@ -89,6 +89,7 @@ def build_packed_batch(
     packing: str = "bins",
     pad_to_multiple_of: int | None = None,
     max_row_tokens: int | None = None,
+    turn_weighting: str = "dmpo",
 ) -> dict[str, torch.Tensor]:
     """Pack ``2B`` tokenized sequences (``[chosen; rejected]`` order) into rows.
 
@@ -101,6 +102,7 @@ def build_packed_batch(
         packing: ``"bins"`` or ``"single_row"`` (see the module docstring).
         pad_to_multiple_of: pad the row length to a multiple of this value.
         max_row_tokens: token budget of a row (see the module docstring).
+        turn_weighting: ``"dmpo"`` or ``"uniform"`` (`dmpo_trl.loss.turn_weight`).
 
     Returns:
         ``input_ids``, ``position_ids``, ``sequence_ids``, ``completion_mask``, ``turn_ids`` (int64, ``-1`` off the
@@ -138,7 +140,7 @@ def build_packed_batch(
         raise ValueError("a turn index is >= the sequence's number of turns")
     weights = torch.zeros((n_rows, length), dtype=torch.float64)
     if bool(is_action.any()):
-        weights[is_action] = dmpo_phi(turn_ids[is_action], turn_count[is_action], gamma)
+        weights[is_action] = turn_weight(turn_ids[is_action], turn_count[is_action], gamma, turn_weighting)
     return {
         "input_ids": input_ids,
         "position_ids": position_ids,

@@ -31,7 +31,7 @@ from trl.trainer.utils import get_config_model_id
 
 from .attention import is_varlen_capable, use_varlen_sdpa
 from .checks import COLLATOR_COLUMNS
-from .collator import DataCollatorForDMPO, DMPOBatch
+from .collator import DataCollatorForDMPO, DMPOBatch, collator_for_config
 from .config import DMPOConfig
 from .forward import DMPOForwardMixin
 from .metrics import log_dmpo_metrics
@@ -155,16 +155,7 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
         if padding_free:
             use_varlen_sdpa(model)
             use_varlen_sdpa(ref_model)
-        if data_collator is None:
-            data_collator = DataCollatorForDMPO(
-                pad_token_id=processing_class.pad_token_id,
-                gamma=args.gamma,
-                max_length=args.max_length,
-                pad_to_multiple_of=args.pad_to_multiple_of,
-                padding_free=padding_free,
-            )
-        elif getattr(data_collator, "gamma", args.gamma) != args.gamma:
-            raise ValueError(f"data_collator.gamma={data_collator.gamma} differs from args.gamma={args.gamma}.")
+        data_collator = collator_for_config(args, processing_class.pad_token_id, data_collator)
         require_rows(train_dataset, "train")  # before the model loads; TRL would stop with a bare StopIteration
         require_rows(eval_dataset, "eval")
         precompute = resolve_precompute(args, train_dataset, eval_dataset, model)  # None: where exact and no dearer

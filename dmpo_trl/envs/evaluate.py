@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from .base import AgentEnv
-from .prompting import action_message, build_prompt, observation_message, parse_action
+from .prompting import build_prompt
 
 
 __all__ = [
@@ -98,11 +98,11 @@ def run_episode(env: AgentEnv, policy: Policy, variation: int, max_steps: int) -
     actions: list[str] = []
     invalid = 0
     for _ in range(max_steps):
-        action = parse_action(policy(messages))
+        action = env.parse_reply(policy(messages))
         step = env.step(action)
         actions.append(action)
         invalid += not step.valid
-        messages += [action_message(action), observation_message(step.observation)]
+        messages += env.turn_messages(action, step)
         if step.done:
             break
     return EpisodeResult(
@@ -187,10 +187,12 @@ class HFPolicy:
         }
         self._cache: Any = None
         self._cached_ids: list[int] = []
+        self.tools: list[dict[str, Any]] | None = None
 
     def start_episode(self, env: AgentEnv) -> None:
-        """Forget the previous episode's cache."""
+        """Forget the previous episode's cache; take the environment's tool schemas (if any) for the template."""
         self._cache, self._cached_ids = None, []
+        self.tools = env.tool_schemas()
 
     def _prefix_cache(self, ids: list[int]) -> Any:
         if not self.reuse_cache or self._cache is None:
@@ -212,7 +214,7 @@ class HFPolicy:
         import torch
 
         enc = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            messages, tools=self.tools, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
         device = next(self.model.parameters()).device
         input_ids = enc["input_ids"].to(device)

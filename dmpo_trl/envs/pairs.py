@@ -108,8 +108,8 @@ def _row(env, variation, seed, setting, split, index, prompt, chosen: Trajectory
     return {
         "id": f"{env.env_name}/{env.task}/{variation}/{setting}/{index}",
         "prompt": prompt,
-        "chosen": chosen.messages(),
-        "rejected": rejected.messages(),
+        "chosen": chosen.messages(env),
+        "rejected": rejected.messages(env),
         "env": env.env_name,
         "task": env.task,
         "variation": int(variation),
@@ -124,6 +124,7 @@ def _row(env, variation, seed, setting, split, index, prompt, chosen: Trajectory
         "rejected_success": rejected.success,
         "rejected_num_invalid": rejected.num_invalid,
         "rejected_num_repeated": rejected.num_repeated,
+        **({"tools": env.tool_schemas()} if env.tool_schemas() is not None else {}),
     }
 
 

@@ -19,7 +19,14 @@ import re
 from .base import AgentEnv, EnvReset
 
 
-__all__ = ["SYSTEM_PROMPT", "action_message", "build_prompt", "observation_message", "parse_action"]
+__all__ = [
+    "SYSTEM_PROMPT",
+    "action_message",
+    "build_prompt",
+    "default_prompt",
+    "observation_message",
+    "parse_action",
+]
 
 SYSTEM_PROMPT = (
     "You are an agent in a text-based environment. Each turn you get an observation; reply with exactly one "
@@ -31,8 +38,12 @@ _MAX_ACTION_CHARS = 200
 
 
 def build_prompt(env: AgentEnv, start: EnvReset) -> list[dict[str, str]]:
-    """The prompt messages of an episode: system rules (+ the environment's action hint) and task + first
-    observation."""
+    """The prompt messages of an episode: ``env.prompt_messages(start)`` (by default `default_prompt`)."""
+    return env.prompt_messages(start)
+
+
+def default_prompt(env: AgentEnv, start: EnvReset) -> list[dict[str, str]]:
+    """System rules (+ the environment's action hint) and task + first observation."""
     system = SYSTEM_PROMPT if not env.action_hint else f"{SYSTEM_PROMPT} {env.action_hint}"
     user = f"{start.task_description.strip()}\n\n{start.observation.strip()}"
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]

@@ -98,7 +98,8 @@ def sample_noisy(env: AgentEnv, variation: int, gold: Sequence[str], rng: random
         if can_repeat and rng.random() < 0.5:
             action = traj.actions[-1]
         else:
-            action = _invalid_action(rng, env.valid_actions())
+            make_invalid = getattr(env, "invalid_action", None)  # environments with their own action syntax
+            action = make_invalid(rng) if callable(make_invalid) else _invalid_action(rng, env.valid_actions())
         _take(env, variation, traj, action)
     if traj.num_invalid + traj.num_repeated == 0 or traj.num_turns <= k:
         raise DMPOEnvError(f"{env.describe()} variation {variation}: could not sample a noisy trajectory")

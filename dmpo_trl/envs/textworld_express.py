@@ -83,6 +83,12 @@ class TextWorldExpressAgentEnv(AgentEnv):
         skip_initial_look: drop a leading ``look around`` from the gold path (the first observation already is what
             it would print), which shortens every trajectory by one turn.
         step_limit: the package's own step limit (the episode ends after this many actions).
+        gold_samples: how many of the package's gold paths to draw per game, keeping the shortest (first among equals).
+            In games with several rooms (``coin`` with ``numLocations > 2``, ...) the package generates its gold path
+            with an unseeded random search: the same game gives different paths at every reset and in every process
+            (here `coin` in 4 rooms, game 20193, five resets: 4, 8, 2, 2 and 14 actions), some of them long detours.
+            Drawing several and keeping the shortest gives shorter, steadier expert paths; none of this makes them
+            reproducible, so store the expert trajectories you train on (the pipeline does).
 
     Raises:
         UnknownTaskError: unknown game or game parameter.
@@ -99,6 +105,7 @@ class TextWorldExpressAgentEnv(AgentEnv):
         *,
         skip_initial_look: bool = True,
         step_limit: int = 100,
+        gold_samples: int = 1,
     ):
         if task not in TEXTWORLD_EXPRESS_TASKS:
             raise UnknownTaskError(
@@ -107,6 +114,9 @@ class TextWorldExpressAgentEnv(AgentEnv):
         super().__init__(task)
         self.game_params = _params_str(game_params, task)
         self.skip_initial_look = skip_initial_look
+        if gold_samples < 1:
+            raise ValueError(f"gold_samples must be >= 1, got {gold_samples}")
+        self.gold_samples = int(gold_samples)
         self.action_hint = f"Actions look like: {_ACTION_HINTS.get(task, 'look around, take <object>, ...')}."
         self._raw = None
         self._valid: list[str] = []
@@ -150,14 +160,26 @@ class TextWorldExpressAgentEnv(AgentEnv):
         return sorted(self._valid)
 
     def gold_actions(self) -> list[str]:
-        """The package's gold path for the current game (without a leading ``look around`` by default)."""
+        """The package's gold path for the current game (without a leading ``look around`` by default); with
+        ``gold_samples > 1`` the shortest of that many draws, and the game is back at its start afterwards."""
         if self.variation is None:
             raise RuntimeError("call reset(variation) before gold_actions()")
+        best: list[str] | None = None
         with _jvm.guard(self.describe(), self._raw._gateway):
-            gold = list(self._raw.getGoldActionSequence())
-        if self.skip_initial_look and gold[:1] == ["look around"]:
-            gold = gold[1:]
-        return gold
+            for draw in range(self.gold_samples):
+                if draw:  # a new draw of the package's (randomised) gold path for the same game
+                    _, infos = self._raw.reset(
+                        seed=self.variation, gameFold=_fold_of(self.variation), generateGoldPath=True
+                    )
+                    self._valid = list(infos["validActions"])
+                gold = list(self._raw.getGoldActionSequence())
+                if self.skip_initial_look and gold[:1] == ["look around"]:
+                    gold = gold[1:]
+                if best is None or len(gold) < len(best):
+                    best = gold
+        if self.gold_samples > 1:
+            self.reset(self.variation)  # the episode restarts (bookkeeping included)
+        return best
 
     def variations(self, split: Split) -> list[int]:
         """Game seeds of a split (train ``0..999``, dev ``10000..10999``, test ``20000..20999``)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .base import AgentEnv, DMPOEnvError, EnvReset, EnvStep
 from .prompting import action_message, observation_message
@@ -50,12 +51,15 @@ class Trajectory:
         """Actions identical to the action right before them."""
         return sum(a == b for a, b in itertools.pairwise(self.actions))
 
-    def messages(self) -> list[dict[str, str]]:
-        """The completion as messages: assistant action, user observation, assistant action, ..."""
-        out: list[dict[str, str]] = []
+    def messages(self, env: AgentEnv | None = None) -> list[dict[str, Any]]:
+        """The completion as messages: assistant action, user observation, assistant action, ... (rendered by
+        ``env.turn_messages`` when `env` is given, e.g. tool calls and tool results for a tool environment)."""
+        out: list[dict[str, Any]] = []
         for action, step in zip(self.actions, self.steps, strict=True):
-            out.append(action_message(action))
-            out.append(observation_message(step.observation))
+            if env is not None:
+                out.extend(env.turn_messages(action, step))
+            else:
+                out += [action_message(action), observation_message(step.observation)]
         return out
 
 
@@ -71,23 +75,33 @@ def run_actions(env: AgentEnv, variation: int, actions: Sequence[str], *, stop_w
 
 def replay_mismatches(env: AgentEnv, variation: int, completion: Sequence[dict]) -> list[str]:
     """Replay the actions of a recorded completion from the start and compare every observation (with
-    `AgentEnv.same_observation`).
+    `AgentEnv.same_observation`); the recorded messages must be what ``env.turn_messages`` renders.
 
     Returns a list of differences (empty when every observation is what the environment replies now).
     """
-    actions = [m["content"] for m in completion if m["role"] == "assistant"]
-    observations = [m["content"] for m in completion if m["role"] != "assistant"]
+    actions = [env.action_of(m) for m in completion if m["role"] == "assistant"]
     problems: list[str] = []
-    if len(observations) != len(actions):
-        problems.append(f"{len(actions)} actions but {len(observations)} observations")
     env.reset(variation)
-    for t, (action, recorded) in enumerate(zip(actions, observations, strict=False)):
+    replayed: list[dict] = []
+    for t, action in enumerate(actions):
         if env.done:
             problems.append(f"turn {t}: the episode was already over before action {action!r}")
             break
-        got = env.step(action).observation
-        if not env.same_observation(got, recorded):
-            problems.append(f"turn {t}: action {action!r} gave {got[:80]!r}, recorded {recorded[:80]!r}")
+        replayed += env.turn_messages(action, env.step(action))
+    if not problems and len(replayed) != len(completion):
+        observations = sum(m["role"] != "assistant" for m in completion)
+        problems.append(
+            f"{len(actions)} actions but {observations} observations (replaying renders {len(replayed)} messages)"
+        )
+    t = -1
+    for got, recorded in zip(replayed, completion, strict=False):
+        if got["role"] == "assistant":
+            t += 1
+            continue
+        if got["role"] != recorded["role"] or not env.same_observation(got["content"], recorded["content"]):
+            problems.append(
+                f"turn {t}: action {actions[t]!r} gave {got['content'][:80]!r}, recorded {recorded['content'][:80]!r}"
+            )
     return problems
 
 

@@ -86,4 +86,9 @@ def test_main_command_help(capsys):
         cli.main(["main", "--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    assert "--train-episodes" in text and "--gamma" in text and "--heldout-episodes" in text
+    assert (
+        "--sft-episodes" in text
+        and "--gamma" in text
+        and "--heldout-episodes" in text
+        and "--explore-episodes" in text
+    )

@@ -14,13 +14,15 @@ def test_main_job_reduced(tmp_path):
 
     cfg = MainJobConfig(
         output_dir=str(tmp_path / "run"),
-        train_episodes=4,
-        heldout_episodes=2,
-        max_steps=2,
-        turn_reward_pairs=2,
-        eval_max_steps=2,
-        max_new_tokens=6,
-        eval_every=2,
+        sft_episodes=4,
+        sft_epochs=1,
+        explore_episodes=2,
+        num_rollouts=2,
+        max_pairs=2,
+        heldout_episodes=3,
+        eval_max_steps=3,
+        max_new_tokens=8,
+        max_length=768,
     )
     start = time.perf_counter()
     summary = run_main_job(cfg, command="pytest reduced main job")
@@ -29,20 +31,22 @@ def test_main_job_reduced(tmp_path):
     for name in (
         "report.md",
         "summary.json",
+        "results.png",
         "training.png",
-        "turn_rewards.png",
-        "success.png",
-        "data/train.jsonl",
-        "data/heldout.jsonl",
-        "adapter/adapter_model.safetensors",
+        "length_buckets.png",
+        "sft/model/model.safetensors",
     ):
         assert (out / name).is_file(), name
-    assert summary["train"]["steps"] == 2 and summary["train"]["pairs"] == 4
     assert summary["eval"]["gold"]["success_rate"] == 1.0
-    for when in ("before", "after"):
+    assert summary["heldout_gold_mean_steps"] == pytest.approx(
+        sum(k * v for k, v in summary["heldout_gold_lengths"].items()) / 3
+    )
+    for when in ("before", "sft", "dmpo"):
         figures = summary["eval"][when]
-        assert figures["episodes"] == 2 and 0 <= figures["success_rate"] <= 1 and 1 <= figures["mean_steps"] <= 2
-    assert [step for step, _ in summary["eval_during_training"]] == [2]
+        assert figures["episodes"] == 3 and 0 <= figures["success_rate"] <= 1 and 1 <= figures["mean_steps"] <= 3
+        assert abs(sum(summary["action_shares"][when].values()) - 1) < 1e-9
     report = (out / "report.md").read_text()
+    assert report.startswith("# DMPO main job report")
     assert f"| success rate | {summary['eval']['before']['success_rate']:.3f} |" in report
+    assert "of them invalid; its actions: `" in report
     assert json.loads((out / "summary.json").read_text())["command"] == "pytest reduced main job"

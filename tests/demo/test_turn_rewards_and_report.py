@@ -1,11 +1,11 @@
-"""Per-turn implicit rewards and the main job's report writer (plots, Markdown)."""
+"""Per-turn implicit rewards of preference pairs and their plot."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dmpo_trl.demo.report import plot_success, plot_training, plot_turn_rewards, write_report
+from dmpo_trl.demo.report import plot_turn_rewards
 from dmpo_trl.demo.turn_rewards import mean_by_turn, turn_log_ratios
 from dmpo_trl.envs.pairs import build_pairs
 from dmpo_trl.testing import make_tokenizer, tiny_model
@@ -45,51 +45,7 @@ def test_mean_by_turn():
     assert mean_by_turn(ratios, "rejected") == [(0, -2.0, 2), (1, -5.0, 1)]
 
 
-def test_report_and_plots(tmp_path):
-    figures = {
-        "success_rate": 0.25,
-        "mean_score": 0.5,
-        "mean_steps": 2.5,
-        "invalid_action_rate": 0.75,
-        "episodes": 4.0,
-    }
-    after = {**figures, "success_rate": 0.75}
-    history = [
-        {"loss": 0.69, "rewards/margins": 0.0, "rewards/accuracies": 0.0, "step": 1},
-        {"loss": 0.41, "rewards/margins": 0.9, "rewards/accuracies": 1.0, "step": 2},
-    ]
+def test_turn_reward_plot(tmp_path):
     ratios = [{"chosen": [0.1, 0.2], "rejected": [-0.3]}]
-    for path in (
-        plot_training(history, tmp_path / "training.png", [(1, 0.0), (2, 0.5)]),
-        plot_turn_rewards(ratios, 0.1, tmp_path / "turn_rewards.png"),
-        plot_success(figures, after, tmp_path / "success.png"),
-    ):
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    summary = {
-        "command": "python -m dmpo_trl.demo.main_job --max-steps 2",
-        "finished": "today",
-        "machine": "test",
-        "runtime_s": 61.0,
-        "settings": {"eval_max_steps": 3, "gamma": 0.7},
-        "eval": {"before": figures, "after": after, "gold": {**figures, "success_rate": 1.0}},
-        "eval_during_training": [(2, after)],
-        "heldout_gold_lengths": {1: 3, 2: 1},
-        "train": {
-            "steps": 2,
-            "pairs": 4,
-            "runtime_s": 10.0,
-            "first_loss": 0.69,
-            "last_loss": 0.41,
-            "first_margin": 0.0,
-            "last_margin": 0.9,
-            "last_accuracy": 1.0,
-        },
-        "turn_rewards": {"pairs": 1, "table": [[0, 0.01, -0.03], [1, 0.02, "-"]]},
-        "stage_times_s": {"train": 10.0},
-        "samples": [{"variation": 7, "before": ["dance"], "after": ["take coin"]}],
-    }
-    text = write_report(tmp_path / "report.md", summary).read_text()
-    assert "`python -m dmpo_trl.demo.main_job --max-steps 2`" in text
-    assert "| success rate | 0.250 | 0.750 | 1.000 |" in text
-    assert "| invalid-action rate | 0.750 | 0.750 | 0.750 |" in text
-    assert "step 2: 0.750" in text and "{1: 3, 2: 1}" in text and "Loss 0.690 -> 0.410" in text
+    path = plot_turn_rewards(ratios, 0.1, tmp_path / "turn_rewards.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

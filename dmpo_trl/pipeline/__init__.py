@@ -1,0 +1,10 @@
+"""The authors' whole pipeline on the project's environments, one command: SFT -> explore -> pairs -> DMPO (or
+multi-turn DPO) -> evaluate, each stage cached and resumable, one report with plots.
+
+* `config`: `PipelineConfig` and the recipe loader (``recipes/pipeline/*.yaml``);
+* `sft`: the SFT stage (TRL's `SFTTrainer` on the action tokens of expert trajectories);
+* `stages`: the stage functions; `cache`: caching and resuming; `runner`: `run_pipeline`;
+* `stats`: 95% bootstrap intervals; `report`: ``report.md`` and plots.
+
+Run: ``dmpo-trl pipeline --config recipes/pipeline/experiment.yaml`` (or ``python -m dmpo_trl.pipeline ...``).
+"""
