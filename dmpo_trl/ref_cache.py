@@ -100,7 +100,7 @@ def _computes_in_float64(model, args) -> bool:
 def resolve_precompute(args, train_dataset, eval_dataset, model=None) -> bool:
     """What ``args.precompute_ref_log_probs`` means for this run (``None``: precompute where exact and no dearer).
 
-    ``None`` precomputes when the reference is fixed (`sync_ref_model` off), the loss needs only the reference's
+    ``None`` precomputes in single-process runs when the reference is fixed (`sync_ref_model` off), the loss needs only the reference's
     trajectory scores (not a non-default ``f_divergence_type``, which reads the reference log-prob of every action),
     the model does not compute in float64 (precomputed scores travel as float32), the train dataset and every eval
     dataset are map-style `datasets.Dataset`s, and the run sees every training pair at least once (no ``max_steps``
@@ -112,6 +112,8 @@ def resolve_precompute(args, train_dataset, eval_dataset, model=None) -> bool:
     if args.precompute_ref_log_probs is not None:
         return bool(args.precompute_ref_log_probs)
     if args.sync_ref_model or getattr(args, "f_divergence_type", "reverse_kl") != "reverse_kl":
+        return False
+    if args.world_size > 1:  # several processes: TRL's precompute pass caches in per-process temporary files
         return False
     if _computes_in_float64(model, args) or not isinstance(train_dataset, Dataset):
         return False

@@ -75,12 +75,18 @@ def test_store_reuses_scores_across_runs_subsets_and_orders(tmp_path, tok, compu
     assert sum(computed) == 3
 
 
-@pytest.mark.parametrize("change", ["gamma", "max_length", "reference", "precision"])
+@pytest.mark.parametrize("change", ["gamma", "turn_weighting", "max_length", "ld_alpha", "reference", "precision"])
 def test_store_recomputes_when_the_context_changes(tmp_path, tok, computed, change):
     rows, ref, store = distinct_rows(4, seed=1), tiny_model(tok, seed=6), tmp_path / "store"
     trainer_on(tmp_path, tok, rows, ref, store)
     computed.clear()
-    kw = {"gamma": dict(gamma=0.3), "max_length": dict(max_length=100), "precision": dict(bf16=True)}.get(change, {})
+    kw = {
+        "gamma": dict(gamma=0.3),
+        "turn_weighting": dict(turn_weighting="uniform"),
+        "max_length": dict(max_length=100),
+        "ld_alpha": dict(ld_alpha=0.5),  # LD-DPO scales the reference's tokens too
+        "precision": dict(bf16=True),
+    }.get(change, {})
     other_ref = tiny_model(tok, seed=7) if change == "reference" else ref
     trainer_on(tmp_path, tok, rows, other_ref, store, **kw)
     assert sum(computed) == 4
