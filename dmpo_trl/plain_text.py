@@ -19,7 +19,7 @@ Every completion token is an action token of action 0 (the EOS included; nothing
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import DMPODataError
@@ -72,7 +72,8 @@ def split_plain_prompt(example: Mapping[str, Any]) -> tuple[str, str, str]:
     return chosen[:idx], chosen[idx:], rejected[idx:]
 
 
-def _common_prefix_length(a: list[int], b: list[int]) -> int:
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading items `a` and `b` share."""
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:
@@ -95,7 +96,7 @@ def tokenize_plain_pair(tokenizer, example: Mapping[str, Any], row: int | None =
     prompt_ids = list(tokenizer(text=prompt)["input_ids"])
     chosen_full = list(tokenizer(text=prompt + chosen)["input_ids"])
     rejected_full = list(tokenizer(text=prompt + rejected)["input_ids"])
-    prompt_len = min(_common_prefix_length(prompt_ids, chosen_full), _common_prefix_length(prompt_ids, rejected_full))
+    prompt_len = min(common_prefix_length(prompt_ids, chosen_full), common_prefix_length(prompt_ids, rejected_full))
     if prompt_len < len(prompt_ids) and "boundary" not in _warned:
         _warned.add("boundary")
         logger.warning(

@@ -46,17 +46,14 @@ def run(args: argparse.Namespace, rest: list[str] | None = None) -> int:
         overrides["seeds"] = [int(s) for s in args.seeds.split(",")]
     if args.no_progress:
         overrides["progress"] = False
-    try:
-        cfg = load_recipe(args.config, quick=args.quick, overrides=overrides)
-        run_pipeline(cfg, command="dmpo-trl " + " ".join(map(shlex.quote, sys.argv[1:])))
-    except (ValueError, OSError) as err:
-        if getattr(args, "debug", False):
-            raise
-        print(f"dmpo-trl pipeline: error: {err}", file=sys.stderr)
-        return 1
+    cfg = load_recipe(args.config, quick=args.quick, overrides=overrides)
+    run_pipeline(cfg, command="dmpo-trl " + " ".join(map(shlex.quote, sys.argv[1:])))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dmpo_trl.cli.errors import report_errors
+
     parser = add_arguments(argparse.ArgumentParser(prog="python -m dmpo_trl.pipeline", description=__doc__))
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    return report_errors("python -m dmpo_trl.pipeline", lambda: run(args), debug=args.debug)

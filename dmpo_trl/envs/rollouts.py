@@ -27,6 +27,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..plain_text import common_prefix_length
 from .base import AgentEnv, EnvStep
 from .evaluate import EpisodeResult, EvalResult
 from .trajectory import Trajectory
@@ -78,15 +79,6 @@ class _Cursor:
 def _render_ids(tokenizer, messages, tools) -> list[int]:
     text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _left_pad(rows: list[list[int]], pad: int):
@@ -235,7 +227,7 @@ def _run_batch(model, tokenizer, env, jobs, max_steps, max_new_tokens, temperatu
                 continue
             episode.messages = episode.messages + env.turn_messages(action, step)
             target = _render_ids(tokenizer, episode.messages, tools)
-            common = _common_prefix(episode.seen + generated, target)
+            common = common_prefix_length(episode.seen + generated, target)
             if common < len(episode.seen):
                 reencode = True  # the template re-rendered earlier turns differently
             kept = max(0, common - len(episode.seen))
