@@ -6,13 +6,14 @@
 Data: `benchmarks.agent_data.agent_pairs` with exactly T actions on each side (observations of 8-80 words, the
 suite's), tokenized by `dmpo_trl.tokenization.tokenize_pair` as the trainer does. Printed per T: tokens per pair,
 CPU seconds per pair (best of `--repeats`, process time), of which chat-template rendering and of which the one
-BPE pass, and the same pair with every action located by prefix renders (the method before; `action_spans.window_span`
-disabled), with the speed-up. Both give identical token and turn ids (checked here, and in
-`tests/core/test_tokenization_locator.py`).
+BPE pass, and the same pair with every action located by prefix renders (the method before; the windows,
+`action_spans.window_span` and `templates._window_prompt`, disabled), with the speed-up. Both give identical token and
+turn ids (checked here, and in `tests/core/test_tokenization_locator.py` and `tests/core/test_marker_locator.py`).
 
 `--chat-template` replaces the tokenizer's template with one of TRL's `trl/chat_templates/*.jinja` (by file name) or
-a template file: a template with ``{% generation %}`` markers takes the marker path (`dmpo_trl.templates`), which
-does not use the locator, so both columns then measure that path.
+a template file: a template with ``{% generation %}`` markers takes the marker path (`dmpo_trl.templates`); its
+"prefix renders" column renders the two prefixes of every action there (with the one BPE pass of the new path; the
+method before also tokenized the conversation twice).
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from benchmarks.common import load_average, load_tokenizer  # noqa: E402
 def timed_pairs(tok, rows, prefix_only: bool) -> tuple[float, float, float, list]:
     """CPU seconds per pair: total, rendering, BPE; and the outputs."""
     import dmpo_trl.action_spans as action_spans
+    import dmpo_trl.templates as templates
     import dmpo_trl.tokenization as tokenization
 
     spent = {"render": 0.0, "bpe": 0.0}
-    render, window = tokenization._render, action_spans.window_span
+    render, window, marker_window = tokenization._render, action_spans.window_span, templates._window_prompt
     call = type(tok).__call__
 
     def timed_render(*a, **k):
@@ -54,13 +56,13 @@ def timed_pairs(tok, rows, prefix_only: bool) -> tuple[float, float, float, list
     tokenization._render = timed_render
     type(tok).__call__ = timed_call
     if prefix_only:
-        action_spans.window_span = lambda *a, **k: None
+        action_spans.window_span = templates._window_prompt = lambda *a, **k: None
     try:
         start = time.process_time()
         outs = [tokenization.tokenize_pair(tok, row, i) for i, row in enumerate(rows)]
         total = time.process_time() - start
     finally:
-        tokenization._render, action_spans.window_span = render, window
+        tokenization._render, action_spans.window_span, templates._window_prompt = render, window, marker_window
         type(tok).__call__ = call
     n = len(rows)
     return total / n, spent["render"] / n, spent["bpe"] / n, outs

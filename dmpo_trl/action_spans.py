@@ -17,15 +17,11 @@ numbers turns, rewrites history, ...) that action falls back to the prefix rende
 
 from __future__ import annotations
 
-from .errors import DMPODataError
+from .errors import DMPODataError, TemplateRejected
 from .templates import TEMPLATE_REMEDY
 
 
 __all__ = ["TemplateRejected", "locate_actions", "prefix_span", "window_span"]
-
-
-class TemplateRejected(Exception):
-    """The chat template raised while rendering; re-raised as `DMPODataError` with the row."""
 
 
 def prefix_span(render, messages, j: int, full_text: str, row, side) -> tuple[int, int]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-__all__ = ["DMPODataError"]
+__all__ = ["DMPODataError", "TemplateRejected"]
 
 
 class DMPODataError(ValueError):
@@ -31,3 +31,7 @@ class DMPODataError(ValueError):
 
     def __reduce__(self):  # keep row/side/source when the error crosses a process boundary (datasets num_proc)
         return (type(self), (self.reason, self.row, self.side, self.source))
+
+
+class TemplateRejected(Exception):
+    """The chat template raised while rendering; re-raised as `DMPODataError` with the row."""

@@ -15,6 +15,15 @@ and including its end-of-turn token (the last special token of the span); templa
 when the block opens before the end of the generation prompt (``qwen2_5_training.jinja`` puts the ``\\n`` of
 ``<|im_start|>assistant\\n`` inside it), the tokens the generation prompt already holds are context, not action.
 
+Cost of the marker path: linear in the number of actions. The conversation is rendered once as text and once by the
+tokenizer's ``apply_chat_template`` (the mask and the offsets of its one BPE pass). The generation prompt of the first
+action comes from its two prefix renders; every later one from a window that starts at the previous action (the
+approach of `dmpo_trl.action_spans`): ``prompt + messages[w:j]``, rendered without the generation prompt, must
+continue verbatim the whole rendering from where message ``w`` starts. That gives the prefix renders' result whenever
+the template renders a turn from the prompt and the turns since the previous action alone (every marker template of
+TRL's table: `tests/core/test_marker_locator.py` compares with the method before); where a window does not match
+(Phi-3's prefixes end with EOS, templates that number turns), that action renders its prefixes.
+
 Templates that close an assistant turn without a special token of their own (GLM-4.5: the next message's role token,
 ``<|user|>`` or ``<|observation|>``, is what the model emits to stop) get the action's end from the template
 (`template_action_end`): the special token the template renders right after the message; after the last message, the
@@ -24,9 +33,10 @@ one it renders when a user message follows.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
-from .errors import DMPODataError
+from .errors import DMPODataError, TemplateRejected
 
 
 __all__ = [
@@ -46,6 +56,9 @@ TEMPLATE_REMEDY = (
     "with chat_template_path (`dmpo-trl train --chat_template_path FILE`, the same for `dmpo-trl validate`)"
 )
 _PROBE = {"role": "user", "content": "x"}
+_MASK_RUN = re.compile(rb"\x01+")
+#: Characters of context compared before a generation prompt's overlap with its block.
+_TAIL = 32
 #: An action with nothing but its end-of-turn token (`str.format` with ``t``).
 EMPTY_ACTION = (
     "action {t} is empty: the chat template renders nothing for the assistant message but its end-of-turn token "
@@ -78,17 +91,6 @@ def template_action_end(
     return None
 
 
-def _runs(mask: list[int]) -> list[tuple[int, int]]:
-    runs, start = [], None
-    for k, m in enumerate([*mask, 0]):
-        if m and start is None:
-            start = k
-        elif not m and start is not None:
-            runs.append((start, k))
-            start = None
-    return runs
-
-
 def marker_action_spans(
     tokenizer,
     messages: list[dict[str, Any]],
@@ -101,6 +103,11 @@ def marker_action_spans(
     side: str | None,
 ) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids of the conversation and the ``[k0, k1)`` token span of every action, from the assistant mask.
+
+    Linear in the number of actions: the conversation is rendered as text once and once more, as tokens, by the
+    tokenizer's own ``apply_chat_template`` (its assistant mask, with the offsets of that one BPE pass); each action's
+    generation prompt comes from a window (`_window_prompt`), or from the two prefix renders where the window does not
+    match (`_prefix_prompt`).
 
     Args:
         tokenizer: a fast tokenizer whose chat template has generation markers.
@@ -121,20 +128,24 @@ def marker_action_spans(
             tokenize=True,
             return_dict=True,
             return_assistant_tokens_mask=True,
+            tokenizer_kwargs={"return_offsets_mapping": True},
             **template_kwargs,
         )
     except Exception as err:  # jinja2 errors, a template without markers for this conversation, ...
         raise DMPODataError(
             f"the chat template rejected the conversation ({type(err).__name__}: {err})", row, side
         ) from err
-    input_ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
-    encoding = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
-    if list(encoding["input_ids"]) != input_ids:
-        raise DMPODataError(
-            "the tokenizer's assistant mask does not come with the same tokens as the rendered conversation", row, side
-        )
-    offsets = encoding["offset_mapping"]
-    runs = _runs(mask)
+    input_ids, offsets = list(out["input_ids"]), out["offset_mapping"]
+    # The text and the tokens come from the same template on the same input; where the tokens do not end with the
+    # text (a normalizer that drops trailing characters), the text is tokenized again and compared token for token
+    if not offsets or offsets[-1][1] != len(full_text):
+        if list(tokenizer(full_text, add_special_tokens=False)["input_ids"]) != input_ids:
+            raise DMPODataError(
+                "the tokenizer's assistant mask does not come with the same tokens as the rendered conversation",
+                row,
+                side,
+            )
+    runs = [match.span() for match in _MASK_RUN.finditer(bytes(out["assistant_masks"]))]
     num_prompt_assistant = sum(1 for m in messages[: action_positions[0]] if m.get("role") == "assistant")
     runs = runs[num_prompt_assistant:]
     if len(runs) != len(action_positions):
@@ -146,8 +157,18 @@ def marker_action_spans(
             side,
         )
     spans = []
+    first_j = action_positions[0]
+    base = anchor = None  # the rendering of messages[:first_j], and where the previous action's message starts
     for t, ((k0, k1), j) in enumerate(zip(runs, action_positions, strict=True)):
-        first = _action_start(full_text, offsets, k0, k1, render(messages[:j], True), render(messages[:j], False))
+        located = None
+        if anchor is not None:
+            located = _window_prompt(render, messages, first_j, base, action_positions[t - 1], j, anchor, full_text)
+        if located is None:
+            located = _prefix_prompt(render, messages, j, full_text)
+            if t == 0:
+                base = located[2]
+        prompt, anchor = located[:2]
+        first = _action_start(full_text, offsets, k0, k1, prompt)
         if first is None:
             raise DMPODataError(
                 f"cannot align tokens with the chat template: a token spans the end of the generation prompt of "
@@ -176,39 +197,93 @@ def marker_action_spans(
     return input_ids, spans
 
 
+@dataclass(frozen=True)
+class _GenerationPrompt:
+    """The renderings of the messages before an action with (``with_prompt``) and without (``without``) the generation
+    prompt, as far as `_action_start` reads them: ``with_prompt == head[:cut] + rest`` (never built), whether it
+    extends ``without`` and by what (``added``, else ``None``), and the last `_TAIL` characters of ``without``."""
+
+    head: str
+    cut: int
+    rest: str
+    added: str | None
+    without_tail: str
+
+    def __len__(self) -> int:
+        return self.cut + len(self.rest)
+
+    def tail(self, n: int) -> str:
+        """The last ``n`` (at most ``len(self)``) characters of ``with_prompt``."""
+        if n <= len(self.rest):
+            return self.rest[len(self.rest) - n :]
+        return self.head[self.cut - (n - len(self.rest)) : self.cut] + self.rest
+
+
+def _prefix_prompt(render, messages, j: int, full_text: str) -> tuple[_GenerationPrompt, int | None, str]:
+    """The generation prompt of the assistant message ``j`` from the two prefix renders (quadratic if done for every
+    action), where message ``j``'s rendering starts in ``full_text`` (``None`` if ``without`` is not a prefix of it),
+    and ``without``."""
+    with_prompt, without = render(messages[:j], True), render(messages[:j], False)
+    added = with_prompt[len(without) :] if with_prompt.startswith(without) else None
+    prompt = _GenerationPrompt(with_prompt, len(with_prompt), "", added, without[-_TAIL:])
+    return prompt, len(without) if full_text.startswith(without) else None, without
+
+
+def _window_prompt(render, messages, first_j: int, base: str, w: int, j: int, anchor: int, full_text: str):
+    """The generation prompt of the assistant message ``j`` from a window that starts at the previous action ``w``.
+
+    The window is ``messages[:first_j] + messages[w:j]``; rendered without the generation prompt it must be ``base``
+    (the rendering of ``messages[:first_j]``) followed verbatim by the characters of ``full_text`` from ``anchor``
+    (where message ``w``'s rendering starts), so the messages before ``j`` render as ``full_text[:end]``; with the
+    generation prompt it must start with ``base`` too. Returns ``(prompt, end)``, or ``None`` (the caller then renders
+    the prefixes) when the template rejects the window or it does not match.
+    """
+    window = messages[:first_j] + messages[w:j]
+    try:
+        with_prompt, without = render(window, True), render(window, False)
+    except TemplateRejected:  # e.g. a template that needs more context than the window holds
+        return None
+    n = len(base)
+    if not (with_prompt.startswith(base) and without.startswith(base) and full_text.startswith(without[n:], anchor)):
+        return None
+    end = anchor + len(without) - n
+    added = with_prompt[len(without) :] if with_prompt.startswith(without) else None
+    return _GenerationPrompt(full_text, anchor, with_prompt[n:], added, full_text[max(0, end - _TAIL) : end]), end
+
+
 def _continued(render, messages, full_text) -> str:
     """What the template renders after the last message when a user message follows."""
     continued = render([*messages, _PROBE], False)
     return continued[len(full_text) :] if continued.startswith(full_text) else ""
 
 
-def _ends_with(text: str, end: int, context: str, window: int = 32) -> bool:
-    """Whether ``text[:end]`` ends with the last ``window`` characters of ``context``."""
-    tail = context[-window:] if window < len(context) else context
-    return text[:end].endswith(tail)
-
-
-def _action_start(full_text: str, offsets, k0: int, k1: int, with_prompt: str, without: str) -> int | None:
+def _action_start(full_text: str, offsets, k0: int, k1: int, prompt: _GenerationPrompt) -> int | None:
     """First token of the generation block ``[k0, k1)`` that is action: after what the generation prompt holds.
 
-    ``with_prompt`` / ``without`` render the conversation before the message with / without the generation prompt.
     (a) The block opens with the tail of ``with_prompt`` (``qwen2_5_training.jinja``'s ``\\n``, DeepSeek's
-    ``<｜tool▁outputs▁end｜>`` after tool results): the action starts after it (``None`` if a token straddles that
-    point). (b) Otherwise, the block opens with the start of the generation prompt (a role token inside the block)
-    before the template's text goes its own way (R1's past turns lack the ``<think>\\n`` its prompt prefills): the
-    action starts after the whole tokens they share.
+    ``<｜tool▁outputs▁end｜>`` after tool results), the longest such tail that ``full_text`` also precedes with the
+    `_TAIL` characters ``with_prompt`` has before it: the action starts after it (``None`` if a token straddles that
+    point). (b) Otherwise, when the block follows the end of ``without`` and opens with the start of the generation
+    prompt (a role token inside the block) before the template's text goes its own way (R1's past turns lack the
+    ``<think>\\n`` its prompt prefills): the action starts after the whole tokens they share.
     """
     start, end = offsets[k0][0], offsets[k1 - 1][1]
-    for m in range(min(len(with_prompt), end - start), 0, -1):
-        if with_prompt.endswith(full_text[start : start + m]) and _ends_with(full_text, start, with_prompt[:-m]):
-            k = k0
-            while k < k1 and offsets[k][1] <= start + m:
-                k += 1
-            return k if k == k1 or offsets[k][0] >= start + m else None
-    if with_prompt.startswith(without) and _ends_with(full_text, start, without):
-        prompt = with_prompt[len(without) :]
+    top = min(len(prompt), end - start)
+    if top > 0:
+        tail = prompt.tail(min(len(prompt), top + _TAIL))
+        i = tail.find(full_text[start], len(tail) - top)  # longest first: m = len(tail) - i characters overlap
+        while i != -1:
+            m = len(tail) - i
+            before = tail[i - min(_TAIL, len(prompt) - m) : i]
+            if full_text.startswith(tail[i:], start) and full_text.endswith(before, 0, start):
+                k = k0
+                while k < k1 and offsets[k][1] <= start + m:
+                    k += 1
+                return k if k == k1 or offsets[k][0] >= start + m else None
+            i = tail.find(full_text[start], i + 1)
+    if prompt.added is not None and full_text.endswith(prompt.without_tail, 0, start):
         k = k0
-        while k < k1 and prompt.startswith(full_text[start : offsets[k][1]]):
+        while k < k1 and prompt.added.startswith(full_text[start : offsets[k][1]]):
             k += 1
         return k
     return k0

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 NOT_ACTION = -1
+_first = operator.itemgetter(0)
 
 
 @dataclass(frozen=True)
@@ -98,10 +100,10 @@ def _special_ids(tokenizer) -> frozenset[int]:
     return frozenset(ids)
 
 
-def _token_boundary(starts: list[int], ends: list[int], char_pos: int, what: str, row, side) -> int:
+def _token_boundary(offsets, char_pos: int, what: str, row, side) -> int:
     """Index of the first token starting at or after `char_pos`; error if a token straddles `char_pos`."""
-    k = bisect.bisect_left(starts, char_pos)
-    if k > 0 and ends[k - 1] > char_pos:
+    k = bisect.bisect_left(offsets, char_pos, key=_first)  # no per-token list of starts
+    if k > 0 and offsets[k - 1][1] > char_pos:
         raise DMPODataError(
             f"cannot align tokens with the chat template: a token spans the {what} (character {char_pos}), so the "
             "action tokens cannot be separated exactly from the surrounding markup",
@@ -186,13 +188,11 @@ def tokenize_conversation(
     encoding = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = list(encoding["input_ids"])
     offsets = encoding["offset_mapping"]
-    starts = [s for s, _ in offsets]
-    ends = [e for _, e in offsets]
 
     turn_ids = [NOT_ACTION] * len(input_ids)
     for t, (char_start, char_end) in enumerate(char_spans):
-        k0 = _token_boundary(starts, ends, char_start, f"start of action {t}", row, side)
-        k1 = _token_boundary(starts, ends, char_end, f"end of action {t}", row, side)
+        k0 = _token_boundary(offsets, char_start, f"start of action {t}", row, side)
+        k1 = _token_boundary(offsets, char_end, f"end of action {t}", row, side)
         eot = next((k for k in range(k1 - 1, k0 - 1, -1) if input_ids[k] in special), None)
         if eot is None:  # a template that closes the turn with the next message's role token (GLM-4.5)
             j = action_positions[t]
