@@ -56,6 +56,16 @@ class ExploreSettings:
     max_new_tokens: int = 16
     batch_size: int = 32
     max_extra_rejected_turns: int | None = 5
+    """ETO's cap on a losing rollout: at most the expert's number of actions plus this many (``null``: no cap)."""
+    clean_max_extra_rejected_turns: int | None = 5
+    """The same cap in the clean setting. Where an SFT policy's failures end in invalid actions once it has made its
+    mistake (TextWorld-Express ``twc``: a misplaced item cannot be taken back), ``0`` keeps the valid start of those
+    rollouts, up to the expert's length, as clean losing trajectories; the rollout's final score is the pair's
+    rejected reward either way."""
+
+    def cap_for(self, setting: str) -> int | None:
+        """The cap of `setting` (``"noisy"`` or ``"clean"``)."""
+        return self.clean_max_extra_rejected_turns if setting == "clean" else self.max_extra_rejected_turns
 
 
 @dataclass

@@ -119,7 +119,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
                         p_name = f"{tag}/pairs-{setting}" if round_index == 0 else f"{run_name}/pairs"
                         p_key = {"explore": explored["run_id"], "setting": setting, "round": round_index}
                         p_key["experts"] = gold["run_id"]
-                        p_key["cap"] = cfg.explore.max_extra_rejected_turns
+                        p_key["cap"] = cfg.explore.cap_for(setting)
                         rollouts_file = stages.path(x_name) / "rollouts.jsonl"
                         paired = stages.run(
                             p_name, p_key, st.pairs_stage, cfg, env, experts, rollouts_file, setting, round_index

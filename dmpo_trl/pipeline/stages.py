@@ -272,7 +272,7 @@ def pairs_stage(
         experts,
         rollouts,
         setting=setting,
-        max_extra_rejected_turns=cfg.explore.max_extra_rejected_turns,
+        max_extra_rejected_turns=cfg.explore.cap_for(setting),
         round_index=round_index,
     )
     _write_jsonl(rows, folder / "train.jsonl")
