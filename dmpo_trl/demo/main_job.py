@@ -32,11 +32,12 @@ from typing import Any
 
 __all__ = ["MainJobConfig", "build_arg_parser", "config_from_args", "main", "pipeline_config", "run_main_job"]
 
-# The task: TextWorld-Express `coin` in 4 rooms (no doors, no distractors): find the coin, which usually lies in
-# another room, and take it. Held-out games are drawn among those whose shortest path needs >= `min_gold_steps`
-# actions.
-MAIN_TASK = "coin"
-MAIN_GAME_PARAMS = "numLocations=4,numDistractorItems=0,includeDoors=0"
+# The task: TextWorld-Express `twc` (TextWorld Commonsense) in one room with two items to put away: take each item and
+# put it where it belongs, opening a closed container first. Every game's shortest path is 4-6 actions (take, take,
+# [open,] put, [open,] put); a misplaced item cannot be taken back. Held-out games come from the test split (items and
+# containers unseen in training), among those whose shortest path needs >= `min_gold_steps` actions.
+MAIN_TASK = "twc"
+MAIN_GAME_PARAMS = "numLocations=1,numItemsToPutAway=2,includeDoors=0,limitInventorySize=0"
 
 
 @dataclass
@@ -48,9 +49,11 @@ class MainJobConfig:
     task: str = MAIN_TASK
     game_params: str = MAIN_GAME_PARAMS
     setting: str = "noisy"
-    sft_episodes: int = 48
+    sft_episodes: int = 64
     sft_epochs: float = 2.0
     sft_learning_rate: float = 2e-3
+    sft_lora_last_layers: int = 0
+    """SFT's LoRA on the top N decoder layers (``0``: every layer)."""
     explore_episodes: int = 16
     num_rollouts: int = 4
     temperature: float = 0.7
@@ -59,12 +62,12 @@ class MainJobConfig:
     beta: float = 0.1
     gamma: float = 0.7
     heldout_episodes: int = 30
-    min_gold_steps: int = 3
-    """Held-out games are drawn among those whose shortest gold path has at least this many actions (in 4 rooms: the
-    coin two or more rooms away; the gold agent, which explores at random, takes more)."""
-    eval_max_steps: int = 10
-    max_new_tokens: int = 10
-    max_length: int = 1536
+    min_gold_steps: int = 4
+    """Held-out games are drawn among those whose shortest gold path (of 16 draws) has at least this many actions."""
+    explore_max_steps: int = 10
+    eval_max_steps: int = 8
+    max_new_tokens: int = 12
+    max_length: int = 1024
     turn_reward_pairs: int = 4
     """Training pairs on which the per-turn implicit rewards of the DMPO model are shown."""
     seed: int = 0
@@ -88,19 +91,20 @@ def pipeline_config(cfg: MainJobConfig):
             "seeds": [cfg.seed],
             "settings": [cfg.setting],
             "methods": [{"name": f"dmpo-{cfg.gamma:g}", "turn_weighting": "dmpo", "gamma": cfg.gamma}],
-            "length_buckets": [2, 4, 6],
+            "length_buckets": [4, 5],
             "bf16": bf16,
             "sft": {
                 "episodes": cfg.sft_episodes,
                 "epochs": cfg.sft_epochs,
                 "learning_rate": cfg.sft_learning_rate,
+                "lora_last_layers": cfg.sft_lora_last_layers or None,
                 "max_length": cfg.max_length,
             },
             "explore": {
                 "episodes": cfg.explore_episodes,
                 "num_rollouts": cfg.num_rollouts,
                 "temperature": cfg.temperature,
-                "max_steps": cfg.eval_max_steps,
+                "max_steps": cfg.explore_max_steps,
                 "max_new_tokens": cfg.max_new_tokens,
             },
             "train": {
@@ -125,6 +129,31 @@ def _shares(kinds: dict[str, int]) -> dict[str, float]:
     return {k: v / total for k, v in kinds.items()}
 
 
+#: What an action did, in the order `action_effects` reports them.
+EFFECTS = ("raised the score", "lowered the score", "left it unchanged", "invalid")
+
+
+def action_effects(rollouts_file: Path) -> dict[str, float]:
+    """Shares of the actions of a rollouts file that raised the score (TextWorld-Express: a correct take / put),
+    lowered it (a misplaced item), left it unchanged (e.g. opening a container) or were invalid, plus the share that
+    repeated the previous action. Games start at score 0."""
+    counts = Counter()
+    for line in Path(rollouts_file).read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        previous_score, previous_action = 0.0, None
+        for action, score, valid in zip(record["actions"], record["scores"], record["valid"], strict=True):
+            if not valid:
+                counts["invalid"] += 1
+            else:
+                counts[
+                    EFFECTS[0] if score > previous_score else EFFECTS[1] if score < previous_score else EFFECTS[2]
+                ] += 1
+            counts["repeated the previous action"] += action == previous_action
+            previous_score, previous_action = score, action
+    total = max(sum(counts[e] for e in EFFECTS), 1)
+    return {name: counts[name] / total for name in (*EFFECTS, "repeated the previous action")}
+
+
 def _narrative(summary: dict[str, Any]) -> list[str]:
     """What the numbers say, in sentences built from the numbers only."""
     ev, n = summary["eval"], summary["heldout_episodes"]
@@ -138,10 +167,11 @@ def _narrative(summary: dict[str, Any]) -> list[str]:
     lines = []
     for name, label in (("before", "untouched"), ("sft", "after SFT"), ("dmpo", "after SFT + DMPO")):
         m = ev[name]
+        effects = summary["action_effects"][name]
         lines.append(
             f"- {label}: solves {round(m['success_rate'] * n)}/{n} held-out games (mean score {m['mean_score']:.3f}), "
             f"{m['mean_steps']:.1f} actions per game, {m['invalid_action_rate']:.0%} of them invalid; its actions: "
-            f"{shares(name)}."
+            f"{shares(name)}; " + ", ".join(f"{v:.0%} {k}" for k, v in effects.items()) + "."
         )
     lines.append(
         f"- the gold paths of these games: {summary['heldout_gold_mean_steps']:.2f} actions on average; "
@@ -153,6 +183,11 @@ def _narrative(summary: dict[str, Any]) -> list[str]:
         "below; `docs/pipeline.md` has the multi-seed comparison with multi-turn DPO)."
     )
     return lines
+
+
+def _run_folder(cfg: MainJobConfig) -> str:
+    """The stage folder of the main job's DMPO run (relative to the output folder)."""
+    return f"seed{cfg.seed}/r1/{cfg.setting}-dmpo-{cfg.gamma:g}"
 
 
 def _turn_rewards(results: dict[str, Any], run: dict[str, Any], cfg: MainJobConfig, out: Path) -> dict[str, Any]:
@@ -219,6 +254,10 @@ def run_main_job(cfg: MainJobConfig, command: str | None = None) -> dict[str, An
             "sft": results["evals"]["sft"]["metrics"],
             "dmpo": run["eval"]["metrics"],
             "gold": gold.metrics(),
+        },
+        "action_effects": {
+            when: action_effects(Path(cfg.output_dir) / folder / "rollouts.jsonl")
+            for when, folder in (("before", "eval/base"), ("sft", "eval/sft"), ("dmpo", _run_folder(cfg) + "/eval"))
         },
         "action_shares": {
             "before": _shares(results["evals"]["base"]["action_kinds"]),

@@ -45,6 +45,14 @@ class _Parent:
     merged: str | None = None
 
 
+#: Explore settings that only the pairing reads: changing them reruns the pairs, not the rollouts.
+PAIRING_KEYS = ("max_extra_rejected_turns", "clean_max_extra_rejected_turns")
+
+
+def _sampling(explore: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in explore.items() if k not in PAIRING_KEYS}
+
+
 def _env_key(cfg: PipelineConfig) -> dict[str, Any]:
     return {"env": cfg.env, "task": cfg.task, "env_kwargs": cfg.env_kwargs}
 
@@ -102,7 +110,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
                         parent = parents[(setting, method.name)]
                         run_name = f"{tag}/{setting}-{method.name}"
                         x_name = f"{tag}/explore" if round_index == 0 else f"{run_name}/explore"
-                        x_key = {"explore": settings["explore"], "seed": seed, "parent": parent.key, **bf16}
+                        x_key = {"explore": _sampling(settings["explore"]), "seed": seed, "parent": parent.key, **bf16}
                         x_key["variations"] = variations["explore"]
                         explored = stages.run(
                             x_name,

@@ -50,3 +50,22 @@ def test_main_job_reduced(tmp_path):
     assert f"| success rate | {summary['eval']['before']['success_rate']:.3f} |" in report
     assert "of them invalid; its actions: `" in report
     assert json.loads((out / "summary.json").read_text())["command"] == "pytest reduced main job"
+
+
+def test_action_effects_by_hand(tmp_path):
+    """Two games: take (+), repeat (invalid), put in the wrong place (-); open (=), take (+). Shares by hand."""
+    from dmpo_trl.demo.main_job import action_effects
+
+    games = [
+        {"actions": ["take a", "take a", "put a in b"], "scores": [0.25, 0.25, 0.0], "valid": [True, False, True]},
+        {"actions": ["open c", "take d"], "scores": [0.0, 0.25], "valid": [True, True]},
+    ]
+    path = tmp_path / "rollouts.jsonl"
+    path.write_text("".join(json.dumps(g) + "\n" for g in games))
+    assert action_effects(path) == {
+        "raised the score": 2 / 5,
+        "lowered the score": 1 / 5,
+        "left it unchanged": 1 / 5,
+        "invalid": 1 / 5,
+        "repeated the previous action": 1 / 5,
+    }

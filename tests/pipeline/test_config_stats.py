@@ -65,6 +65,15 @@ def test_shipped_experiment_recipe_is_the_documented_design():
     assert len({g for w, g in weightings if w == "dmpo"}) >= 2
 
 
+def test_each_setting_has_its_own_eto_cap():
+    from dmpo_trl.pipeline.config import config_from_dict
+
+    cfg = config_from_dict({"explore": {"max_extra_rejected_turns": 5, "clean_max_extra_rejected_turns": 0}})
+    assert cfg.explore.cap_for("noisy") == 5 and cfg.explore.cap_for("clean") == 0
+    default = config_from_dict({}).explore
+    assert default.cap_for("clean") == default.cap_for("noisy") == 5  # ETO's cap for both unless told otherwise
+
+
 def test_bf16_setting():
     assert resolve_bf16(True) is True and resolve_bf16(False) is False
     assert isinstance(resolve_bf16(None), bool)

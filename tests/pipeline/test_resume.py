@@ -79,6 +79,14 @@ def test_pipeline_resumes_from_its_cache(tmp_path, model):
         "seed0/r1/noisy-dmpo-0.7/train",
         "seed0/r1/noisy-dmpo-0.7/eval",
     ]
+    # the clean setting's cap feeds no noisy stage; the noisy cap reruns the pairs and everything after them
+    cfg = recipe(tmp_path, model, learning_rate=1e-3)
+    cfg.explore.clean_max_extra_rejected_turns = 0
+    assert ran(run_pipeline(cfg, env=KeyDoorEnv())) == []
+    for cap in (0, 5):
+        cfg.explore.max_extra_rejected_turns = cap
+        rerun = ran(run_pipeline(cfg, env=KeyDoorEnv()))
+        assert rerun[0] == "seed0/r1/pairs-noisy" and "seed0/r1/explore" not in rerun  # the rollouts are reused
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["config"]["train"]["learning_rate"] == 1e-3
     assert {r["turn_weighting"] for r in saved["runs"]} == {"uniform", "dmpo"}
