@@ -58,7 +58,7 @@ class MainJobConfig:
     num_rollouts: int = 4
     temperature: float = 0.7
     max_pairs: int = 16
-    learning_rate: float = 2e-4
+    learning_rate: float = 5e-4
     beta: float = 0.1
     gamma: float = 0.7
     heldout_episodes: int = 30
