@@ -81,7 +81,7 @@ HEADER = (
 
 def print_table(what: str, points: dict, limit: float) -> None:
     print(HEADER.format(what=what))
-    print("| " + " | ".join(["---"] * 13) + " |")
+    print("| " + " | ".join(["---"] * (HEADER.count("|") - 1)) + " |")
     for value, point in points.items():
         pf = point["dmpo_pf"]
         ref = pf if not pf.get("oom") else next((r for r in point.values() if not r.get("oom")), None)
