@@ -185,11 +185,6 @@ def _narrative(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _run_folder(cfg: MainJobConfig) -> str:
-    """The stage folder of the main job's DMPO run (relative to the output folder)."""
-    return f"seed{cfg.seed}/r1/{cfg.setting}-dmpo-{cfg.gamma:g}"
-
-
 def _turn_rewards(results: dict[str, Any], run: dict[str, Any], cfg: MainJobConfig, out: Path) -> dict[str, Any]:
     """``beta * r_t`` per turn of the trained model on a few of its training pairs (`dmpo_trl.demo.turn_rewards`)."""
     if run["train"].get("adapter") is None or cfg.turn_reward_pairs <= 0:
@@ -257,7 +252,7 @@ def run_main_job(cfg: MainJobConfig, command: str | None = None) -> dict[str, An
         },
         "action_effects": {
             when: action_effects(Path(cfg.output_dir) / folder / "rollouts.jsonl")
-            for when, folder in (("before", "eval/base"), ("sft", "eval/sft"), ("dmpo", _run_folder(cfg) + "/eval"))
+            for when, folder in (("before", "eval/base"), ("sft", "eval/sft"), ("dmpo", run["folder"] + "/eval"))
         },
         "action_shares": {
             "before": _shares(results["evals"]["base"]["action_kinds"]),

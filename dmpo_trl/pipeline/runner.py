@@ -171,6 +171,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
                             {
                                 "seed": seed,
                                 "round": round_index + 1,
+                                "folder": run_name,
                                 "setting": setting,
                                 "method": method.name,
                                 "turn_weighting": method.turn_weighting,
