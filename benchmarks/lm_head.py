@@ -7,7 +7,7 @@ Random hidden states `(positions, hidden)`, a random head `(vocab, hidden)` and 
 
 - TRL's `ChunkedLogProbFunction` over every position, as TRL's fused head runs on CPU (4096 tokens x 32768 entries);
 - the same on the action positions only (`--action-share` of them), and with a 4096-entry vocabulary tile;
-- DMPO's `dmpo_trl.lm_head.action_log_probs` on the action positions (2048 x 4096 tiles), without and with the
+- DMPO's `dmpo_trl.core.lm_head.action_log_probs` on the action positions (2048 x 4096 tiles), without and with the
   metric outputs (entropy, mean logit, top-1).
 
 Each variant runs in a fresh process; peak memory is the growth during its first (untimed) run.
@@ -41,7 +41,7 @@ def worker(args) -> dict:
     import torch
     from trl.kernels import ChunkedLogProbFunction
 
-    from dmpo_trl import lm_head
+    from dmpo_trl.core import lm_head
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

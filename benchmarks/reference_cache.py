@@ -35,7 +35,7 @@ def worker(args) -> dict:
 
     from benchmarks.agent_data import scaled_pairs
     from dmpo_trl import DMPOConfig, DMPOTrainer
-    from dmpo_trl.forward import DMPOForwardMixin
+    from dmpo_trl.core.forward import DMPOForwardMixin
 
     torch.set_num_threads(args.threads)
     tok = load_tokenizer(args.tokenizer)

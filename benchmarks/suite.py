@@ -82,7 +82,7 @@ def length_summary(args) -> str:
     import numpy as np
 
     from benchmarks.common import load_tokenizer
-    from dmpo_trl.tokenization import tokenize_pair
+    from dmpo_trl.core.rows.tokenization import tokenize_pair
 
     tok = load_tokenizer(args.tokenizer)
     lengths = {"prompt": [], "chosen": [], "rejected": []}

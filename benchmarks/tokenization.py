@@ -4,14 +4,14 @@
                                       [--chat-template qwen2_5_training.jinja]
 
 Data: `benchmarks.agent_data.agent_pairs` with exactly T actions on each side (observations of 8-80 words, the
-suite's), tokenized by `dmpo_trl.tokenization.tokenize_pair` as the trainer does. Printed per T: tokens per pair,
+suite's), tokenized by `dmpo_trl.core.rows.tokenization.tokenize_pair` as the trainer does. Printed per T: tokens per pair,
 CPU seconds per pair (best of `--repeats`, process time), of which chat-template rendering and of which the one
 BPE pass, and the same pair with every action located by prefix renders (the method before; the windows,
 `action_spans.window_span` and `templates._window_prompt`, disabled), with the speed-up. Both give identical token and
-turn ids (checked here, and in `tests/core/test_tokenization_locator.py` and `tests/core/test_marker_locator.py`).
+turn ids (checked here, and in `tests/core/rows/test_tokenization_locator.py` and `tests/core/rows/test_marker_locator.py`).
 
 `--chat-template` replaces the tokenizer's template with one of TRL's `trl/chat_templates/*.jinja` (by file name) or
-a template file: a template with ``{% generation %}`` markers takes the marker path (`dmpo_trl.templates`); its
+a template file: a template with ``{% generation %}`` markers takes the marker path (`dmpo_trl.core.rows.templates`); its
 "prefix renders" column renders the two prefixes of every action there (with the one BPE pass of the new path; the
 method before also tokenized the conversation twice).
 """
@@ -31,9 +31,9 @@ from benchmarks.common import load_average, load_tokenizer  # noqa: E402
 
 def timed_pairs(tok, rows, prefix_only: bool) -> tuple[float, float, float, list]:
     """CPU seconds per pair: total, rendering, BPE; and the outputs."""
-    import dmpo_trl.action_spans as action_spans
-    import dmpo_trl.templates as templates
-    import dmpo_trl.tokenization as tokenization
+    import dmpo_trl.core.rows.action_spans as action_spans
+    import dmpo_trl.core.rows.templates as templates
+    import dmpo_trl.core.rows.tokenization as tokenization
 
     spent = {"render": 0.0, "bpe": 0.0}
     render, window, marker_window = tokenization._render, action_spans.window_span, templates._window_prompt

@@ -1,7 +1,7 @@
 """dmpo_trl: DMPO (Direct Multi-Turn Preference Optimization) for language agents on top of TRL.
 
-`DMPOConfig` and `DMPOTrainer` are imported lazily so that the pure loss (`dmpo_trl.loss`) and the tokenization
-(`dmpo_trl.tokenization`) can be used without importing TRL.
+`DMPOConfig` and `DMPOTrainer` are imported lazily so that the pure loss (`dmpo_trl.core.weights`) and the tokenization
+(`dmpo_trl.core.rows.tokenization`) can be used without importing TRL.
 """
 
 from typing import TYPE_CHECKING
@@ -12,17 +12,17 @@ __version__ = "0.1.0"
 __all__ = ["DMPOConfig", "DMPOTrainer", "DataCollatorForDMPO", "DMPODataError", "__version__"]
 
 _LAZY = {
-    "DMPOConfig": "dmpo_trl.config",
-    "DMPOTrainer": "dmpo_trl.trainer",
-    "DataCollatorForDMPO": "dmpo_trl.collator",
-    "DMPODataError": "dmpo_trl.errors",
+    "DMPOConfig": "dmpo_trl.core.config",
+    "DMPOTrainer": "dmpo_trl.core.trainer",
+    "DataCollatorForDMPO": "dmpo_trl.core.collator",
+    "DMPODataError": "dmpo_trl.core.errors",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .collator import DataCollatorForDMPO
-    from .config import DMPOConfig
-    from .errors import DMPODataError
-    from .trainer import DMPOTrainer
+    from .core.collator import DataCollatorForDMPO
+    from .core.config import DMPOConfig
+    from .core.errors import DMPODataError
+    from .core.trainer import DMPOTrainer
 
 
 def __getattr__(name):

@@ -240,9 +240,9 @@ def template_survey(template_file: str) -> dict:
     Returns ``{"path": "markers" | "prefix", "system": bool, "tool": [action texts] | "<refusal>", "text": ...}``;
     the prompt drops its system message when the template refuses system messages.
     """
-    from .errors import DMPODataError
-    from .templates import has_generation_markers
-    from .tokenization import tokenize_conversation
+    from .core.errors import DMPODataError
+    from .core.rows.templates import has_generation_markers
+    from .core.rows.tokenization import tokenize_conversation
 
     tok = template_tokenizer(template_file)
     out = {"path": "markers" if has_generation_markers(tok.chat_template) else "prefix", "system": True}

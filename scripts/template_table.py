@@ -5,7 +5,7 @@
 For each `trl/chat_templates/*.jinja`, `dmpo_trl.testing.template_survey` tokenizes a 3-action trajectory with a
 tool call (and the same trajectory as text) with a tiny tokenizer carrying the template's special tokens; the table
 gives the path (generation markers or prefix rendering), the action layout (what precedes the content inside an
-action, and the end-of-turn token) or the refusal. tests/core/test_templates.py checks every cell token for token;
+action, and the end-of-turn token) or the refusal. tests/core/rows/test_templates.py checks every cell token for token;
 tests/docs/test_template_table.py checks that the docs hold this script's output.
 """
 

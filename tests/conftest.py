@@ -36,7 +36,7 @@ def _reference_score_store(tmp_path_factory):
     """Reference scores go to a store of this session (subprocesses inherit it), never to ~/.cache."""
     import os
 
-    from dmpo_trl.ref_cache import REF_CACHE_ENV
+    from dmpo_trl.core.ref_cache import REF_CACHE_ENV
 
     previous = os.environ.get(REF_CACHE_ENV)
     os.environ[REF_CACHE_ENV] = str(tmp_path_factory.mktemp("reference_scores"))

@@ -50,9 +50,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
+    from dmpo_trl.core.errors import DMPODataError
     from dmpo_trl.data.convert import convert, pair_eto_rollouts
     from dmpo_trl.data.io import read_records, write_records
-    from dmpo_trl.errors import DMPODataError
 
     if args.fmt == "eto-rollouts":
         if not args.expert:

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         if args.model == "gold":
             result = evaluate_policy(env, GoldPolicy(), variations, max_steps=args.max_steps)
         else:
-            from dmpo_trl.cli.modeling import load_model
+            from dmpo_trl.models import load_model
 
             model, tokenizer = load_model(args.model)
             extra = {"do_sample": True} if args.sample else {}

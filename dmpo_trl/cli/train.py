@@ -137,7 +137,10 @@ def build_trainer(
     from trl import get_peft_config, get_quantization_config
 
     from dmpo_trl import DMPOTrainer
-    from dmpo_trl.cli.modeling import (
+    from dmpo_trl.cli.recipe_data import describe_data_source, load_recipe_data
+    from dmpo_trl.core.errors import DMPODataError
+    from dmpo_trl.core.rows.preparation import prepare_dataset
+    from dmpo_trl.models import (
         DEFAULT_MODEL_HUB_ID,
         build_model_init_kwargs,
         check_model_source,
@@ -145,9 +148,6 @@ def build_trainer(
         load_tokenizer,
         resolve_model,
     )
-    from dmpo_trl.cli.recipe_data import describe_data_source, load_recipe_data
-    from dmpo_trl.errors import DMPODataError
-    from dmpo_trl.preparation import prepare_dataset
 
     training_args.model_init_kwargs = build_model_init_kwargs(model_args, training_args)
     want_eval = str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy)) != "no"
@@ -223,7 +223,7 @@ def run(
     trainer = build_trainer(script_args, training_args, model_args, callbacks)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     card_kwargs: dict[str, Any] = {"dataset_name": script_args.dataset_name}
-    from dmpo_trl.errors import DMPODataError
+    from dmpo_trl.core.errors import DMPODataError
 
     try:
         trainer.train(resume_from_checkpoint=resume)

@@ -1,7 +1,7 @@
 """`dmpo-trl validate DATA --model NAME_OR_PATH`: check a dataset as the trainer would and print a report.
 
 It reads DATA with the loader `dmpo-trl train` uses (`dmpo_trl.data.loading`), loads the tokenizer the same way
-(`dmpo_trl.cli.modeling.load_tokenizer`, with the same chat template override) and truncates at the trainer's default
+(`dmpo_trl.models.load_tokenizer`, with the same chat template override) and truncates at the trainer's default
 ``max_length`` unless told otherwise, so its rows and token counts are the ones `train` trains on. With
 ``--config RECIPE`` it takes the data, model, ``max_length``, chat template and ``skip_invalid_pairs`` from the recipe.
 """
@@ -82,7 +82,7 @@ def register(subparsers) -> None:
 
 @functools.lru_cache(maxsize=2)  # loading from a GGUF file takes seconds; repeated in-process calls reuse it
 def _tokenizer(name_or_path: str, chat_template: str | None):
-    from dmpo_trl.cli.modeling import load_tokenizer
+    from dmpo_trl.models import load_tokenizer
 
     return load_tokenizer(name_or_path, chat_template_path=chat_template, require_chat_template=True)
 
@@ -138,9 +138,9 @@ def _positive_int(text: str) -> int:
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
+    from dmpo_trl.core.errors import DMPODataError
     from dmpo_trl.data.loading import load_preference_files
     from dmpo_trl.data.validation import report_json, validate_dataset
-    from dmpo_trl.errors import DMPODataError
 
     opts = settings(args)
     # The data first: a bad file fails before the tokenizer loads

@@ -5,10 +5,10 @@
 * `loading`: the one loader of `dmpo-trl train` and `dmpo-trl validate` (same files, same rows, rows named by file).
 * `validation`: `validate_dataset`, the report of what the trainer will train on.
 
-The row checks themselves are the trainer's (`dmpo_trl.checks`). Nothing here imports torch.
+The row checks themselves are the trainer's (`dmpo_trl.core.rows.checks`). Nothing here imports torch.
 """
 
-from dmpo_trl.checks import check_pair
+from dmpo_trl.core.rows.checks import check_pair
 from dmpo_trl.data.common import ConvertedRows, SkippedRow, split_shared_prefix
 from dmpo_trl.data.io import read_records, write_records
 

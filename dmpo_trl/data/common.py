@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dmpo_trl.checks import check_pair
-from dmpo_trl.errors import DMPODataError
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.rows.checks import check_pair
 
 
 Row = dict[str, Any]
@@ -133,7 +133,7 @@ def metadata(record: Mapping[str, Any], consumed: Iterable[str]) -> Row:
 
 
 def parse_arguments(arguments: Any, where: str, row: int | None, side: str | None) -> str:
-    """Tool-call arguments as a JSON string of an object, the form that survives Arrow (`dmpo_trl.normalize`).
+    """Tool-call arguments as a JSON string of an object, the form that survives Arrow (`dmpo_trl.core.rows.normalize`).
 
     A dict is written with `json.dumps` (explicit nulls kept); a string must hold a JSON object and is kept as it is;
     None or an empty string is ``"{}"``. The trainer parses the string, so the chat template gets the object.

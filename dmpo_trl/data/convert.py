@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from dmpo_trl.checks import check_pair
+from dmpo_trl.core.rows.checks import check_pair
 from dmpo_trl.data.common import ConvertedRows, SkippedRow, convert_rows, split_shared_prefix
 from dmpo_trl.data.eto import ETO_TASK_PRESETS, from_eto_pairs, pair_eto_rollouts
 from dmpo_trl.data.openai_chat import from_openai

@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dmpo_trl.checks import check_pair
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.rows.checks import check_pair
 from dmpo_trl.data.common import ConvertedRows, Row, SkippedRow, convert_rows, metadata
-from dmpo_trl.errors import DMPODataError
 
 
 FASTCHAT_ROLES = {"human": "user", "gpt": "assistant"}

@@ -2,7 +2,7 @@
 
 `read_records` / `iter_file_records` read what a file holds, record by record, and name the file, line and column
 of anything they cannot read; `write_records` writes rows so that they read back exactly (Parquet: tool-call arguments
-and tools as JSON strings, `dmpo_trl.normalize.arrow_safe`); `expand_data_files` turns data paths (files, globs,
+and tools as JSON strings, `dmpo_trl.core.rows.normalize.arrow_safe`); `expand_data_files` turns data paths (files, globs,
 folders) into files; `arrow_columns` builds Arrow columns and names the column and row Arrow cannot store.
 `dmpo_trl.data.loading` builds the datasets `dmpo-trl train` and `dmpo-trl validate` read on these.
 
@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from dmpo_trl.errors import DMPODataError
-from dmpo_trl.normalize import arrow_safe, drop_none
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.rows.normalize import arrow_safe, drop_none
 
 
 SUFFIXES = (".json", ".jsonl", ".parquet")

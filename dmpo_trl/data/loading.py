@@ -3,11 +3,11 @@
 `load_preference_files(paths)` reads every file with `dmpo_trl.data.io` (UTF-8 with or without BOM, JSON errors with
 line and column, empty input refused), runs the structural row checks (`check_pair`) on every record as it is read, so
 a bad file fails before any tokenizer or model is loaded, and builds the `datasets.Dataset` the trainer gets, with
-tool-call arguments and tools stored as JSON strings (`dmpo_trl.normalize.arrow_safe`) so that Arrow cannot merge or
+tool-call arguments and tools stored as JSON strings (`dmpo_trl.core.rows.normalize.arrow_safe`) so that Arrow cannot merge or
 widen them. Every row keeps where it came from (`RowSource`: file and row counted from 0 within it), and `locate`
 turns an error about row ``i`` of the dataset into one that names that file and row.
 
-`validate` then runs `dmpo_trl.data.validation` on the dataset, `train` `dmpo_trl.preparation.prepare_dataset`: both
+`validate` then runs `dmpo_trl.data.validation` on the dataset, `train` `dmpo_trl.core.rows.preparation.prepare_dataset`: both
 `prepare_pair`, with the same tokenizer, chat template and ``max_length``.
 """
 
@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from dmpo_trl.checks import check_pair
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.rows.checks import check_pair
+from dmpo_trl.core.rows.normalize import MESSAGE_COLUMNS, arrow_safe
 from dmpo_trl.data.common import SkippedRow, with_record_id
 from dmpo_trl.data.io import arrow_columns, expand_data_paths, iter_file_records
-from dmpo_trl.errors import DMPODataError
-from dmpo_trl.normalize import MESSAGE_COLUMNS, arrow_safe
 
 
 __all__ = ["TRAINED_COLUMNS", "LoadedData", "RowSource", "dataset_from_rows", "load_preference_files"]

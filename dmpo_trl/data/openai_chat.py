@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from dmpo_trl.core.errors import DMPODataError
 from dmpo_trl.data.common import (
     ConvertedRows,
     Row,
@@ -30,7 +31,6 @@ from dmpo_trl.data.common import (
     split_implicit,
     tool_call,
 )
-from dmpo_trl.errors import DMPODataError
 
 
 OPENAI_ROLES = {

@@ -27,6 +27,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from dmpo_trl.core.errors import DMPODataError
 from dmpo_trl.data.common import (
     ConvertedRows,
     Row,
@@ -37,7 +38,6 @@ from dmpo_trl.data.common import (
     tool_call,
 )
 from dmpo_trl.data.eto import check_fastchat_keys
-from dmpo_trl.errors import DMPODataError
 
 
 SHAREGPT_ROLES = {

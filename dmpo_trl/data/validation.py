@@ -1,6 +1,6 @@
 """Dataset validation: every check the trainer makes, up front, with a report of what the data looks like.
 
-`validate_dataset` runs on each row what the trainer runs (`dmpo_trl.checks.prepare_pair`): `check_pair` (structure:
+`validate_dataset` runs on each row what the trainer runs (`dmpo_trl.core.rows.checks.prepare_pair`): `check_pair` (structure:
 roles, emptiness, text content, the prompt shared by both sides), the core tokenizer (`tokenize_pair`: chat-template
 alignment, per-token turn ids) and the truncation at `max_length` (`truncate_trajectory`: a side that keeps no action,
 or a pair whose kept trajectories are the same, is an error). Files are read by the loader `dmpo-trl train` uses
@@ -17,12 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dmpo_trl.checks import check_pair, prepare_pair
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.rows.checks import check_pair, prepare_pair
+from dmpo_trl.core.rows.preparation import refusal
+from dmpo_trl.core.rows.tokenization import NOT_ACTION, truncate_trajectory
 from dmpo_trl.data.common import SkippedRow
 from dmpo_trl.data.loading import LoadedData, load_preference_files
-from dmpo_trl.errors import DMPODataError
-from dmpo_trl.preparation import refusal
-from dmpo_trl.tokenization import NOT_ACTION, truncate_trajectory
 
 
 __all__ = ["Distribution", "ValidationReport", "check_pair", "validate_dataset", "validate_row"]

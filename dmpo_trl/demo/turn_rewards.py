@@ -1,7 +1,7 @@
 """Per-turn implicit rewards ``beta * r_t`` of preference pairs, for inspecting what DMPO learned turn by turn.
 
 ``r_t = log pi_theta(a_t | s_t) - log pi_ref(a_t | s_t)``, summed over the tokens of action ``t`` (the tokens
-`dmpo_trl.tokenization` marks as action ``t``; prompt and observations excluded), as in the DMPO loss.
+`dmpo_trl.core.rows.tokenization` marks as action ``t``; prompt and observations excluded), as in the DMPO loss.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from dmpo_trl.tokenization import NOT_ACTION, tokenize_pair
+from dmpo_trl.core.rows.tokenization import NOT_ACTION, tokenize_pair
 
 
 __all__ = ["mean_by_turn", "turn_log_ratios"]

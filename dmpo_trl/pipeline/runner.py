@@ -68,8 +68,8 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
     stages = StageRunner(out, verbose=True)
     import torch
 
-    from dmpo_trl.cli.modeling import resolve_model
     from dmpo_trl.envs import make_env
+    from dmpo_trl.models import resolve_model
 
     from . import stages as st
 

@@ -1,7 +1,7 @@
 """The SFT stage: TRL's `SFTTrainer` on expert trajectories, loss on the actions only.
 
 Each expert (gold) trajectory is rendered and tokenized exactly as `DMPOTrainer` tokenizes a side of a pair
-(`dmpo_trl.tokenization.tokenize_conversation`: the same chat template, the same action spans, each ending with its
+(`dmpo_trl.core.rows.tokenization.tokenize_conversation`: the same chat template, the same action spans, each ending with its
 end-of-turn token). The project's action mask becomes SFTTrainer's ``assistant_masks`` column of a pre-tokenized
 dataset, so `SFTTrainer` puts ``-100`` on every prompt, observation and template token and trains on the action
 tokens only (this works with any chat template, including those without ``{% generation %}`` markers, which TRL's
@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from dmpo_trl.core.rows.tokenization import tokenize_conversation, truncate_trajectory
 from dmpo_trl.envs.base import AgentEnv
 from dmpo_trl.envs.trajectory import Trajectory
-from dmpo_trl.tokenization import tokenize_conversation, truncate_trajectory
 
 
 __all__ = ["lora_config", "sft_dataset", "train_sft"]

@@ -90,7 +90,7 @@ def load_policy(model_dir: str | Path, adapter_dir: str | Path | None = None):
     """(model, tokenizer) in float32: a full model folder, optionally with a LoRA adapter on top."""
     import torch
 
-    from dmpo_trl.cli.modeling import load_model
+    from dmpo_trl.models import load_model
 
     model, tokenizer = load_model(str(model_dir), dtype=torch.float32)
     if adapter_dir is not None:

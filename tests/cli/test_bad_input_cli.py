@@ -308,7 +308,7 @@ def _(d):
     write_records([row], d / "pairs.jsonl")
 
     def check(run, out):
-        from dmpo_trl.checks import prepare_pair
+        from dmpo_trl.core.rows.checks import prepare_pair
         from dmpo_trl.data.loading import load_preference_files
         from dmpo_trl.testing import make_tokenizer
 
@@ -551,7 +551,7 @@ def _(d):
     def check(run, out):
         import os
 
-        from dmpo_trl.errors import DMPODataError
+        from dmpo_trl.core.errors import DMPODataError
 
         with pytest.raises(DMPODataError, match="empty.jsonl: is empty"):
             cli_main(["validate", "empty.jsonl", "--model", "tiny", "--debug"])

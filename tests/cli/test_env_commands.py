@@ -64,7 +64,7 @@ def test_evaluate_command_with_a_model_folder_and_an_adapter(tmp_path, capsys):
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
     peft_model.save_pretrained(tmp_path / "adapter")
     tok.save_pretrained(tmp_path / "adapter")
-    from dmpo_trl.cli.modeling import load_model
+    from dmpo_trl.models import load_model
 
     loaded, _ = load_model(str(tmp_path / "adapter"))
     assert hasattr(loaded, "disable_adapter")

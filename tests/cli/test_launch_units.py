@@ -20,7 +20,7 @@ from dmpo_trl.cli.launch import (
 )
 from dmpo_trl.cli.recipe_data import describe_data_source, expand_data_files, load_preference_datasets
 from dmpo_trl.cli.script_args import DMPOScriptArguments
-from dmpo_trl.model_card import is_hub_id, write_card_section
+from dmpo_trl.core.model_card import is_hub_id, write_card_section
 from tests.cli.helpers import REPO_ROOT, subprocess_env
 
 
@@ -294,7 +294,7 @@ def test_quantization_needs_peft_and_model_init_kwargs_merge():
     from trl import ModelConfig
 
     from dmpo_trl import DMPOConfig
-    from dmpo_trl.cli.modeling import build_model_init_kwargs
+    from dmpo_trl.models import build_model_init_kwargs
 
     args = DMPOConfig(output_dir="o", use_cpu=True, bf16=False, model_init_kwargs={"low_cpu_mem_usage": True})
     kwargs = build_model_init_kwargs(ModelConfig(model_name_or_path="m", dtype="bfloat16"), args)

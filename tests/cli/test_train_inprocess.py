@@ -150,7 +150,7 @@ def test_cpu_quickstart_recipe_trains_with_a_local_model(ws, tmp_path):
 def test_cpu_recipe_names_the_embedded_model_and_no_stale_card_fields():
     """The recipe trains `default` (the embedded model, resolved offline); the card's base model and data follow the
     model and files actually used, so overriding them on the command line cannot leave a wrong card."""
-    from dmpo_trl.cli.modeling import is_default_alias
+    from dmpo_trl.models import is_default_alias
 
     raw = yaml.safe_load((REPO_ROOT / "recipes" / "smollm2-135m-instruct" / "dmpo" / "cpu.yaml").read_text())
     assert is_default_alias(raw["model_name_or_path"])

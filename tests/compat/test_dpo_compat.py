@@ -20,8 +20,8 @@ from transformers import TrainingArguments
 from trl import DPOConfig, DPOTrainer
 
 from dmpo_trl import DMPOConfig, DMPOTrainer
-from dmpo_trl.config import KEEP_END_REASON
-from dmpo_trl.losses import LOSS_TYPES
+from dmpo_trl.core.config import KEEP_END_REASON
+from dmpo_trl.core.losses import LOSS_TYPES
 from dmpo_trl.testing import agent_pair, make_tokenizer, save_tiny_model
 
 

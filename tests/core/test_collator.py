@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers.data.data_collator import DataCollatorMixin
 
-from dmpo_trl.collator import DataCollatorForDMPO, DMPOBatch
+from dmpo_trl.core.collator import DataCollatorForDMPO, DMPOBatch
 
 
 PAD = 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dmpo_trl import DMPOConfig
-from dmpo_trl.loss import dmpo_loss_from_scores
+from dmpo_trl.core.weights import dmpo_loss_from_scores
 
 
 def config(**kw) -> DMPOConfig:

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from datasets import Dataset
 
 from dmpo_trl import DMPOConfig, DMPOTrainer, lm_head
-from dmpo_trl.collator import DMPOBatch
-from dmpo_trl.config import SUPPORTED_LOSS_TYPES
-from dmpo_trl.forward import DMPOForwardMixin
-from dmpo_trl.losses import F_DIVERGENCE_TYPES, LABEL_SMOOTHING_LOSS_TYPES
+from dmpo_trl.core.collator import DMPOBatch
+from dmpo_trl.core.config import SUPPORTED_LOSS_TYPES
+from dmpo_trl.core.forward import DMPOForwardMixin
+from dmpo_trl.core.losses import F_DIVERGENCE_TYPES, LABEL_SMOOTHING_LOSS_TYPES
 from dmpo_trl.testing import dataset_rows, tiny_model
 from tests.core.helpers import make_args
 

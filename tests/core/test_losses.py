@@ -1,7 +1,7 @@
 """Every DPO loss type on DMPO scores: hand computation on a 2-pair multi-turn batch (T_w != T_l), padded == packed.
 
-The expected values are computed here in plain Python floats from the formulas of `dmpo_trl.losses` /
-`dmpo_trl.objective` (per token, per action, per pair), never with the package's tensor code. The batch has a
+The expected values are computed here in plain Python floats from the formulas of `dmpo_trl.core.losses` /
+`dmpo_trl.core.objective` (per token, per action, per pair), never with the package's tensor code. The batch has a
 truncated trajectory (rejected of pair 0 keeps 2 of its 3 actions), so the f-divergence's last-kept-action rule and
 the real ``T`` of the weights are exercised. T = 1 against DPOTrainer itself: tests/compat/test_dpo_compat.py.
 """
@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 
-from dmpo_trl.collator import DataCollatorForDMPO, DMPOBatch
-from dmpo_trl.losses import LOSS_TYPES, f_divergence_step_weights
-from dmpo_trl.objective import ObjectiveConfig, dmpo_objective
+from dmpo_trl.core.collator import DataCollatorForDMPO, DMPOBatch
+from dmpo_trl.core.losses import LOSS_TYPES, f_divergence_step_weights
+from dmpo_trl.core.objective import ObjectiveConfig, dmpo_objective
 
 
 GAMMA, BETA, EPS, TAU, ALPHA = 0.6, 0.4, 0.1, 0.05, 0.5
@@ -217,7 +217,7 @@ def run(loss_type, padding_free=False, precomputed=False, **options):
         **options,
     )
     if precomputed:
-        from dmpo_trl.objective import sequence_scores
+        from dmpo_trl.core.objective import sequence_scores
 
         ref_kw = {"ref_scores": sequence_scores(batch, ref, options.get("ld_alpha"))}
     else:

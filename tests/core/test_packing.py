@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from datasets import Dataset
 
 from dmpo_trl import DMPOConfig, DMPOTrainer
-from dmpo_trl.attention import VARLEN_SDPA, packed_segments, varlen_sdpa_attention_forward
-from dmpo_trl.packing import build_packed_batch, check_packed_attention, pack_rows, segment_sum
+from dmpo_trl.core.attention import VARLEN_SDPA, packed_segments, varlen_sdpa_attention_forward
+from dmpo_trl.core.packing import build_packed_batch, check_packed_attention, pack_rows, segment_sum
 from dmpo_trl.testing import agent_pair, dataset_rows, tiny_model
 from tests.core.helpers import make_args
 
@@ -145,7 +145,7 @@ def test_token_budget_rows_train_exactly_like_padded(tmp_path, tok):
 
 def boundary_rows(tok):
     """Two pairs whose bins layout is [B_rejected] [the two longest others, exactly filling the row] [the last one]."""
-    from dmpo_trl.tokenization import tokenize_pair
+    from dmpo_trl.core.rows.tokenization import tokenize_pair
 
     def lengths(row):
         out = tokenize_pair(tok, row)
@@ -349,7 +349,7 @@ def test_config_accepts_padding_free(tmp_path):
 
 
 def test_varlen_switch_is_sdpa_outside_packed_batches(tok):
-    from dmpo_trl.attention import use_varlen_sdpa
+    from dmpo_trl.core.attention import use_varlen_sdpa
 
     sdpa = tiny_model(tok, seed=3, attn_implementation="sdpa")
     varlen = copy.deepcopy(sdpa)

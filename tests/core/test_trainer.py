@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from datasets import Dataset, load_dataset
 
 from dmpo_trl import DMPOConfig, DMPOTrainer
+from dmpo_trl.core.rows.tokenization import tokenize_pair
 from dmpo_trl.data.io import write_records
 from dmpo_trl.testing import agent_pair, dataset_rows, make_tokenizer, tiny_model
-from dmpo_trl.tokenization import tokenize_pair
 from tests.core.helpers import make_args
 
 
@@ -250,7 +250,7 @@ def test_rows_that_keep_no_action_are_dropped_with_a_warning_or_refused_in_stric
     rows = dataset_rows(4)
     rows[2]["prompt"][-1]["content"] = "very long task " * 80
     kw = dict(model=tiny_model(tok), train_dataset=Dataset.from_list(rows), processing_class=tok)
-    with caplog.at_level("WARNING", logger="dmpo_trl.trainer"):
+    with caplog.at_level("WARNING", logger="dmpo_trl.core.trainer"):
         trainer = DMPOTrainer(args=make_args(tmp_path, max_length=100), **kw)  # the default, as DPOTrainer
     assert len(trainer.train_dataset) == 3 and trainer.dmpo_data_stats["train"]["pairs_skipped"] == 1
     assert "Skipped 1/4 rows of the train dataset" in caplog.text
@@ -268,7 +268,7 @@ def test_streamed_rows_that_keep_no_action_are_dropped_and_logged(tmp_path, tok,
     rows[2]["prompt"][-1]["content"] = "very long task " * 80
     stream = Dataset.from_list(rows).to_iterable_dataset()
     args = make_args(tmp_path, max_length=100, max_steps=1, per_device_train_batch_size=2)
-    with caplog.at_level("WARNING", logger="dmpo_trl.checks"):
+    with caplog.at_level("WARNING", logger="dmpo_trl.core.rows.checks"):
         trainer = DMPOTrainer(model=tiny_model(tok), args=args, train_dataset=stream, processing_class=tok)
         kept = list(trainer.train_dataset)
     assert len(kept) == 5
@@ -347,7 +347,7 @@ def test_config_rejects_unsupported_options(tmp_path, kw, match):
 def test_trainer_rejects_plain_dpo_config_and_wrong_trl(tmp_path, tok):
     from trl import DPOConfig
 
-    from dmpo_trl._compat import check_trl_version
+    from dmpo_trl.core._compat import check_trl_version
 
     with pytest.raises(TypeError, match="DMPOConfig"):
         DMPOTrainer(
@@ -405,7 +405,7 @@ def test_skipped_rows_are_reported_by_their_whole_reason(tmp_path, tok, caplog):
     for i in (1, 3):  # same reason twice
         rows[i]["rejected"] = [{"role": "user", "content": "Observation: nothing."}]
     rows[4]["chosen"] = [{"role": "assistant", "content": "Action: a"}, {"role": "assistant", "content": "Action: b"}]
-    with caplog.at_level("WARNING", logger="dmpo_trl.preparation"):
+    with caplog.at_level("WARNING", logger="dmpo_trl.core.rows.preparation"):
         trainer = DMPOTrainer(
             model=tiny_model(tok),
             args=make_args(tmp_path, skip_invalid_pairs=True),
@@ -426,7 +426,7 @@ def test_dataset_preparation_runs_main_process_first(tmp_path, tok, monkeypatch)
     """Every row is tokenized inside TRL's main-process-first context (the other ranks then read the cache)."""
     import contextlib
 
-    import dmpo_trl.preparation
+    import dmpo_trl.core.rows.preparation
 
     state = {"inside": False, "rows": [], "entered": 0}
 
@@ -439,14 +439,14 @@ def test_dataset_preparation_runs_main_process_first(tmp_path, tok, monkeypatch)
         finally:
             state["inside"] = False
 
-    original = dmpo_trl.preparation.prepare_row
+    original = dmpo_trl.core.rows.preparation.prepare_row
 
     def spy(example, idx, **kwargs):
         state["rows"].append(state["inside"])
         return original(example, idx, **kwargs)
 
-    monkeypatch.setattr(dmpo_trl.preparation, "global_then_local_main_first", recording)
-    monkeypatch.setattr(dmpo_trl.preparation, "prepare_row", spy)
+    monkeypatch.setattr(dmpo_trl.core.rows.preparation, "global_then_local_main_first", recording)
+    monkeypatch.setattr(dmpo_trl.core.rows.preparation, "prepare_row", spy)
     DMPOTrainer(
         model=tiny_model(tok),
         args=make_args(tmp_path),

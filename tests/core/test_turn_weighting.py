@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from datasets import Dataset
 
 from dmpo_trl import DMPOConfig, DMPOTrainer
-from dmpo_trl.collator import DataCollatorForDMPO
-from dmpo_trl.loss import dmpo_loss, dmpo_turn_weights, turn_weight
+from dmpo_trl.core.collator import DataCollatorForDMPO
+from dmpo_trl.core.rows.tokenization import tokenize_pair
+from dmpo_trl.core.weights import dmpo_loss, dmpo_turn_weights, turn_weight
 from dmpo_trl.testing import dataset_rows, tiny_model
-from dmpo_trl.tokenization import tokenize_pair
 from tests.core.helpers import make_args
 
 

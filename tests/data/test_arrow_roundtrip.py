@@ -28,12 +28,12 @@ from datasets import Dataset, load_dataset
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from dmpo_trl.checks import prepare_pair
-from dmpo_trl.collator import DataCollatorForDMPO
+from dmpo_trl.core.collator import DataCollatorForDMPO
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.rows.checks import prepare_pair
+from dmpo_trl.core.rows.preparation import prepare_dataset
 from dmpo_trl.data.io import write_records
 from dmpo_trl.data.loading import load_preference_files
-from dmpo_trl.errors import DMPODataError
-from dmpo_trl.preparation import prepare_dataset
 from tests.core.helpers import make_args
 
 

@@ -13,13 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.rows.normalize import normalize_pair
+from dmpo_trl.core.rows.tokenization import NOT_ACTION, tokenize_pair, truncate_trajectory
 from dmpo_trl.data.convert import from_eto_pairs, from_openai, from_project, from_sharegpt
 from dmpo_trl.data.io import read_records
 from dmpo_trl.data.validation import validate_dataset, validate_row
-from dmpo_trl.errors import DMPODataError
-from dmpo_trl.normalize import normalize_pair
 from dmpo_trl.testing import agent_pair
-from dmpo_trl.tokenization import NOT_ACTION, tokenize_pair, truncate_trajectory
 from tests.data import records as rec
 
 

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from dmpo_trl.checks import prepare_pair
 from dmpo_trl.cli import main as cli_main
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.rows.checks import prepare_pair
 from dmpo_trl.data.convert import (
     convert,
     from_eto_pairs,
@@ -18,7 +19,6 @@ from dmpo_trl.data.convert import (
     pair_eto_rollouts,
 )
 from dmpo_trl.data.io import read_records, write_records
-from dmpo_trl.errors import DMPODataError
 from tests.data import records as rec
 
 

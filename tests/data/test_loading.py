@@ -8,10 +8,10 @@ import logging
 
 import pytest
 
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.rows.normalize import normalize_pair
 from dmpo_trl.data.io import read_records, write_records
 from dmpo_trl.data.loading import load_preference_files
-from dmpo_trl.errors import DMPODataError
-from dmpo_trl.normalize import normalize_pair
 from dmpo_trl.testing import agent_pair
 
 

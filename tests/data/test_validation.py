@@ -7,11 +7,11 @@ import json
 import pytest
 
 from dmpo_trl.cli import main as cli_main
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.rows.normalize import normalize_pair
 from dmpo_trl.data.convert import from_eto_pairs
 from dmpo_trl.data.io import write_records
 from dmpo_trl.data.validation import validate_dataset
-from dmpo_trl.errors import DMPODataError
-from dmpo_trl.normalize import normalize_pair
 from dmpo_trl.testing import agent_pair
 from tests.data import records as rec
 

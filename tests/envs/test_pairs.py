@@ -91,8 +91,8 @@ def test_writes_jsonl_and_dataset(tmp_path):
 
 def test_pairs_train_with_the_tokenizer_alignment():
     """The rows are in the project's format: every action is found token-exactly by the core tokenizer."""
+    from dmpo_trl.core.rows.tokenization import tokenize_pair
     from dmpo_trl.testing import make_tokenizer
-    from dmpo_trl.tokenization import tokenize_pair
 
     env = KeyDoorEnv()
     tok = make_tokenizer("qwen2_5")

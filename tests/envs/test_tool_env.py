@@ -6,6 +6,7 @@ import pytest
 from datasets import Dataset
 
 from dmpo_trl import DMPOTrainer
+from dmpo_trl.core.rows.tokenization import tokenize_conversation
 from dmpo_trl.envs.evaluate import GoldPolicy, evaluate_policy
 from dmpo_trl.envs.explore import expert_trajectories, explore, pair_with_experts
 from dmpo_trl.envs.pairs import build_pairs, gold_trajectory
@@ -13,7 +14,6 @@ from dmpo_trl.envs.rollouts import rollouts_to_eval
 from dmpo_trl.envs.tool_env import ToolEnvAdapter, tool_call_action
 from dmpo_trl.envs.trajectory import replay_mismatches
 from dmpo_trl.testing import tiny_model
-from dmpo_trl.tokenization import tokenize_conversation
 from tests.core.helpers import make_args
 from tests.envs.tool_env_fixture import VaultEnv, vault_rows
 

@@ -1,6 +1,6 @@
 """Conversation -> token ids + per-token turn index, built together and token-exact.
 
-Chat templates with ``{% generation %}`` markers take the tokenizer's own assistant mask (`dmpo_trl.templates`); the
+Chat templates with ``{% generation %}`` markers take the tokenizer's own assistant mask (`dmpo_trl.core.rows.templates`); the
 others the prefix rendering below, which works with any chat template with the *prefix property* (the rendering of a
 conversation prefix is a prefix of the rendering of the whole conversation):
 
@@ -12,14 +12,14 @@ conversation prefix is a prefix of the rendering of the whole conversation):
    including the last special token of the span (the end-of-turn token, e.g. ``<|im_end|>``, ``<|eot_id|>``,
    ``</s>``, ``<end_of_turn>``). What follows it (e.g. the ``\\n`` ChatML puts after ``<|im_end|>``) is template
    markup the model never generates, so it is not an action. A template that closes the turn without a special
-   token (GLM-4.5) ends the action with the special token it renders next (`dmpo_trl.templates.template_action_end`).
+   token (GLM-4.5) ends the action with the special token it renders next (`dmpo_trl.core.rows.templates.template_action_end`).
 
 Every token of action ``t`` gets turn id ``t``; everything else (prompt, observations, role headers, markup) gets
 ``-1``. Any template or row where this cannot be done exactly raises `DMPODataError` naming the row and the reason;
 a row never comes out silently all-masked.
 
 Cost: linear in the trajectory. Step 2 is done for the first action only; every later action is located from a
-window that starts at the previous one and is verified against the whole rendering (`dmpo_trl.action_spans`), with
+window that starts at the previous one and is verified against the whole rendering (`dmpo_trl.core.rows.action_spans`), with
 step 2 as the exact fallback. One tokenization per trajectory remains (linear, and then the dominant cost).
 """
 
@@ -31,9 +31,9 @@ import operator
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import DMPODataError
 from .action_spans import TemplateRejected as _TemplateRejected
 from .action_spans import locate_actions
-from .errors import DMPODataError
 from .templates import (
     EMPTY_ACTION,
     TEMPLATE_REMEDY,

@@ -5,12 +5,12 @@ The project format (see `docs/dataset_format.md`) is TRL's conversational prefer
     {"prompt": [messages], "chosen": [messages], "rejected": [messages], "tools": [...]?, ...metadata}
 
 `check_pair` is the single place that decides whether a row is well formed (no tokenizer); `prepare_pair` adds the
-tokenization (`dmpo_trl.tokenization`) and the truncation checks, and returns the columns of `TOKENIZED_COLUMNS`. Both
-first undo what Arrow storage does to a row (`dmpo_trl.normalize.normalize_pair`: None fill-ins removed, JSON-string
+tokenization (`dmpo_trl.core.rows.tokenization`) and the truncation checks, and returns the columns of `TOKENIZED_COLUMNS`. Both
+first undo what Arrow storage does to a row (`dmpo_trl.core.rows.normalize.normalize_pair`: None fill-ins removed, JSON-string
 tool arguments parsed), so a row reads the same from JSONL, Parquet or a `datasets.Dataset`.
-Standard (plain-text) rows are checked and tokenized by `dmpo_trl.plain_text` instead (one action per side).
+Standard (plain-text) rows are checked and tokenized by `dmpo_trl.core.rows.plain_text` instead (one action per side).
 The converters run `check_pair` on every row they produce, `dmpo_trl.data.validation` and the trainer
-(`dmpo_trl.preparation`) run `prepare_pair`. Every failure raises `DMPODataError` with the row index, the side
+(`dmpo_trl.core.rows.preparation`) run `prepare_pair`. Every failure raises `DMPODataError` with the row index, the side
 (`prompt`, `chosen`, `rejected`) and a reason that starts with a fixed phrase (e.g. ``"roles out of order"``), so
 callers and tests can match it.
 """
@@ -21,10 +21,10 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dmpo_trl.errors import DMPODataError
-from dmpo_trl.normalize import normalize_pair
-from dmpo_trl.plain_text import check_plain_pair, is_plain_text_pair, tokenize_plain_pair
-from dmpo_trl.tokenization import NOT_ACTION, split_prompt, tokenize_pair, truncate_trajectory
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.rows.normalize import normalize_pair
+from dmpo_trl.core.rows.plain_text import check_plain_pair, is_plain_text_pair, tokenize_plain_pair
+from dmpo_trl.core.rows.tokenization import NOT_ACTION, split_prompt, tokenize_pair, truncate_trajectory
 
 
 __all__ = ["COLLATOR_COLUMNS", "NO_ACTION_FITS", "TOKENIZED_COLUMNS", "check_pair", "prepare_pair"]
@@ -69,16 +69,16 @@ def check_pair(example: Mapping[str, Any], row: int | None = None) -> None:
 
     Checks, in order: `chosen`/`rejected` present and lists of messages; the prompt (explicit, or for rows
     without a `prompt` the messages before the first assistant message, which must be the same on both sides --
-    the trainer's rule, `dmpo_trl.tokenization.split_prompt`); every message has a known role and text content;
+    the trainer's rule, `dmpo_trl.core.rows.tokenization.split_prompt`); every message has a known role and text content;
     the prompt is non-empty, has a system message only first, and does not end with an assistant message; each
     side is non-empty, holds at least one assistant action, starts with one, and alternates actions with
     observations (no two assistant messages in a row); tool results follow an action or another tool result;
     assistant messages are not empty unless they carry `tool_calls`; tool-call arguments and `tools` are objects (or
-    their JSON strings). The row is read as `dmpo_trl.normalize.normalize_pair` makes it.
+    their JSON strings). The row is read as `dmpo_trl.core.rows.normalize.normalize_pair` makes it.
     """
     if not isinstance(example, Mapping):
         raise DMPODataError(f"a row must be a dict with prompt/chosen/rejected, got {type(example).__name__}", row)
-    if is_plain_text_pair(example):  # standard (plain-text) row: one action per side (`dmpo_trl.plain_text`)
+    if is_plain_text_pair(example):  # standard (plain-text) row: one action per side (`dmpo_trl.core.rows.plain_text`)
         return check_plain_pair(example, row)
     _check_normalized(normalize_pair(example), row)
 

@@ -53,8 +53,8 @@ class DMPOConfig(DPOConfig):
         loss_type (`list[str]`, *optional*, defaults to `["sigmoid"]`):
             Every loss type of `DPOConfig`, combined with `loss_weights` as in DPOTrainer. Sequence log-ratios become
             the DMPO weighted log-ratio `S - S_ref`, lengths the weighted action-token count `N = sum_k w_k`; `"sft"`
-            is the mean negative log-likelihood of the chosen action tokens of the batch (`dmpo_trl.losses`,
-            `dmpo_trl.objective`).
+            is the mean negative log-likelihood of the chosen action tokens of the batch (`dmpo_trl.core.losses`,
+            `dmpo_trl.core.objective`).
         label_smoothing (`float`, *optional*, defaults to `0.0`):
             As in DPOTrainer 1.16: used by `exo_pair`, `robust`, `aot` and `aot_unpaired` only (a warning says so
             when it is set for none of them).
@@ -79,7 +79,7 @@ class DMPOConfig(DPOConfig):
             extra reference pass: a fixed reference (no `sync_ref_model`), a loss that reads only the reference's
             trajectory scores (not a non-default `f_divergence_type`), a model that does not compute in float64 (the
             scores travel as float32, as in TRL), map-style datasets, and a run that sees every training pair at least
-            once (`dmpo_trl.ref_cache.resolve_precompute`). As with `True`, the reference
+            once (`dmpo_trl.core.ref_cache.resolve_precompute`). As with `True`, the reference
             model is then not kept for training; `evaluate()` on a new dataset after training needs a `ref_model` or
             PEFT. Scores go through a store keyed on the pair's tokens, the reference weights, `gamma`, `max_length`,
             `ld_alpha` and the precision (`ref_cache_dir`), so later epochs and later runs reuse them.
@@ -89,7 +89,7 @@ class DMPOConfig(DPOConfig):
             memory only (TRL's per-dataset cache files still apply).
         padding_free (`bool`, *optional*, defaults to `False`):
             Supported (TRL 1.16 disables it for DPO): the chosen and rejected sequences of a batch are packed into rows
-            with `position_ids` restarting per sequence and no padding between them (see `dmpo_trl.packing`); same
+            with `position_ids` restarting per sequence and no padding between them (see `dmpo_trl.core.packing`); same
             loss and gradients as the padded batch. Needs a model whose attention mask is derived from `position_ids`
             (transformers' sdpa, eager, flex or FlashAttention); this is checked on the first batch.
 

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import DMPODataError
+from ..errors import DMPODataError
 
 
 __all__ = ["check_plain_pair", "is_plain_text_pair", "split_plain_prompt", "tokenize_plain_pair"]
@@ -83,7 +83,7 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def tokenize_plain_pair(tokenizer, example: Mapping[str, Any], row: int | None = None) -> dict[str, Any]:
-    """Tokenize a standard row into the columns of `dmpo_trl.tokenization.tokenize_pair` (``T = 1`` per side)."""
+    """Tokenize a standard row into the columns of `dmpo_trl.core.rows.tokenization.tokenize_pair` (``T = 1`` per side)."""
     check_plain_pair(example, row)
     prompt, chosen, rejected = split_plain_prompt(example)
     eos = tokenizer.eos_token

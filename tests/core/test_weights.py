@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmpo_trl.loss import dmpo_loss, dmpo_loss_from_scores, dmpo_phi, dmpo_turn_weights, weighted_sequence_logps
+from dmpo_trl.core.weights import (
+    dmpo_loss,
+    dmpo_loss_from_scores,
+    dmpo_phi,
+    dmpo_turn_weights,
+    weighted_sequence_logps,
+)
 
 
 def phi_by_hand(t, T, gamma):
@@ -123,5 +129,5 @@ def test_gradient_is_exactly_zero_off_actions_and_rewards_detached():
 
 
 def test_loss_module_does_not_import_trl():
-    code = "import sys, dmpo_trl.loss, dmpo_trl.tokenization; assert 'trl' not in sys.modules, 'trl imported'"
+    code = "import sys, dmpo_trl.core.weights, dmpo_trl.core.rows.tokenization; assert 'trl' not in sys.modules, 'trl imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,4 @@
-"""`dmpo_trl.preparation` and the pair checks it runs: empty input, all rows skipped, streamed skips, pairs that
+"""`dmpo_trl.core.rows.preparation` and the pair checks it runs: empty input, all rows skipped, streamed skips, pairs that
 truncation leaves without a preference, templates that drop tool calls, merged Arrow schemas."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import pytest
 from datasets import Dataset, IterableDataset
 
 from dmpo_trl import DMPOTrainer
-from dmpo_trl.checks import prepare_pair
-from dmpo_trl.errors import DMPODataError
-from dmpo_trl.preparation import prepare_dataset, skipped_summary
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.rows.checks import prepare_pair
+from dmpo_trl.core.rows.preparation import prepare_dataset, skipped_summary
+from dmpo_trl.core.rows.tokenization import tokenize_pair
 from dmpo_trl.testing import agent_pair, dataset_rows, tiny_model
-from dmpo_trl.tokenization import tokenize_pair
 from tests.core.helpers import make_args
 
 
@@ -58,7 +58,7 @@ def test_streamed_dataset_counts_and_logs_what_it_skips(tmp_path, tok, caplog):
     rows = dataset_rows(6)
     rows[1]["chosen"] = []
     rows[4]["rejected"] = [{"role": "user", "content": "Observation: nothing."}]
-    with caplog.at_level("WARNING", logger="dmpo_trl.preparation"):
+    with caplog.at_level("WARNING", logger="dmpo_trl.core.rows.preparation"):
         trainer = DMPOTrainer(
             model=tiny_model(tok),
             args=make_args(tmp_path, skip_invalid_pairs=True, max_steps=1, per_device_train_batch_size=2),
@@ -172,7 +172,7 @@ def test_merged_arrow_schema_is_reported_and_trained_as_written(tmp_path, tok, c
         return row
 
     rows = [with_call({"query": "red"}), with_call({"id": "B01"})]
-    with caplog.at_level("WARNING", logger="dmpo_trl.preparation"):
+    with caplog.at_level("WARNING", logger="dmpo_trl.core.rows.preparation"):
         prepared, _ = prepare_dataset(Dataset.from_list(rows), tok, make_args(tmp_path), "train")
     assert "stores chosen[].tool_calls[].function.arguments as Arrow structs" in caplog.text
     assert prepared["chosen_ids"] == [tokenize_pair(tok, r)["chosen_ids"] for r in rows]

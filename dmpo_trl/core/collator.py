@@ -2,7 +2,7 @@
 
 A batch holds the ``2B`` sequences of ``B`` preference pairs in TRL's ``[chosen; rejected]`` order, either
 right-padded (one sequence per row, with ``attention_mask``) or packed (``padding_free=True``: sequences concatenated
-into rows, see `dmpo_trl.packing`). `DMPOBatch` hides that difference from the trainer: model inputs, labels,
+into rows, see `dmpo_trl.core.packing`). `DMPOBatch` hides that difference from the trainer: model inputs, labels,
 per-sequence sums, side masks and token counts come out the same way for both layouts.
 """
 
@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from transformers.data.data_collator import DataCollatorMixin
 
-from .checks import REFERENCE_COLUMNS
-from .loss import TURN_WEIGHTINGS, dmpo_turn_weights, weighted_sequence_logps
 from .packing import PACKING_LAYOUTS, build_packed_batch, segment_sum
-from .tokenization import NOT_ACTION, truncate_trajectory
+from .rows.checks import REFERENCE_COLUMNS
+from .rows.tokenization import NOT_ACTION, truncate_trajectory
+from .weights import TURN_WEIGHTINGS, dmpo_turn_weights, weighted_sequence_logps
 
 
 __all__ = ["DMPOBatch", "DataCollatorForDMPO", "collator_for_config"]
@@ -33,7 +33,7 @@ def _pad(rows: list[list], value, dtype: torch.dtype, length: int) -> torch.Tens
 
 @dataclass
 class DataCollatorForDMPO(DataCollatorMixin):
-    """Collate tokenized preference pairs (`dmpo_trl.checks.prepare_pair`) into one ``[chosen; rejected]`` batch.
+    """Collate tokenized preference pairs (`dmpo_trl.core.rows.checks.prepare_pair`) into one ``[chosen; rejected]`` batch.
 
     Each example holds ``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ``chosen_turn_ids``, ``rejected_turn_ids``,
     ``chosen_num_turns``, ``rejected_num_turns`` and optionally ``ref_chosen_logps`` / ``ref_rejected_logps``
@@ -49,7 +49,7 @@ class DataCollatorForDMPO(DataCollatorMixin):
     - ``num_turns`` / ``kept_turns``: `(2B,)` actions in the trajectory / actions kept after truncation;
     - ``ref_chosen_logps`` / ``ref_rejected_logps``: `(B,)`, when the examples carry them.
 
-    With ``padding_free=True`` the ``2B`` sequences are packed into rows instead (see `dmpo_trl.packing`):
+    With ``padding_free=True`` the ``2B`` sequences are packed into rows instead (see `dmpo_trl.core.packing`):
     ``input_ids``, ``completion_mask``, ``dmpo_weights``, ``turn_ids``, ``position_ids`` (restarting at 0 per sequence) and
     ``sequence_ids`` (index of each token's sequence in ``[chosen; rejected]`` order, ``-1`` on row padding) are
     `(rows, L)`; there is no ``attention_mask``; the per-sequence keys are unchanged.
@@ -61,11 +61,11 @@ class DataCollatorForDMPO(DataCollatorMixin):
         pad_to_multiple_of (`int`, *optional*): pad the sequence length to a multiple of this value.
         padding_free (`bool`, defaults to `False`): pack the sequences into rows instead of padding each one.
         packing (`str`, defaults to `"bins"`): packed layout, ``"bins"`` (rows no longer than the longest sequence)
-            or ``"single_row"`` (one row, what FlashAttention needs); see `dmpo_trl.packing`.
+            or ``"single_row"`` (one row, what FlashAttention needs); see `dmpo_trl.core.packing`.
         max_row_tokens (`int`, *optional*): token budget of a packed row (at least the longest sequence).
         return_tensors (`str`, defaults to `"pt"`): only ``"pt"`` (PyTorch) is implemented.
         turn_weighting (`str`, defaults to `"dmpo"`): ``"dmpo"`` (``phi(t, T)``) or ``"uniform"`` (every action weight
-            1: multi-turn DPO), see `dmpo_trl.loss.turn_weight`.
+            1: multi-turn DPO), see `dmpo_trl.core.weights.turn_weight`.
     """
 
     pad_token_id: int

@@ -3,14 +3,14 @@
 `DMPOForwardMixin` sits between `DMPOTrainer` and TRL's `DPOTrainer` and owns every model call of a training step:
 
 - the policy pass (`_per_token_logps`) and the reference pass (`compute_ref_log_probs`) call the model with TRL's
-  ``fused_lm_head=True`` convention, served by `dmpo_trl.lm_head.add_action_lm_head`: the LM head runs on the
+  ``fused_lm_head=True`` convention, served by `dmpo_trl.core.lm_head.add_action_lm_head`: the LM head runs on the
   positions whose next token is an action token only, padded or packed; the result is the same per-token tensor
   (aligned with ``input_ids[:, 1:]``, zeros elsewhere) that every loss consumes;
 - the head's metric outputs (entropy, mean logit, top-1 accuracy) are computed only on steps whose metrics are
   logged (`_head_metrics_due`), and always in evaluation;
-- packed batches are checked once per model for cross-sequence attention (`dmpo_trl.packing.check_packed_attention`);
+- packed batches are checked once per model for cross-sequence attention (`dmpo_trl.core.packing.check_packed_attention`);
 - precomputed reference scores (`_precompute_ref_logps`) go through a keyed store reused across epochs and runs
-  (`dmpo_trl.ref_cache`): only pairs the store does not hold are scored.
+  (`dmpo_trl.core.ref_cache`): only pairs the store does not hold are scored.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`dmpo_trl.normalize`: what Arrow does to rows, undone by one rule; `arrow_safe` storage reads back exactly."""
+"""`dmpo_trl.core.rows.normalize`: what Arrow does to rows, undone by one rule; `arrow_safe` storage reads back exactly."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 import pytest
 from datasets import Dataset
 
-from dmpo_trl.checks import check_pair, prepare_pair
-from dmpo_trl.errors import DMPODataError
-from dmpo_trl.normalize import arrow_safe, drop_none, normalize_pair, struct_columns
-from dmpo_trl.tokenization import tokenize_pair
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.rows.checks import check_pair, prepare_pair
+from dmpo_trl.core.rows.normalize import arrow_safe, drop_none, normalize_pair, struct_columns
+from dmpo_trl.core.rows.tokenization import tokenize_pair
 
 
 def call(name, arguments, **extra):

@@ -4,7 +4,7 @@ Arrow (`datasets`, Parquet, `load_dataset("json")`) stores a column of dicts as 
 of every row, and fills the keys a row does not have with None: a message without `tool_calls` comes back with
 `tool_calls: None`, and the tool-call arguments ``{"id": "B01"}`` come back as ``{"query": None, "id": "B01"}`` when
 another row called a tool with a `query`. Rendered as they are, those are arguments nobody wrote. `normalize_pair`
-undoes that by one rule, applied by `dmpo_trl.checks.prepare_pair` and so on every entry path (`dmpo-trl train`,
+undoes that by one rule, applied by `dmpo_trl.core.rows.checks.prepare_pair` and so on every entry path (`dmpo-trl train`,
 `dmpo-trl validate`, a `datasets.Dataset` given to `DMPOTrainer`):
 
 1. in a message, a tool call and its `function`, a key whose value is None is absent (every check treats a null like
@@ -47,7 +47,7 @@ def normalize_pair(example: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of `example` with the message columns, `tools` and `chat_template_kwargs` normalized (rules 1-3 above).
 
     Never raises: what is still malformed afterwards (an argument string that is not JSON, a message that is not a
-    dict, ...) is left as it is for `dmpo_trl.checks.check_pair` to report.
+    dict, ...) is left as it is for `dmpo_trl.core.rows.checks.check_pair` to report.
     """
     out = dict(example)
     for key in MESSAGE_COLUMNS:

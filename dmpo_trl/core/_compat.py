@@ -3,7 +3,7 @@
 `DMPOTrainer` overrides `DPOTrainer` hooks (`_prepare_dataset`, `_precompute_ref_logps`, `compute_ref_log_probs`,
 `_compute_loss`) and reads the outputs of the fused LM head added by `add_fused_lm_head`; these changed three times
 between TRL 1.13 and 1.16, so any other TRL release is refused instead of silently computing something else.
-`dmpo_trl.config` and `dmpo_trl.trainer` import this module before they import TRL.
+`dmpo_trl.core.config` and `dmpo_trl.core.trainer` import this module before they import TRL.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Chat-template paths to the action spans: the tokenizer's assistant mask, and action ends taken from the template.
 
-`dmpo_trl.tokenization.tokenize_conversation` finds the actions one of two ways:
+`dmpo_trl.core.rows.tokenization.tokenize_conversation` finds the actions one of two ways:
 
 - **generation markers** (this module): when the chat template wraps assistant output in ``{% generation %}`` /
   ``{% endgeneration %}`` (TRL's ``trl/chat_templates/*_training.jinja``), the tokenizer's own assistant mask,
   ``apply_chat_template(..., return_dict=True, return_assistant_tokens_mask=True)``, marks the tokens of every assistant
   message; each contiguous run of the mask is one message. The template's rendering need not have the prefix property
   (templates that rewrite history are fine: the whole conversation is tokenized as the template renders it).
-- **prefix rendering** (`dmpo_trl.tokenization`): otherwise.
+- **prefix rendering** (`dmpo_trl.core.rows.tokenization`): otherwise.
 
 Both paths apply DMPO's action rule to what they find: an action is what the model generates for the message, up to
 and including its end-of-turn token (the last special token of the span); template markup after that token (ChatML's
@@ -18,10 +18,10 @@ when the block opens before the end of the generation prompt (``qwen2_5_training
 Cost of the marker path: linear in the number of actions. The conversation is rendered once as text and once by the
 tokenizer's ``apply_chat_template`` (the mask and the offsets of its one BPE pass). The generation prompt of the first
 action comes from its two prefix renders; every later one from a window that starts at the previous action (the
-approach of `dmpo_trl.action_spans`): ``prompt + messages[w:j]``, rendered without the generation prompt, must
+approach of `dmpo_trl.core.rows.action_spans`): ``prompt + messages[w:j]``, rendered without the generation prompt, must
 continue verbatim the whole rendering from where message ``w`` starts. That gives the prefix renders' result whenever
 the template renders a turn from the prompt and the turns since the previous action alone (every marker template of
-TRL's table: `tests/core/test_marker_locator.py` compares with the method before); where a window does not match
+TRL's table: `tests/core/rows/test_marker_locator.py` compares with the method before); where a window does not match
 (Phi-3's prefixes end with EOS, templates that number turns), that action renders its prefixes.
 
 Templates that close an assistant turn without a special token of their own (GLM-4.5: the next message's role token,
@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import DMPODataError, TemplateRejected
+from ..errors import DMPODataError, TemplateRejected
 
 
 __all__ = [

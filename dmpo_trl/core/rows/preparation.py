@@ -11,7 +11,7 @@
   is read: each skipped row is logged once and counted in the returned statistics, and a stream whose rows are all
   unusable is an error;
 - pairs that lose actions to ``max_length`` are counted and logged (their kept actions keep their weights);
-- a schema that stores tool-call arguments or tools as Arrow structs is reported (`dmpo_trl.normalize`).
+- a schema that stores tool-call arguments or tools as Arrow structs is reported (`dmpo_trl.core.rows.normalize`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from accelerate.logging import get_logger
 from datasets import Dataset, IterableDataset
 from trl.trainer.utils import global_then_local_main_first
 
+from ..errors import DMPODataError
 from .checks import NO_ACTION_FITS, TOKENIZED_COLUMNS, prepare_pair
-from .errors import DMPODataError
 from .normalize import struct_columns
 
 

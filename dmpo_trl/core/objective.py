@@ -1,6 +1,6 @@
 """The training objective of `DMPOTrainer`: every `DPOConfig` loss option on a collated DMPO batch (torch only).
 
-`dmpo_trl.losses` holds the per-pair formulas; this module turns per-token log-probs of a `DMPOBatch` (padded or
+`dmpo_trl.core.losses` holds the per-pair formulas; this module turns per-token log-probs of a `DMPOBatch` (padded or
 packed) into the quantities they read and combines the loss types as DPOTrainer 1.16 does:
 
 .. math::
@@ -20,7 +20,7 @@ where ``omega = 1`` unless ``use_weighting`` (WPO). The per-token quantities, fo
 - ``sft``: ``-mean_k log pi(y_k)`` over every chosen action token of the batch, unweighted: what `SFTTrainer` with an
   assistant-only loss computes on the chosen trajectories (DPOTrainer's term when there is one action). With
   WPO it is multiplied by each pair's ``omega`` as in DPOTrainer.
-- f-divergences (``f_divergence_type``): `dmpo_trl.losses.f_divergence_scores` on the per-action log-ratios.
+- f-divergences (``f_divergence_type``): `dmpo_trl.core.losses.f_divergence_scores` on the per-action log-ratios.
 """
 
 from __future__ import annotations

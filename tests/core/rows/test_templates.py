@@ -9,7 +9,8 @@ message after its generation prompt, the content, and the end-of-turn token.
 
 import pytest
 
-from dmpo_trl.errors import DMPODataError
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.rows.tokenization import tokenize_conversation
 from dmpo_trl.testing import (
     TABLE_PROMPT,
     TABLE_TEXT_TRAJECTORY,
@@ -19,7 +20,6 @@ from dmpo_trl.testing import (
     template_survey,
     template_tokenizer,
 )
-from dmpo_trl.tokenization import tokenize_conversation
 
 
 def group(names, value):

@@ -30,15 +30,15 @@ from trl import DPOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from .attention import is_varlen_capable, use_varlen_sdpa
-from .checks import COLLATOR_COLUMNS
 from .collator import DataCollatorForDMPO, DMPOBatch, collator_for_config
 from .config import DMPOConfig
 from .forward import DMPOForwardMixin
 from .metrics import log_dmpo_metrics
 from .model_card import card_rows, is_hub_id, write_card_section
 from .objective import ObjectiveConfig, dmpo_objective
-from .preparation import prepare_dataset, require_rows
 from .ref_cache import resolve_precompute
+from .rows.checks import COLLATOR_COLUMNS
+from .rows.preparation import prepare_dataset, require_rows
 
 
 if TYPE_CHECKING:
@@ -58,8 +58,8 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
     observations; standard plain-text rows are one action per side). Only assistant actions carry loss, each token of
     action ``t`` weighted by ``phi(t, T) = gamma^t (1 - gamma^(T-t)) / (1 - gamma^T)``; the default loss is
     ``-log sigmoid(beta * (S_w - S_l))`` with ``S = sum_t phi(t, T) * (log pi_theta(a_t|s_t) - log pi_ref(a_t|s_t))``,
-    and every other `loss_type` of DPOConfig works on the same scores (`dmpo_trl.losses`). See `dmpo_trl.loss` for
-    the math and `dmpo_trl.tokenization` for which tokens are actions.
+    and every other `loss_type` of DPOConfig works on the same scores (`dmpo_trl.core.losses`). See `dmpo_trl.core.weights` for
+    the math and `dmpo_trl.core.rows.tokenization` for which tokens are actions.
 
     Example:
 
@@ -79,9 +79,9 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
     reference is a frozen copy of that object (DPOTrainer would reload it from `model.config.name_or_path`, which
     may be another model or unreachable).
 
-    `args.padding_free=True` packs each batch into rows (`dmpo_trl.packing`) for the policy and the reference pass
+    `args.padding_free=True` packs each batch into rows (`dmpo_trl.core.packing`) for the policy and the reference pass
     alike; models using ``sdpa`` (with full causal attention only) are switched to the per-sequence
-    ``dmpo_varlen_sdpa`` attention (`dmpo_trl.attention`, identical to ``sdpa`` outside packed batches), and the
+    ``dmpo_varlen_sdpa`` attention (`dmpo_trl.core.attention`, identical to ``sdpa`` outside packed batches), and the
     trainer checks once per model that packed sequences cannot attend to each other.
 
     Attributes:
@@ -209,7 +209,7 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
 
     # ------------------------------------------------------------------ data
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        # Tokenization, row checks, skip and truncation accounting: `dmpo_trl.preparation.prepare_dataset`
+        # Tokenization, row checks, skip and truncation accounting: `dmpo_trl.core.rows.preparation.prepare_dataset`
         dataset, stats = prepare_dataset(dataset, processing_class, args, dataset_name)
         if stats is not None:
             self.dmpo_data_stats[dataset_name] = stats
@@ -221,7 +221,7 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
 
     # ------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs, return_outputs):
-        """Every `loss_type` of the config on the DMPO scores (`dmpo_trl.objective`), plus the MoE auxiliary loss."""
+        """Every `loss_type` of the config on the DMPO scores (`dmpo_trl.core.objective`), plus the MoE auxiliary loss."""
         batch = DMPOBatch(inputs)
         mode = "train" if self.model.training else "eval"
         extra = {"output_router_logits": True} if self.aux_loss_enabled else {}

@@ -8,16 +8,17 @@ import random
 
 import pytest
 
-import dmpo_trl.templates as templates
-import dmpo_trl.tokenization as tokenization
-from dmpo_trl.errors import DMPODataError
-from dmpo_trl.templates import (
+import dmpo_trl.core.rows.templates as templates
+import dmpo_trl.core.rows.tokenization as tokenization
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.rows.templates import (
     EMPTY_ACTION,
     TEMPLATE_REMEDY,
     check_action_content,
     has_generation_markers,
     template_action_end,
 )
+from dmpo_trl.core.rows.tokenization import tokenize_conversation
 from dmpo_trl.testing import (
     TABLE_PROMPT,
     TABLE_TEXT_TRAJECTORY,
@@ -26,9 +27,8 @@ from dmpo_trl.testing import (
     TEMPLATE_DIR,
     template_tokenizer,
 )
-from dmpo_trl.tokenization import tokenize_conversation
-from tests.core.test_tokenization import TOOL_COMPLETION, TOOL_PROMPT, TOOLS
-from tests.core.test_tokenization_locator import conversation
+from tests.core.rows.test_tokenization import TOOL_COMPLETION, TOOL_PROMPT, TOOLS
+from tests.core.rows.test_tokenization_locator import conversation
 
 
 # ---- the method before (issue 10), kept verbatim as the reference -------------------------------------------------
@@ -70,7 +70,7 @@ def _action_start(full_text, offsets, k0, k1, with_prompt, without):
 def reference_marker_action_spans(
     tokenizer, messages, action_positions, *, render, template_kwargs, special, row, side
 ):
-    """`dmpo_trl.templates.marker_action_spans` before it was made linear (commit 7396428)."""
+    """`dmpo_trl.core.rows.templates.marker_action_spans` before it was made linear (commit 7396428)."""
     full_text = render(messages, False)
     try:
         out = tokenizer.apply_chat_template(

@@ -1,6 +1,6 @@
 """Where each action of a rendered conversation lies, in characters: in time linear in the trajectory.
 
-`dmpo_trl.tokenization` maps these character spans to tokens. Its step 2, for the assistant message ``j``, renders
+`dmpo_trl.core.rows.tokenization` maps these character spans to tokens. Its step 2, for the assistant message ``j``, renders
 ``messages[:j]`` with the generation prompt and ``messages[:j + 1]`` without it (`prefix_span`): the characters
 between their ends are the message. Done for every action, that renders ``2T`` growing prefixes (quadratic in ``T``:
 94% of the tokenization time at 200 turns).
@@ -17,7 +17,7 @@ numbers turns, rewrites history, ...) that action falls back to the prefix rende
 
 from __future__ import annotations
 
-from .errors import DMPODataError, TemplateRejected
+from ..errors import DMPODataError, TemplateRejected
 from .templates import TEMPLATE_REMEDY
 
 
@@ -25,7 +25,7 @@ __all__ = ["TemplateRejected", "locate_actions", "prefix_span", "window_span"]
 
 
 def prefix_span(render, messages, j: int, full_text: str, row, side) -> tuple[int, int]:
-    """Step 2 of `dmpo_trl.tokenization` for the assistant message ``j``: render both prefixes, check, return the span."""
+    """Step 2 of `dmpo_trl.core.rows.tokenization` for the assistant message ``j``: render both prefixes, check, return the span."""
     start_text, end_text = render(messages[:j], True), render(messages[: j + 1])
     for text, what in ((start_text, "with the generation prompt"), (end_text, "")):
         if not full_text.startswith(text):

@@ -3,9 +3,9 @@
 import pytest
 from trl.data_utils import extract_prompt
 
-from dmpo_trl.checks import check_pair, prepare_pair
-from dmpo_trl.errors import DMPODataError
-from dmpo_trl.plain_text import split_plain_prompt, tokenize_plain_pair
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.rows.checks import check_pair, prepare_pair
+from dmpo_trl.core.rows.plain_text import split_plain_prompt, tokenize_plain_pair
 from dmpo_trl.testing import make_tokenizer
 
 

@@ -1,7 +1,7 @@
 """Every DPO loss type of TRL 1.16 on DMPO's multi-turn scores, in plain torch (importing this does not import TRL).
 
 `DPOTrainer` scores a completion by its summed log-probability; DMPO scores a trajectory by the weighted sum over its
-action tokens (`dmpo_trl.loss`). Per pair, with ``w`` the chosen and ``l`` the rejected trajectory and ``w_k`` the
+action tokens (`dmpo_trl.core.weights`). Per pair, with ``w`` the chosen and ``l`` the rejected trajectory and ``w_k`` the
 DMPO weight of token ``k`` (``phi(t, T)`` on the tokens of action ``t``, 0 on every other token):
 
 .. math::
@@ -38,7 +38,7 @@ so every type is exactly DPOTrainer's:
 ``discopop``          ``x = beta delta``, ``m = sigma(x / tau)``: ``(1 - m) (-log sigma(x)) + m exp(-x)``
 ``sigmoid_norm``      ``-log sigma(beta (z_w / N_w - z_l / N_l))``
 ``sft``               the mean negative log-likelihood of the chosen action tokens of the batch (not a pair
-                      function: see `dmpo_trl.objective`)
+                      function: see `dmpo_trl.core.objective`)
 ====================  ==============================================================================================
 
 (``eps`` is ``label_smoothing``, ``tau`` is ``discopop_tau``.) IPO's and ``sigmoid_norm``'s average per token is the

@@ -24,7 +24,7 @@ Token budget (``max_row_tokens``): rows hold at most ``max(max_row_tokens, longe
 capacity of ``"bins"`` (default: the longest sequence) and, for ``"single_row"``, a split into first-fit-decreasing
 rows when one row would exceed it (default: no limit). `DMPOTrainer` gives per-sequence attention one unbounded row:
 its memory is linear in the tokens whatever the row length (the per-sequence kernels never see the row; the LM head
-works on bounded tiles of action positions, `dmpo_trl.lm_head`); memory that grows with the row (a dense
+works on bounded tiles of action positions, `dmpo_trl.core.lm_head`); memory that grows with the row (a dense
 ``(rows, L, L)`` mask) only arises in the bins layout, whose rows never exceed the longest sequence.
 """
 
@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import torch
 
 from .attention import attn_implementation
-from .loss import turn_weight
+from .weights import turn_weight
 
 
 __all__ = [
@@ -102,7 +102,7 @@ def build_packed_batch(
         packing: ``"bins"`` or ``"single_row"`` (see the module docstring).
         pad_to_multiple_of: pad the row length to a multiple of this value.
         max_row_tokens: token budget of a row (see the module docstring).
-        turn_weighting: ``"dmpo"`` or ``"uniform"`` (`dmpo_trl.loss.turn_weight`).
+        turn_weighting: ``"dmpo"`` or ``"uniform"`` (`dmpo_trl.core.weights.turn_weight`).
 
     Returns:
         ``input_ids``, ``position_ids``, ``sequence_ids``, ``completion_mask``, ``turn_ids`` (int64, ``-1`` off the

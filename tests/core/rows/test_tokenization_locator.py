@@ -6,10 +6,11 @@ import random
 
 import pytest
 
-import dmpo_trl.action_spans as action_spans
-import dmpo_trl.tokenization as tokenization
-from dmpo_trl.errors import DMPODataError
-from dmpo_trl.templates import has_generation_markers
+import dmpo_trl.core.rows.action_spans as action_spans
+import dmpo_trl.core.rows.tokenization as tokenization
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.rows.templates import has_generation_markers
+from dmpo_trl.core.rows.tokenization import tokenize_conversation
 from dmpo_trl.testing import (
     TABLE_PROMPT,
     TABLE_TEXT_TRAJECTORY,
@@ -19,8 +20,7 @@ from dmpo_trl.testing import (
     make_tokenizer,
     template_tokenizer,
 )
-from dmpo_trl.tokenization import tokenize_conversation
-from tests.core.test_tokenization import TOOL_COMPLETION, TOOL_PROMPT, TOOLS
+from tests.core.rows.test_tokenization import TOOL_COMPLETION, TOOL_PROMPT, TOOLS
 
 
 WORDS = "look around open door north take coin key box é ü 中文 {json} <b> \\n ... Action: Thought:".split()

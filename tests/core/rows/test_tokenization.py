@@ -2,9 +2,9 @@
 
 import pytest
 
-from dmpo_trl.errors import DMPODataError
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.rows.tokenization import split_prompt, tokenize_conversation, tokenize_pair, truncate_trajectory
 from dmpo_trl.testing import agent_pair, make_tokenizer
-from dmpo_trl.tokenization import split_prompt, tokenize_conversation, tokenize_pair, truncate_trajectory
 
 
 TOOLS = [
