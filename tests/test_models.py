@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dmpo_trl.demo import default_model as models
+import dmpo_trl.models as models
 from dmpo_trl.models import resolve_model
 
 
