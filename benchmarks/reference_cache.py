@@ -35,19 +35,18 @@ def worker(args) -> dict:
 
     from benchmarks.agent_data import scaled_pairs
     from dmpo_trl import DMPOConfig, DMPOTrainer
-    from dmpo_trl.core.forward import DMPOForwardMixin
 
     torch.set_num_threads(args.threads)
     tok = load_tokenizer(args.tokenizer)
     model = build_model(args, tok)
     forwards = []
-    original = DMPOForwardMixin._ref_per_token_logps  # every reference pass: in the step and in the precompute
+    original = DMPOTrainer._ref_per_token_logps  # every reference pass: in the step and in the precompute
 
     def counting(self, model, inputs):
         forwards.append(1)
         return original(self, model, inputs)
 
-    DMPOForwardMixin._ref_per_token_logps = counting
+    DMPOTrainer._ref_per_token_logps = counting
     config = DMPOConfig(
         output_dir=tempfile.mkdtemp(prefix="dmpo_ref_bench_"),
         per_device_train_batch_size=args.batch,

@@ -7,7 +7,7 @@ Data: `benchmarks.agent_data.agent_pairs` with exactly T actions on each side (o
 suite's), tokenized by `dmpo_trl.core.rows.tokenization.tokenize_pair` as the trainer does. Printed per T: tokens per pair,
 CPU seconds per pair (best of `--repeats`, process time), of which chat-template rendering and of which the one
 BPE pass, and the same pair with every action located by prefix renders (the method before; the windows,
-`action_spans.window_span` and `templates._window_prompt`, disabled), with the speed-up. Both give identical token and
+`tokenization.window_span` and `templates._window_prompt`, disabled), with the speed-up. Both give identical token and
 turn ids (checked here, and in `tests/core/rows/test_tokenization_locator.py` and `tests/core/rows/test_marker_locator.py`).
 
 `--chat-template` replaces the tokenizer's template with one of TRL's `trl/chat_templates/*.jinja` (by file name) or
@@ -31,12 +31,11 @@ from benchmarks.common import load_average, load_tokenizer  # noqa: E402
 
 def timed_pairs(tok, rows, prefix_only: bool) -> tuple[float, float, float, list]:
     """CPU seconds per pair: total, rendering, BPE; and the outputs."""
-    import dmpo_trl.core.rows.action_spans as action_spans
     import dmpo_trl.core.rows.templates as templates
     import dmpo_trl.core.rows.tokenization as tokenization
 
     spent = {"render": 0.0, "bpe": 0.0}
-    render, window, marker_window = tokenization._render, action_spans.window_span, templates._window_prompt
+    render, window, marker_window = tokenization._render, tokenization.window_span, templates._window_prompt
     call = type(tok).__call__
 
     def timed_render(*a, **k):
@@ -56,13 +55,13 @@ def timed_pairs(tok, rows, prefix_only: bool) -> tuple[float, float, float, list
     tokenization._render = timed_render
     type(tok).__call__ = timed_call
     if prefix_only:
-        action_spans.window_span = templates._window_prompt = lambda *a, **k: None
+        tokenization.window_span = templates._window_prompt = lambda *a, **k: None
     try:
         start = time.process_time()
         outs = [tokenization.tokenize_pair(tok, row, i) for i, row in enumerate(rows)]
         total = time.process_time() - start
     finally:
-        tokenization._render, action_spans.window_span, templates._window_prompt = render, window, marker_window
+        tokenization._render, tokenization.window_span, templates._window_prompt = render, window, marker_window
         type(tok).__call__ = call
     n = len(rows)
     return total / n, spent["render"] / n, spent["bpe"] / n, outs
