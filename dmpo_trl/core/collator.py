@@ -16,9 +16,9 @@ import torch
 from transformers.data.data_collator import DataCollatorMixin
 
 from .packing import PACKING_LAYOUTS, build_packed_batch, segment_sum
-from .rows.checks import REFERENCE_COLUMNS
+from .rows.columns import REFERENCE_COLUMNS
 from .rows.tokenization import NOT_ACTION, truncate_trajectory
-from .weights import TURN_WEIGHTINGS, dmpo_turn_weights, weighted_sequence_logps
+from .weights import check_turn_weighting, dmpo_turn_weights
 
 
 __all__ = ["DMPOBatch", "DataCollatorForDMPO", "collator_for_config"]
@@ -81,8 +81,7 @@ class DataCollatorForDMPO(DataCollatorMixin):
     def __post_init__(self):
         if self.packing not in PACKING_LAYOUTS:
             raise ValueError(f"packing must be one of {PACKING_LAYOUTS}, got {self.packing!r}")
-        if self.turn_weighting not in TURN_WEIGHTINGS:
-            raise ValueError(f"turn_weighting must be one of {TURN_WEIGHTINGS}, got {self.turn_weighting!r}")
+        check_turn_weighting(self.turn_weighting)
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         ids, turns, num_turns, kept = [], [], [], []
@@ -213,22 +212,6 @@ class DMPOBatch:
         if not self.packed:
             return values.sum(dim=-1)
         return segment_sum(values, self.inputs["sequence_ids"][:, 1:], self.num_sequences)
-
-    def scores(self, per_token_logps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """DMPO-weighted scores ``S`` of the chosen and of the rejected sequences, `(B,)` each."""
-        weights = self.weights
-        if not self.packed:
-            return weighted_sequence_logps(per_token_logps, weights).chunk(2, dim=0)
-        contributions = per_token_logps * weights.to(per_token_logps.dtype)
-        contributions = torch.where(weights != 0, contributions, torch.zeros_like(contributions))
-        return self.sequence_sums(contributions).chunk(2, dim=0)
-
-    def chosen_nll(self, per_token_logps: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-likelihood of each chosen trajectory's action tokens: `(B,)`."""
-        mask = self.action_mask.to(per_token_logps.dtype)
-        sums = self.sequence_sums(per_token_logps * mask)[: self.num_pairs]
-        counts = self.sequence_sums(mask)[: self.num_pairs]
-        return -sums / counts.clamp(min=1)
 
     def side_masks(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Action-token masks of the chosen and of the rejected sequences, each shaped like ``input_ids[:, 1:]``."""

@@ -12,12 +12,11 @@ from . import _compat  # noqa: F401  (refuses an untested TRL before TRL itself 
 # isort: split
 from trl import DPOConfig
 
-from .losses import F_DIVERGENCE_TYPES, LABEL_SMOOTHING_LOSS_TYPES, LOSS_TYPES
+from .objective import F_DIVERGENCE_TYPES, LABEL_SMOOTHING_LOSS_TYPES, LOSS_TYPES
+from .weights import check_turn_weighting
 
 
-__all__ = ["DMPOConfig", "SUPPORTED_LOSS_TYPES", "check_loss_options"]
-
-SUPPORTED_LOSS_TYPES = LOSS_TYPES
+__all__ = ["DMPOConfig", "check_loss_options"]
 
 
 @dataclass
@@ -53,7 +52,7 @@ class DMPOConfig(DPOConfig):
         loss_type (`list[str]`, *optional*, defaults to `["sigmoid"]`):
             Every loss type of `DPOConfig`, combined with `loss_weights` as in DPOTrainer. Sequence log-ratios become
             the DMPO weighted log-ratio `S - S_ref`, lengths the weighted action-token count `N = sum_k w_k`; `"sft"`
-            is the mean negative log-likelihood of the chosen action tokens of the batch (`dmpo_trl.core.losses`,
+            is the mean negative log-likelihood of the chosen action tokens of the batch (`dmpo_trl.core.objective`,
             `dmpo_trl.core.objective`).
         label_smoothing (`float`, *optional*, defaults to `0.0`):
             As in DPOTrainer 1.16: used by `exo_pair`, `robust`, `aot` and `aot_unpaired` only (a warning says so
@@ -147,8 +146,7 @@ class DMPOConfig(DPOConfig):
         if not isinstance(self.gamma, int | float) or not 0.0 <= float(self.gamma) <= 1.0:
             raise ValueError(f"`gamma` must lie in [0, 1], got {self.gamma!r}.")
         self.gamma = float(self.gamma)
-        if self.turn_weighting not in ("dmpo", "uniform"):
-            raise ValueError(f"`turn_weighting` must be 'dmpo' or 'uniform', got {self.turn_weighting!r}.")
+        check_turn_weighting(self.turn_weighting)
         check_loss_options(self)
 
     def _check_numeric_options(self):

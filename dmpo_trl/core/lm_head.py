@@ -25,6 +25,13 @@ tensors as before, only cheaper.
 
 Where TRL's Triton kernel runs (CUDA, XPU) and for models with final logit soft-capping, the gathered positions go to
 TRL's `trl.kernels.ChunkedLogProbFunction` instead of the torch tiles below (the same outputs).
+
+Why the model's ``forward`` is replaced: the per-token log-probs must come out of the model call itself, because the
+call goes through whatever wraps the model (DDP / DeepSpeed / FSDP hooks, accelerate's autocast, PEFT) and only the
+transformers model's ``forward`` is inside all of them. TRL 1.16 has no hook between the backbone and the LM head: its
+own protocol for this (``model(..., fused_lm_head=True)``, `trl.trainer.utils.add_fused_lm_head`) is itself a
+replacement of ``forward``. `add_action_lm_head` serves that same call, so `DPOTrainer` and `DMPOTrainer` call the
+model the same way; every other call is passed to the previous ``forward`` unchanged.
 """
 
 from __future__ import annotations
@@ -35,6 +42,10 @@ import types
 import torch
 from torch.distributed.tensor import DTensor
 from transformers.utils import is_triton_available
+
+
+# isort: split
+from trl.trainer.utils import FusedCausalLMOutput, maybe_gather_lm_head_ctx
 
 
 __all__ = ["LM_HEAD_METRICS", "TOKEN_TILE", "VOCAB_TILE", "action_log_probs", "add_action_lm_head"]
@@ -125,8 +136,6 @@ class _TiledLogProbs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_log_probs, *_):
-        from trl.trainer.utils import maybe_gather_lm_head_ctx
-
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         if grad_log_probs is None or not (needs_hidden or needs_weight or needs_bias):
@@ -213,7 +222,7 @@ def action_log_probs(
         raise ValueError(f"unknown LM head outputs {unknown}; choose among {_EXTRA_OUTPUTS}")
     use_trl = final_logit_softcapping is not None or (_TRITON and hidden.device.type in ("cuda", "xpu"))
     if use_trl:
-        from trl.kernels import ChunkedLogProbFunction
+        from trl.kernels import ChunkedLogProbFunction  # Triton kernels: imported only where they run
 
         chunk = 32768 if hidden.device.type in ("cuda", "xpu") else VOCAB_TILE
         values = ChunkedLogProbFunction.apply(
@@ -248,7 +257,7 @@ def _logit_scale(text_config) -> float:
 
 def _aux_loss(model, text_config, router_logits, attention_mask):
     """Mixtral's load-balancing loss, the one TRL's fused head returns (`outputs.aux_loss`)."""
-    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func  # MoE models only
 
     num_experts = getattr(text_config, "num_experts", None) or getattr(text_config, "num_local_experts", None)
     if num_experts is None:
@@ -267,8 +276,6 @@ def add_action_lm_head(model) -> bool:
     """
     if getattr(model, "_dmpo_action_lm_head", False):
         return False
-    from trl.trainer.utils import FusedCausalLMOutput, maybe_gather_lm_head_ctx
-
     previous = model.forward
     previous_func = getattr(previous, "__func__", None)
     text_config = model.config.get_text_config()

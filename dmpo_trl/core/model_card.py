@@ -12,6 +12,7 @@ import os
 import re
 
 from accelerate.utils import is_peft_model
+from huggingface_hub import ModelCard
 
 
 __all__ = ["adapter_description", "card_rows", "is_hub_id", "write_card_section"]
@@ -38,8 +39,6 @@ def write_card_section(
     ids (the Hub rejects local paths there); TRL's "[None](...)" link for a local base model names the model, and the
     quick start's `model="None"` of a model that is not pushed names the folder the card is in.
     """
-    from huggingface_hub import ModelCard
-
     card = ModelCard.load(readme_path)
     data = card.data
     tags = list(data.tags or [])

@@ -10,7 +10,8 @@ Attention stays inside each sequence because transformers (5.x) derives a block-
 ``position_ids`` when ``attention_mask is None`` and no cache is used (``find_packed_sequence_indices`` in
 ``transformers.masking_utils``, for sdpa, eager and flex attention), and FlashAttention 2/3 derives ``cu_seqlens``
 from them, but only for a single row (``_is_packed_sequence`` requires batch size 1). Whether a given model honours
-this is checked once per model by `check_packed_attention` (two tiny forwards) rather than assumed.
+this is checked once per model by `dmpo_trl.core.attention.check_packed_attention` (two tiny forwards) rather
+than assumed.
 
 Layouts (``packing``):
 
@@ -34,14 +35,12 @@ from collections.abc import Sequence
 
 import torch
 
-from .attention import attn_implementation
 from .weights import turn_weight
 
 
 __all__ = [
     "PACKING_LAYOUTS",
     "build_packed_batch",
-    "check_packed_attention",
     "pack_rows",
     "segment_sum",
 ]
@@ -162,47 +161,3 @@ def segment_sum(values: torch.Tensor, segment_ids: torch.Tensor, num_segments: i
     flat = torch.where(valid, values, torch.zeros_like(values)).reshape(-1)
     index = segment_ids.clamp(min=0).reshape(-1).to(values.device)
     return values.new_zeros(num_segments).scatter_add(0, index, flat)
-
-
-@torch.no_grad()
-def check_packed_attention(
-    model, token_ids: torch.Tensor, num_rows: int = 2, seq_len: int = 6, extra_kwargs=None
-) -> None:
-    """Raise `ValueError` unless packed sequences of this model are independent (checked, not assumed).
-
-    Builds ``num_rows`` rows of two sequences ``[A | B]`` from ``token_ids``, runs the model on them and on
-    ``[A' | B]`` (A's tokens changed), and requires B's logits to be unchanged: any attention from B into A (a mask
-    not derived from ``position_ids``, a model that ignores them, FlashAttention with several rows, ...) shows up.
-    Runs in eval mode (no dropout) and restores the training mode. ``extra_kwargs(position_ids)`` returns further
-    forward arguments (the varlen ``cu_seq_lens`` the trainer passes), so the check runs the same path as training.
-    """
-    device = next(model.parameters()).device
-    token_ids = token_ids.reshape(-1)[: 2 * seq_len].to(device)
-    if token_ids.numel() < 2 * seq_len:
-        token_ids = token_ids.repeat(2 * seq_len)[: 2 * seq_len]
-    a, b = token_ids[:seq_len], token_ids[seq_len:]
-    a_changed = torch.flip(b, dims=[0])
-    if torch.equal(a_changed, a):
-        a_changed = torch.roll(a, 1)
-    positions = torch.cat([torch.arange(seq_len), torch.arange(seq_len)]).to(device).expand(num_rows, -1)
-    was_training = model.training
-    model.eval()
-    try:
-        outs = []
-        for first in (a, a_changed):
-            row = torch.cat([first, b]).expand(num_rows, -1).contiguous()
-            extra = extra_kwargs(positions) if extra_kwargs is not None else {}
-            logits = model(input_ids=row, position_ids=positions, use_cache=False, **extra).logits
-            outs.append(logits[:, seq_len:].float())
-    finally:
-        model.train(was_training)
-    diff = (outs[0] - outs[1]).abs().max().item()
-    scale = outs[0].abs().max().item()
-    if not diff <= 1e-5 * max(scale, 1.0):
-        raise ValueError(
-            f"padding_free=True: with this model (attention implementation {attn_implementation(model)!r}, "
-            f"{num_rows} packed row(s)) a packed sequence attends to the sequence before it (its logits change by "
-            f"{diff:.3g} when the other sequence changes). Packed batches need a model whose attention mask is "
-            "derived from `position_ids` when `attention_mask` is None (transformers' sdpa / eager / flex attention, "
-            "or FlashAttention with a single row). Use padding_free=False or another attn_implementation."
-        )

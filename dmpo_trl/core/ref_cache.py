@@ -24,7 +24,7 @@ import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from .rows.checks import TOKENIZED_COLUMNS
+from .rows.columns import TOKENIZED_COLUMNS
 
 
 __all__ = ["KEY_COLUMNS", "REF_CACHE_ENV", "ReferenceScoreStore", "default_cache_dir", "resolve_precompute", "row_key"]

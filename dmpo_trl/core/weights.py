@@ -1,4 +1,4 @@
-"""The DMPO objective, in plain torch (importing this module does not import TRL).
+"""The turn weights of DMPO: ``phi(t, T)`` per action and per token, and multi-turn DPO's uniform weights (torch only).
 
 DMPO (Shi et al., "Direct Multi-Turn Preference Optimization for Language Agents", EMNLP 2024, arXiv 2406.14868)
 scores a trajectory with actions ``a_0 .. a_{T-1}`` by a discounted, length-normalised sum of per-action log-ratios:
@@ -13,10 +13,11 @@ scores a trajectory with actions ``a_0 .. a_{T-1}`` by a discounted, length-norm
 
     loss = -\\log \\sigma(\\beta (S_w - S_l))
 
-Because every token of action ``t`` carries the same weight ``phi(t, T)``, ``S`` is a per-token weighted sum:
+This module computes the weights ``phi``; the score ``S`` and the losses are `dmpo_trl.core.objective`. Because every
+token of action ``t`` carries the same weight ``phi(t, T)``, ``S`` is a per-token weighted sum:
 ``S = sum_k w_k (log pi_theta(y_k) - log pi_ref(y_k))`` with ``w_k = phi(t(k), T)`` on action tokens and ``0`` on
-everything else (prompt, observations, template markup, padding). The functions below work on that per-token form,
-in TRL's concatenated ``[chosen; rejected]`` batch layout (first half of the batch: chosen, second half: rejected).
+everything else (prompt, observations, template markup, padding). `dmpo_turn_weights` gives that per-token form, in
+TRL's concatenated ``[chosen; rejected]`` batch layout (first half of the batch: chosen, second half: rejected).
 
 Note: Eq. 16 of the paper omits the ``gamma^t`` factor; the derivation and the authors' code include it, and so
 does this module.
@@ -29,23 +30,20 @@ whole trajectory, observations still excluded.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 
-__all__ = [
-    "DMPOLossOutput",
-    "dmpo_loss",
-    "dmpo_loss_from_scores",
-    "dmpo_phi",
-    "dmpo_turn_weights",
-    "turn_weight",
-    "weighted_sequence_logps",
-]
+__all__ = ["TURN_WEIGHTINGS", "check_turn_weighting", "dmpo_phi", "dmpo_turn_weights", "turn_weight"]
 
 TURN_WEIGHTINGS = ("dmpo", "uniform")
+
+
+def check_turn_weighting(turn_weighting: str) -> str:
+    """Return `turn_weighting` if it is one of `TURN_WEIGHTINGS`, else raise `ValueError` (the one check of it)."""
+    if turn_weighting not in TURN_WEIGHTINGS:
+        raise ValueError(f"`turn_weighting` must be 'dmpo' or 'uniform', got {turn_weighting!r}.")
+    return turn_weighting
 
 
 def _check_gamma(gamma: float) -> float:
@@ -94,10 +92,8 @@ def turn_weight(t: torch.Tensor, num_turns: torch.Tensor, gamma: float, turn_wei
 
     Same argument checks as `dmpo_phi` (``0 <= t < T``).
     """
-    if turn_weighting == "dmpo":
+    if check_turn_weighting(turn_weighting) == "dmpo":
         return dmpo_phi(t, num_turns, gamma)
-    if turn_weighting != "uniform":
-        raise ValueError(f"turn_weighting must be one of {TURN_WEIGHTINGS}, got {turn_weighting!r}")
     t = torch.as_tensor(t, dtype=torch.float64)
     T = torch.as_tensor(num_turns, dtype=torch.float64, device=t.device)
     if bool(((T < 1) | (t < 0) | (t >= T)).any()):
@@ -139,86 +135,3 @@ def dmpo_turn_weights(
     if bool(is_action.any()):
         weights[is_action] = turn_weight(turn_ids[is_action], T[is_action], gamma, turn_weighting)
     return weights.to(dtype)
-
-
-def weighted_sequence_logps(per_token_logps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``sum_k w_k * logp_k`` per sequence: the DMPO score ``S`` of a policy (or reference) on each sequence.
-
-    ``per_token_logps`` and ``weights`` are aligned (same shape, `(batch, seq_len)`); positions with weight 0 contribute
-    exactly 0 even if their log-prob is not finite.
-    """
-    if per_token_logps.shape != weights.shape:
-        raise ValueError(f"shape mismatch: logps {tuple(per_token_logps.shape)} vs weights {tuple(weights.shape)}")
-    contributions = per_token_logps * weights.to(per_token_logps.dtype)
-    return torch.where(weights != 0, contributions, torch.zeros_like(contributions)).sum(dim=-1)
-
-
-class DMPOLossOutput(NamedTuple):
-    """Unreduced DMPO loss and the detached implicit rewards, one entry per preference pair."""
-
-    losses: torch.Tensor
-    """`(num_pairs,)` per-pair loss."""
-    chosen_rewards: torch.Tensor
-    """`(num_pairs,)` ``beta * (S_policy - S_ref)`` of the chosen trajectory, detached."""
-    rejected_rewards: torch.Tensor
-    """`(num_pairs,)` ``beta * (S_policy - S_ref)`` of the rejected trajectory, detached."""
-
-
-def dmpo_loss_from_scores(
-    policy_chosen: torch.Tensor,
-    policy_rejected: torch.Tensor,
-    ref_chosen: torch.Tensor,
-    ref_rejected: torch.Tensor,
-    beta: float = 0.1,
-    label_smoothing: float = 0.0,
-) -> DMPOLossOutput:
-    """DMPO loss from the weighted scores ``S`` of policy and reference, each of shape `(num_pairs,)`.
-
-    ``loss = -(1 - eps) log sigma(beta * delta) - eps log sigma(-beta * delta)`` with
-    ``delta = (S_w - S_w^ref) - (S_l - S_l^ref)``; ``eps = label_smoothing`` gives conservative DPO (cDPO), ``eps = 0``
-    the plain DMPO objective.
-    """
-    if not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must lie in [0, 0.5), got {label_smoothing}")
-    chosen_logratios = policy_chosen - ref_chosen
-    rejected_logratios = policy_rejected - ref_rejected
-    logits = beta * (chosen_logratios - rejected_logratios)
-    losses = -F.logsigmoid(logits)
-    if label_smoothing > 0.0:
-        losses = (1.0 - label_smoothing) * losses - label_smoothing * F.logsigmoid(-logits)
-    return DMPOLossOutput(
-        losses=losses,
-        chosen_rewards=beta * chosen_logratios.detach(),
-        rejected_rewards=beta * rejected_logratios.detach(),
-    )
-
-
-def dmpo_loss(
-    policy_logps: torch.Tensor,
-    ref_logps: torch.Tensor,
-    weights: torch.Tensor,
-    beta: float = 0.1,
-    label_smoothing: float = 0.0,
-) -> DMPOLossOutput:
-    """DMPO loss from per-token log-probs in TRL's concatenated ``[chosen; rejected]`` layout.
-
-    Args:
-        policy_logps (`torch.Tensor` of shape `(2 * num_pairs, seq_len)`):
-            Per-token log-probs of the policy; rows ``0 .. num_pairs-1`` are the chosen trajectories, the rest the
-            rejected ones, in the same pair order.
-        ref_logps (`torch.Tensor` of the same shape): per-token log-probs of the reference model.
-        weights (`torch.Tensor` of the same shape): per-token DMPO weights from `dmpo_turn_weights` (the same
-            weights apply to policy and reference).
-        beta (`float`): inverse temperature of the Bradley-Terry model.
-        label_smoothing (`float`): probability that a preference label is flipped (cDPO); ``0`` for DMPO.
-
-    Returns:
-        `DMPOLossOutput` with per-pair `losses` (unreduced) and detached `chosen_rewards` / `rejected_rewards`.
-    """
-    if policy_logps.size(0) % 2:
-        raise ValueError("the batch must hold chosen and rejected halves of equal size")
-    policy_scores = weighted_sequence_logps(policy_logps, weights)
-    ref_scores = weighted_sequence_logps(ref_logps, weights)
-    policy_chosen, policy_rejected = policy_scores.chunk(2, dim=0)
-    ref_chosen, ref_rejected = ref_scores.chunk(2, dim=0)
-    return dmpo_loss_from_scores(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, label_smoothing)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dmpo_trl.core.weights import check_turn_weighting
+
 
 __all__ = [
     "EvalSettings",
@@ -154,8 +156,10 @@ class PipelineConfig:
         if not names or len(set(names)) != len(names):
             raise ValueError(f"methods need distinct names, got {names}")
         for m in self.methods:
-            if m.turn_weighting not in ("dmpo", "uniform"):
-                raise ValueError(f"method {m.name}: turn_weighting must be 'dmpo' or 'uniform'")
+            try:
+                check_turn_weighting(m.turn_weighting)
+            except ValueError as err:
+                raise ValueError(f"method {m.name}: {err}") from None
         if self.rounds < 1 or not self.seeds:
             raise ValueError("rounds must be >= 1 and seeds non-empty")
 

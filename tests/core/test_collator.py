@@ -5,6 +5,7 @@ import torch
 from transformers.data.data_collator import DataCollatorMixin
 
 from dmpo_trl.core.collator import DataCollatorForDMPO, DMPOBatch
+from dmpo_trl.core.objective import chosen_action_nll, sequence_scores
 
 
 PAD = 0
@@ -124,12 +125,12 @@ def test_batch_reader_gives_the_same_numbers_for_both_layouts(packing):
     expected_chosen = [table[0, 2] + table[0, 3] + w * table[0, 5], table[1, 1]]
     expected_rejected = [table[2, 2] + table[2, 3] + table[2, 4], table[3, 1] + w * (table[3, 4] + table[3, 5])]
     for batch, lp in ((padded, lp_padded), (packed, lp_packed)):
-        chosen, rejected = batch.scores(lp)
+        chosen, rejected = sequence_scores(batch, lp)
         assert torch.allclose(chosen, torch.stack(expected_chosen)) and torch.allclose(
             rejected, torch.stack(expected_rejected)
         )
-        nll = batch.chosen_nll(lp)
-        assert torch.allclose(nll, -torch.stack([(table[0, 2] + table[0, 3] + table[0, 5]) / 3, table[1, 1]]))
+        nll = chosen_action_nll(batch, lp)  # the sft term: every chosen action token of the batch
+        assert torch.allclose(nll, -(table[0, 2] + table[0, 3] + table[0, 5] + table[1, 1]) / 4)
         m_chosen, m_rejected = batch.side_masks()
         assert int(m_chosen.sum()) == 4 and int(m_rejected.sum()) == 6
         assert int(batch.real_tokens()) == 6 + 2 + 5 + 6 and int(batch.action_tokens()) == 10

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dmpo_trl import DMPOConfig
-from dmpo_trl.core.weights import dmpo_loss_from_scores
+from dmpo_trl.core.objective import LossInputs, pair_loss
 
 
 def config(**kw) -> DMPOConfig:
@@ -18,8 +18,10 @@ def config(**kw) -> DMPOConfig:
 def test_beta_below_zero_would_train_backwards_and_is_refused():
     # Why: with beta < 0 the gradient of the DMPO loss pushes the chosen score *down* (checked on the loss itself)
     s_w = torch.tensor([0.0], requires_grad=True)
-    loss = dmpo_loss_from_scores(s_w, torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([0.0]), -0.5, 0.0)
-    loss.losses.sum().backward()
+    loss = pair_loss(
+        "sigmoid", LossInputs(s_w, torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([0.0])), beta=-0.5
+    )
+    loss.sum().backward()
     assert s_w.grad.item() > 0  # gradient descent lowers S_w: the model learns to prefer the rejected side
     with pytest.raises(ValueError) as err:
         config(beta=-0.5)
@@ -31,9 +33,11 @@ def test_beta_below_zero_would_train_backwards_and_is_refused():
 
 def test_beta_zero_trains_nothing_and_is_refused():
     s_w = torch.tensor([1.3], requires_grad=True)
-    loss = dmpo_loss_from_scores(s_w, torch.tensor([-0.4]), torch.tensor([0.0]), torch.tensor([0.0]), 0.0, 0.0)
-    loss.losses.sum().backward()
-    assert loss.losses.item() == pytest.approx(math.log(2)) and s_w.grad.item() == 0.0
+    loss = pair_loss(
+        "sigmoid", LossInputs(s_w, torch.tensor([-0.4]), torch.tensor([0.0]), torch.tensor([0.0])), beta=0.0
+    )
+    loss.sum().backward()
+    assert loss.item() == pytest.approx(math.log(2)) and s_w.grad.item() == 0.0
     with pytest.raises(ValueError, match=r"^`beta` must be > 0, got 0: the DMPO loss is then log\(2\)"):
         config(beta=0)
     with pytest.raises(ValueError, match=r"^`beta` must be a finite number > 0, got nan"):

@@ -12,9 +12,7 @@ from datasets import Dataset
 from dmpo_trl import DMPOConfig, DMPOTrainer
 from dmpo_trl.core import lm_head
 from dmpo_trl.core.collator import DMPOBatch
-from dmpo_trl.core.config import SUPPORTED_LOSS_TYPES
-from dmpo_trl.core.forward import DMPOForwardMixin
-from dmpo_trl.core.losses import F_DIVERGENCE_TYPES, LABEL_SMOOTHING_LOSS_TYPES
+from dmpo_trl.core.objective import F_DIVERGENCE_TYPES, LABEL_SMOOTHING_LOSS_TYPES, LOSS_TYPES
 from dmpo_trl.testing import dataset_rows, tiny_model
 from tests.core.helpers import make_args
 
@@ -111,9 +109,7 @@ def _valid(loss_type, **options):
 # the options that change what the loss reads: each f-divergence (per-action reference log-ratios), LD-DPO's token
 # factors and WPO's weights (the head's `log_sum_sq_probs`)
 CASES = [
-    (lt, {})
-    for lt in [[t] for t in SUPPORTED_LOSS_TYPES] + [["sigmoid", t] for t in SUPPORTED_LOSS_TYPES if t != "sigmoid"]
-    if _valid(lt)
+    (lt, {}) for lt in [[t] for t in LOSS_TYPES] + [["sigmoid", t] for t in LOSS_TYPES if t != "sigmoid"] if _valid(lt)
 ]
 CASES += [
     (lt, opts)
@@ -135,7 +131,7 @@ def _case_id(case):
 
 def test_exactness_cases_cover_every_loss_type_and_option():
     covered = {t for lt, _ in CASES for t in lt}
-    assert covered == set(SUPPORTED_LOSS_TYPES)
+    assert covered == set(LOSS_TYPES)
     options = {k for _, opts in CASES for k in opts}
     assert {"f_divergence_type", "ld_alpha", "use_weighting"} <= options
     assert {opts.get("f_divergence_type") for _, opts in CASES} >= set(F_DIVERGENCE_TYPES) - {"reverse_kl"}
@@ -178,7 +174,7 @@ def test_loss_gradients_and_log_probs_equal_full_logits_in_float64(
     per_token, out = trainer._per_token_logps(trainer.model, batch)
     loss, grads = loss_and_grads()
     with monkeypatch.context() as m:
-        m.setattr(DMPOForwardMixin, "_action_logps", full_logits_logps)
+        m.setattr(DMPOTrainer, "_action_logps", full_logits_logps)
         expected_per_token, expected_out = trainer._per_token_logps(trainer.model, batch)
         expected_loss, expected_grads = loss_and_grads()
         expected_ref = trainer.compute_ref_log_probs(trainer.ref_model, batch)

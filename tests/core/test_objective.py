@@ -1,7 +1,7 @@
 """Every DPO loss type on DMPO scores: hand computation on a 2-pair multi-turn batch (T_w != T_l), padded == packed.
 
-The expected values are computed here in plain Python floats from the formulas of `dmpo_trl.core.losses` /
-`dmpo_trl.core.objective` (per token, per action, per pair), never with the package's tensor code. The batch has a
+The expected values are computed here in plain Python floats from the formulas of `dmpo_trl.core.objective`
+(per token, per action, per pair), never with the package's tensor code. The batch has a
 truncated trajectory (rejected of pair 0 keeps 2 of its 3 actions), so the f-divergence's last-kept-action rule and
 the real ``T`` of the weights are exercised. T = 1 against DPOTrainer itself: tests/compat/test_dpo_compat.py.
 """
@@ -10,10 +10,19 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dmpo_trl.core.collator import DataCollatorForDMPO, DMPOBatch
-from dmpo_trl.core.losses import LOSS_TYPES, f_divergence_step_weights
-from dmpo_trl.core.objective import ObjectiveConfig, dmpo_objective
+from dmpo_trl.core.objective import (
+    LOSS_TYPES,
+    ObjectiveConfig,
+    dmpo_loss,
+    dmpo_objective,
+    f_divergence_step_weights,
+    sequence_scores,
+    weighted_score,
+)
+from dmpo_trl.core.weights import dmpo_turn_weights
 
 
 GAMMA, BETA, EPS, TAU, ALPHA = 0.6, 0.4, 0.1, 0.05, 0.5
@@ -217,8 +226,6 @@ def run(loss_type, padding_free=False, precomputed=False, **options):
         **options,
     )
     if precomputed:
-        from dmpo_trl.core.objective import sequence_scores
-
         ref_kw = {"ref_scores": sequence_scores(batch, ref, options.get("ld_alpha"))}
     else:
         ref_kw = {"ref_per_token_logps": ref}
@@ -310,3 +317,84 @@ def test_wpo_weights_carry_no_gradient():
 def test_f_divergence_needs_the_reference_of_every_action():
     with pytest.raises(ValueError, match="reference log-prob of every action"):
         run("sigmoid", precomputed=True, f_divergence_type="forward_kl")
+
+
+# ------------------------------------------------- the public loss helper, by hand
+def phi_by_hand(t, T, gamma):
+    if gamma == 1.0:
+        return (T - t) / T
+    return gamma**t * (1 - gamma ** (T - t)) / (1 - gamma**T)
+
+
+def test_loss_hand_computed_two_pairs():
+    # pair 0: chosen T=2, rejected T=1; pair 1: chosen T=1, rejected T=3; gamma=0.7, beta=0.5
+    gamma, beta = 0.7, 0.5
+    turn_ids = torch.tensor([[-1, 0, 0, -1, 1], [-1, 0, -1, -1, -1], [-1, 0, -1, -1, -1], [-1, 0, -1, 1, 2]])
+    num_turns = torch.tensor([2, 1, 1, 3])
+    gen = torch.Generator().manual_seed(0)
+    pol = -torch.rand(4, 5, generator=gen) * 3
+    ref = -torch.rand(4, 5, generator=gen) * 3
+    w = dmpo_turn_weights(turn_ids, num_turns, gamma)
+    out = dmpo_loss(pol, ref, w, beta=beta)
+
+    def score(row):
+        T = int(num_turns[row])
+        s = 0.0
+        for t in range(T):
+            r_t = sum(float(pol[row, k] - ref[row, k]) for k in range(5) if turn_ids[row, k] == t)
+            s += phi_by_hand(t, T, gamma) * r_t
+        return s
+
+    for pair in range(2):
+        margin = score(pair) - score(pair + 2)
+        expected = -math.log(1 / (1 + math.exp(-beta * margin)))
+        assert out.losses[pair].item() == pytest.approx(expected, rel=1e-6)
+        assert out.chosen_rewards[pair].item() == pytest.approx(beta * score(pair), rel=1e-6)
+        assert out.rejected_rewards[pair].item() == pytest.approx(beta * score(pair + 2), rel=1e-6)
+
+
+def test_single_action_each_side_equals_dpo_on_action_tokens():
+    gen = torch.Generator().manual_seed(1)
+    mask = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 1, 0]])  # one action per side
+    pol, ref = -torch.rand(2, 5, generator=gen), -torch.rand(2, 5, generator=gen)
+    out = dmpo_loss(pol, ref, dmpo_turn_weights(torch.where(mask.bool(), 0, -1), torch.tensor([1, 1]), 0.7), beta=0.1)
+    dpo_logit = 0.1 * (((pol - ref) * mask)[0].sum() - ((pol - ref) * mask)[1].sum())
+    assert out.losses.item() == pytest.approx(-F.logsigmoid(dpo_logit).item(), rel=1e-6)
+
+
+def test_public_dmpo_loss_is_the_trainers_loss_and_takes_no_label_smoothing():
+    """`dmpo_loss` equals `dmpo_objective` (what DMPOTrainer trains) for the default sigmoid loss, whatever
+    `label_smoothing` the trainer gets (TRL 1.16's sigmoid ignores it); the helper does not accept it at all."""
+    batch, lp, ref, _ = collate(False)
+    helper = dmpo_loss(lp, ref, batch.weights, beta=BETA)
+    for eps in (0.0, 0.2):
+        config = ObjectiveConfig(beta=BETA, label_smoothing=eps)
+        out = dmpo_objective(batch, config, lp, ref_per_token_logps=ref)
+        assert out.loss.item() == pytest.approx(helper.losses.mean().item(), abs=1e-12)
+        assert torch.allclose(out.chosen_rewards, helper.chosen_rewards, atol=1e-12, rtol=0)
+        assert torch.allclose(out.rejected_rewards, helper.rejected_rewards, atol=1e-12, rtol=0)
+    with pytest.raises(TypeError, match="label_smoothing"):
+        dmpo_loss(lp, ref, batch.weights, beta=BETA, label_smoothing=0.2)
+
+
+def test_one_score_for_padded_rows_and_packed_batches():
+    for padding_free in (False, True):
+        batch, lp, _, _ = collate(padding_free)
+        chosen, rejected = sequence_scores(batch, lp)
+        expected = [q["w"]["S"] for q in hand_loss("sigmoid")[1]], [q["l"]["S"] for q in hand_loss("sigmoid")[1]]
+        assert chosen.tolist() == pytest.approx(expected[0], abs=1e-12)
+        assert rejected.tolist() == pytest.approx(expected[1], abs=1e-12)
+
+
+def test_gradient_is_exactly_zero_off_actions_and_rewards_detached():
+    turn_ids = torch.tensor([[-1, 0, 0, -1, 1], [-1, -1, 0, -1, -1]])
+    w = dmpo_turn_weights(turn_ids, torch.tensor([2, 1]), 0.7)
+    pol = (-torch.rand(2, 5)).requires_grad_()
+    pol_inf = pol.detach().clone()
+    pol_inf[turn_ids < 0] = -float("inf")  # a non-finite log-prob off the actions must not leak into the loss
+    out = dmpo_loss(pol, -torch.rand(2, 5), w)
+    out.losses.sum().backward()
+    assert (pol.grad[turn_ids < 0] == 0).all()
+    assert (pol.grad[turn_ids >= 0] != 0).all()
+    assert not out.chosen_rewards.requires_grad and not out.rejected_rewards.requires_grad
+    assert torch.isfinite(weighted_score(pol_inf, w)).all()

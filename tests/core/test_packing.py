@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from datasets import Dataset
 
 from dmpo_trl import DMPOConfig, DMPOTrainer
-from dmpo_trl.core.attention import VARLEN_SDPA, packed_segments, varlen_sdpa_attention_forward
-from dmpo_trl.core.packing import build_packed_batch, check_packed_attention, pack_rows, segment_sum
+from dmpo_trl.core.attention import VARLEN_SDPA, check_packed_attention, packed_segments, varlen_sdpa_attention_forward
+from dmpo_trl.core.packing import build_packed_batch, pack_rows, segment_sum
 from dmpo_trl.testing import agent_pair, dataset_rows, tiny_model
 from tests.core.helpers import make_args
 

@@ -10,7 +10,6 @@ import torch
 from datasets import Dataset, IterableDataset
 
 from dmpo_trl import DMPOTrainer
-from dmpo_trl.core.forward import DMPOForwardMixin
 from dmpo_trl.core.ref_cache import ReferenceScoreStore, resolve_precompute, row_key
 from dmpo_trl.testing import dataset_rows, tiny_model
 from tests.core.helpers import make_args
@@ -27,13 +26,13 @@ def distinct_rows(n, seed=0):
 def computed(monkeypatch):
     """Number of pairs the reference actually scored, per precompute call."""
     calls = []
-    original = DMPOForwardMixin.compute_ref_log_probs
+    original = DMPOTrainer.compute_ref_log_probs
 
     def spy(self, model, inputs):
         calls.append(int(inputs["num_turns"].numel() // 2))
         return original(self, model, inputs)
 
-    monkeypatch.setattr(DMPOForwardMixin, "compute_ref_log_probs", spy)
+    monkeypatch.setattr(DMPOTrainer, "compute_ref_log_probs", spy)
     return calls
 
 
@@ -110,7 +109,7 @@ def test_store_round_trip(tmp_path):
 
 def test_default_precomputes_where_exact_and_logs_the_store(tmp_path, tok, computed, caplog):
     rows = distinct_rows(8, seed=3)
-    with caplog.at_level(logging.INFO, logger="dmpo_trl.core.forward"):
+    with caplog.at_level(logging.INFO, logger="dmpo_trl.core.trainer"):
         trainer = DMPOTrainer(
             model=tiny_model(tok),
             args=make_args(tmp_path, max_steps=-1, num_train_epochs=2),  # precompute_ref_log_probs=None

@@ -10,8 +10,9 @@ from datasets import Dataset
 
 from dmpo_trl import DMPOConfig, DMPOTrainer
 from dmpo_trl.core.collator import DataCollatorForDMPO
+from dmpo_trl.core.objective import dmpo_loss
 from dmpo_trl.core.rows.tokenization import tokenize_pair
-from dmpo_trl.core.weights import dmpo_loss, dmpo_turn_weights, turn_weight
+from dmpo_trl.core.weights import dmpo_turn_weights, turn_weight
 from dmpo_trl.testing import dataset_rows, tiny_model
 from tests.core.helpers import make_args
 

@@ -1,20 +1,12 @@
-"""The pure DMPO loss (torch only) against hand-computed values."""
+"""The DMPO turn weights (torch only) against hand-computed values."""
 
-import math
 import subprocess
 import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from dmpo_trl.core.weights import (
-    dmpo_loss,
-    dmpo_loss_from_scores,
-    dmpo_phi,
-    dmpo_turn_weights,
-    weighted_sequence_logps,
-)
+from dmpo_trl.core.weights import check_turn_weighting, dmpo_phi, dmpo_turn_weights
 
 
 def phi_by_hand(t, T, gamma):
@@ -69,63 +61,10 @@ def test_turn_weights_zero_outside_actions_and_per_turn_inside():
     assert (w[turn_ids < 0] == 0).all()
 
 
-def test_loss_hand_computed_two_pairs():
-    # pair 0: chosen T=2, rejected T=1; pair 1: chosen T=1, rejected T=3; gamma=0.7, beta=0.5
-    gamma, beta = 0.7, 0.5
-    turn_ids = torch.tensor([[-1, 0, 0, -1, 1], [-1, 0, -1, -1, -1], [-1, 0, -1, -1, -1], [-1, 0, -1, 1, 2]])
-    num_turns = torch.tensor([2, 1, 1, 3])
-    gen = torch.Generator().manual_seed(0)
-    pol = -torch.rand(4, 5, generator=gen) * 3
-    ref = -torch.rand(4, 5, generator=gen) * 3
-    w = dmpo_turn_weights(turn_ids, num_turns, gamma)
-    out = dmpo_loss(pol, ref, w, beta=beta)
-
-    def score(row):
-        T = int(num_turns[row])
-        s = 0.0
-        for t in range(T):
-            r_t = sum(float(pol[row, k] - ref[row, k]) for k in range(5) if turn_ids[row, k] == t)
-            s += phi_by_hand(t, T, gamma) * r_t
-        return s
-
-    for pair in range(2):
-        margin = score(pair) - score(pair + 2)
-        expected = -math.log(1 / (1 + math.exp(-beta * margin)))
-        assert out.losses[pair].item() == pytest.approx(expected, rel=1e-6)
-        assert out.chosen_rewards[pair].item() == pytest.approx(beta * score(pair), rel=1e-6)
-        assert out.rejected_rewards[pair].item() == pytest.approx(beta * score(pair + 2), rel=1e-6)
-
-
-def test_single_action_each_side_equals_dpo_on_action_tokens():
-    gen = torch.Generator().manual_seed(1)
-    mask = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 1, 0]])  # one action per side
-    pol, ref = -torch.rand(2, 5, generator=gen), -torch.rand(2, 5, generator=gen)
-    out = dmpo_loss(pol, ref, dmpo_turn_weights(torch.where(mask.bool(), 0, -1), torch.tensor([1, 1]), 0.7), beta=0.1)
-    dpo_logit = 0.1 * (((pol - ref) * mask)[0].sum() - ((pol - ref) * mask)[1].sum())
-    assert out.losses.item() == pytest.approx(-F.logsigmoid(dpo_logit).item(), rel=1e-6)
-
-
-def test_label_smoothing_is_conservative_dpo():
-    pc, pr, rc, rr = (torch.tensor([v]) for v in (-1.0, -3.0, -2.0, -2.5))
-    eps, beta = 0.2, 0.3
-    out = dmpo_loss_from_scores(pc, pr, rc, rr, beta=beta, label_smoothing=eps)
-    logit = beta * ((pc - rc) - (pr - rr))
-    expected = -(1 - eps) * F.logsigmoid(logit) - eps * F.logsigmoid(-logit)
-    assert out.losses.item() == pytest.approx(expected.item(), rel=1e-6)
-
-
-def test_gradient_is_exactly_zero_off_actions_and_rewards_detached():
-    turn_ids = torch.tensor([[-1, 0, 0, -1, 1], [-1, -1, 0, -1, -1]])
-    w = dmpo_turn_weights(turn_ids, torch.tensor([2, 1]), 0.7)
-    pol = (-torch.rand(2, 5)).requires_grad_()
-    pol_inf = pol.detach().clone()
-    pol_inf[turn_ids < 0] = -float("inf")  # a non-finite log-prob off the actions must not leak into the loss
-    out = dmpo_loss(pol, -torch.rand(2, 5), w)
-    out.losses.sum().backward()
-    assert (pol.grad[turn_ids < 0] == 0).all()
-    assert (pol.grad[turn_ids >= 0] != 0).all()
-    assert not out.chosen_rewards.requires_grad and not out.rejected_rewards.requires_grad
-    assert torch.isfinite(weighted_sequence_logps(pol_inf, w)).all()
+def test_turn_weighting_is_checked_in_one_place():
+    assert check_turn_weighting("uniform") == "uniform"
+    with pytest.raises(ValueError, match="turn_weighting.*'linear'"):
+        check_turn_weighting("linear")
 
 
 def test_loss_module_does_not_import_trl():

@@ -27,26 +27,7 @@ from dmpo_trl.core.rows.plain_text import check_plain_pair, is_plain_text_pair, 
 from dmpo_trl.core.rows.tokenization import NOT_ACTION, split_prompt, tokenize_pair, truncate_trajectory
 
 
-__all__ = ["COLLATOR_COLUMNS", "NO_ACTION_FITS", "TOKENIZED_COLUMNS", "check_pair", "prepare_pair"]
-
-#: The tokenized pair, as `prepare_pair` returns it: token ids of the shared prompt and of each side after it, the
-#: per-token action index of each side (``-1``: not an action), ``T`` of each side, and the actions each side keeps
-#: after truncation at ``max_length``.
-TOKENIZED_COLUMNS = (
-    "prompt_ids",
-    "chosen_ids",
-    "rejected_ids",
-    "chosen_turn_ids",
-    "rejected_turn_ids",
-    "chosen_num_turns",
-    "rejected_num_turns",
-    "chosen_kept_turns",
-    "rejected_kept_turns",
-)
-#: DMPO-weighted reference scores, added by `precompute_ref_log_probs`.
-REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
-#: What `DataCollatorForDMPO` reads (the kept-turn counts it recomputes from the truncation).
-COLLATOR_COLUMNS = TOKENIZED_COLUMNS[:7] + REFERENCE_COLUMNS
+__all__ = ["NO_ACTION_FITS", "check_pair", "prepare_pair"]
 
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
 #: The start of the reason of a row whose prompt leaves no room for an action (`prepare_pair`).

@@ -24,7 +24,8 @@ from datasets import Dataset, IterableDataset
 from trl.trainer.utils import global_then_local_main_first
 
 from ..errors import DMPODataError
-from .checks import NO_ACTION_FITS, TOKENIZED_COLUMNS, prepare_pair
+from .checks import NO_ACTION_FITS, prepare_pair
+from .columns import TOKENIZED_COLUMNS
 from .normalize import struct_columns
 
 

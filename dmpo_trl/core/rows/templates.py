@@ -18,7 +18,7 @@ when the block opens before the end of the generation prompt (``qwen2_5_training
 Cost of the marker path: linear in the number of actions. The conversation is rendered once as text and once by the
 tokenizer's ``apply_chat_template`` (the mask and the offsets of its one BPE pass). The generation prompt of the first
 action comes from its two prefix renders; every later one from a window that starts at the previous action (the
-approach of `dmpo_trl.core.rows.action_spans`): ``prompt + messages[w:j]``, rendered without the generation prompt, must
+approach of `dmpo_trl.core.rows.tokenization.locate_actions`): ``prompt + messages[w:j]``, rendered without the generation prompt, must
 continue verbatim the whole rendering from where message ``w`` starts. That gives the prefix renders' result whenever
 the template renders a turn from the prompt and the turns since the previous action alone (every marker template of
 TRL's table: `tests/core/rows/test_marker_locator.py` compares with the method before); where a window does not match
@@ -42,6 +42,7 @@ from ..errors import DMPODataError, TemplateRejected
 __all__ = [
     "EMPTY_ACTION",
     "TEMPLATE_REMEDY",
+    "action_end",
     "check_action_content",
     "has_generation_markers",
     "marker_action_spans",
@@ -89,6 +90,39 @@ def template_action_end(
         input_ids.append(ids[0])
         return k1
     return None
+
+
+def action_end(
+    tokenizer,
+    input_ids: list[int],
+    k0: int,
+    k1: int,
+    special: frozenset[int],
+    render_continued,
+    no_special: str,
+    t: int,
+    row: int | None,
+    side: str | None,
+) -> int:
+    """Index of the token that ends action ``t`` (tokens ``[k0, k1)`` of its span): the one rule of both template paths.
+
+    The last special token of the span (the end-of-turn token); in a span without one, the template's own end
+    (`template_action_end`, which may append a token to ``input_ids``). Raises `DMPODataError` when there is none
+    (``no_special`` says what the template renders instead) or when it leaves the action empty (`EMPTY_ACTION`).
+    """
+    eot = next((k for k in range(k1 - 1, k0 - 1, -1) if input_ids[k] in special), None)
+    if eot is None:  # a template that closes the turn with the next message's role token (GLM-4.5)
+        eot = template_action_end(tokenizer, input_ids, k1, special, render_continued)
+    if eot is None:
+        raise DMPODataError(
+            f"action {t} has no end-of-turn token: {no_special} and none follows it, so the model could not learn to "
+            f"stop; {TEMPLATE_REMEDY}",
+            row,
+            side,
+        )
+    if eot <= k0:
+        raise DMPODataError(EMPTY_ACTION.format(t=t), row, side)
+    return eot
 
 
 def marker_action_spans(
@@ -177,20 +211,18 @@ def marker_action_spans(
                 side,
             )
         k0 = first
-        eot = next((k for k in range(k1 - 1, k0 - 1, -1) if input_ids[k] in special), None)
-        if eot is None:
-            eot = template_action_end(
-                tokenizer, input_ids, k1, special, lambda j=j: _continued(render, messages[: j + 1], full_text)
-            )
-        if eot is None:
-            raise DMPODataError(
-                f"action {t} has no end-of-turn token: the chat template's generation block for it holds no special "
-                f"token and none follows it, so the model could not learn to stop; {TEMPLATE_REMEDY}",
-                row,
-                side,
-            )
-        if eot <= k0:
-            raise DMPODataError(EMPTY_ACTION.format(t=t), row, side)
+        eot = action_end(
+            tokenizer,
+            input_ids,
+            k0,
+            k1,
+            special,
+            lambda j=j: _continued(render, messages[: j + 1], full_text),
+            "the chat template's generation block for it holds no special token",
+            t,
+            row,
+            side,
+        )
         end_char = offsets[eot][1] if eot < len(offsets) else len(full_text)
         check_action_content(full_text[offsets[k0][0] : end_char], messages[j], t, row, side)
         spans.append((k0, eot + 1))

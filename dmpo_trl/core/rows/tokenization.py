@@ -1,7 +1,7 @@
 """Conversation -> token ids + per-token turn index, built together and token-exact.
 
-Chat templates with ``{% generation %}`` markers take the tokenizer's own assistant mask (`dmpo_trl.core.rows.templates`); the
-others the prefix rendering below, which works with any chat template with the *prefix property* (the rendering of a
+Chat templates with ``{% generation %}`` markers take the tokenizer's own assistant mask
+(`dmpo_trl.core.rows.templates`); the others the prefix rendering below, which works with any chat template with the *prefix property* (the rendering of a
 conversation prefix is a prefix of the rendering of the whole conversation):
 
 1. Render the whole conversation once and tokenize it once, with character offsets (fast tokenizers).
@@ -12,15 +12,29 @@ conversation prefix is a prefix of the rendering of the whole conversation):
    including the last special token of the span (the end-of-turn token, e.g. ``<|im_end|>``, ``<|eot_id|>``,
    ``</s>``, ``<end_of_turn>``). What follows it (e.g. the ``\\n`` ChatML puts after ``<|im_end|>``) is template
    markup the model never generates, so it is not an action. A template that closes the turn without a special
-   token (GLM-4.5) ends the action with the special token it renders next (`dmpo_trl.core.rows.templates.template_action_end`).
+   token (GLM-4.5) ends the action with the special token it renders next (`dmpo_trl.core.rows.templates.action_end`,
+   the one rule of both paths).
 
 Every token of action ``t`` gets turn id ``t``; everything else (prompt, observations, role headers, markup) gets
 ``-1``. Any template or row where this cannot be done exactly raises `DMPODataError` naming the row and the reason;
 a row never comes out silently all-masked.
 
 Cost: linear in the trajectory. Step 2 is done for the first action only; every later action is located from a
-window that starts at the previous one and is verified against the whole rendering (`dmpo_trl.core.rows.action_spans`), with
-step 2 as the exact fallback. One tokenization per trajectory remains (linear, and then the dominant cost).
+window that starts at the previous one and is verified against the whole rendering (the action locator below),
+with step 2 as the exact fallback. One tokenization per trajectory remains (linear, and then the dominant cost).
+
+The action locator finds where each action of a rendered conversation lies, in characters. Step 2 for the assistant
+message ``j`` (`prefix_span`), done for every action, renders ``2T`` growing prefixes (quadratic in ``T``: 94% of the
+tokenization time at 200 turns).
+
+`locate_actions` renders them only for the first action and locates every later action in a window: with ``w`` the
+previous action, it renders ``prompt + messages[w:j]`` (with the generation prompt) and
+``prompt + messages[w:j + 1]``, and requires the latter to be the prompt with its generation prompt, then action
+``w`` exactly as it appears in the whole rendering, then verbatim the characters that follow action ``w`` there.
+The boundaries found this way are step 2's whenever the template renders a turn from the prompt and the turns since
+the previous action alone (every template of the test table); where the window does not match (a template that
+numbers turns, rewrites history, ...) that action falls back to the prefix renders, so the result is always step
+2's or its error.
 """
 
 from __future__ import annotations
@@ -32,20 +46,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DMPODataError
-from .action_spans import TemplateRejected as _TemplateRejected
-from .action_spans import locate_actions
+from ..errors import TemplateRejected as _TemplateRejected
 from .templates import (
-    EMPTY_ACTION,
     TEMPLATE_REMEDY,
+    action_end,
     check_action_content,
     has_generation_markers,
     marker_action_spans,
-    template_action_end,
 )
 
 
 __all__ = [
     "TokenizedConversation",
+    "locate_actions",
     "split_prompt",
     "tokenize_conversation",
     "tokenize_pair",
@@ -193,26 +206,20 @@ def tokenize_conversation(
     for t, (char_start, char_end) in enumerate(char_spans):
         k0 = _token_boundary(offsets, char_start, f"start of action {t}", row, side)
         k1 = _token_boundary(offsets, char_end, f"end of action {t}", row, side)
-        eot = next((k for k in range(k1 - 1, k0 - 1, -1) if input_ids[k] in special), None)
-        if eot is None:  # a template that closes the turn with the next message's role token (GLM-4.5)
-            j = action_positions[t]
-            eot = template_action_end(
-                tokenizer,
-                input_ids,
-                k1,
-                special,
-                lambda j=j: _render_after(tokenizer, messages[: j + 1], full_text, tools, chat_template_kwargs),
-            )
-            turn_ids.extend([NOT_ACTION] * (len(input_ids) - len(turn_ids)))
-        if eot is None:
-            raise DMPODataError(
-                f"action {t} has no end-of-turn token: the chat template closes the assistant message without a "
-                f"special token and none follows it, so the model could not learn to stop; {TEMPLATE_REMEDY}",
-                row=row,
-                side=side,
-            )
-        if eot <= k0:
-            raise DMPODataError(EMPTY_ACTION.format(t=t), row=row, side=side)
+        j = action_positions[t]
+        eot = action_end(
+            tokenizer,
+            input_ids,
+            k0,
+            k1,
+            special,
+            lambda j=j: _render_after(tokenizer, messages[: j + 1], full_text, tools, chat_template_kwargs),
+            "the chat template closes the assistant message without a special token",
+            t,
+            row,
+            side,
+        )
+        turn_ids.extend([NOT_ACTION] * (len(input_ids) - len(turn_ids)))  # the template's end may add a token
         check_action_content(full_text[char_start:char_end], messages[action_positions[t]], t, row, side)
         turn_ids[k0 : eot + 1] = [t] * (eot + 1 - k0)
 
@@ -320,3 +327,75 @@ def truncate_trajectory(
         return ids[:0], turn_ids[:0], 0
     cut = last_token[kept_turns - 1] + 1
     return ids[:cut], turn_ids[:cut], kept_turns
+
+
+# ------------------------------------------------------------------ the action locator
+def prefix_span(render, messages, j: int, full_text: str, row, side) -> tuple[int, int]:
+    """Step 2 of `dmpo_trl.core.rows.tokenization` for the assistant message ``j``: render both prefixes, check, return the span."""
+    start_text, end_text = render(messages[:j], True), render(messages[: j + 1])
+    for text, what in ((start_text, "with the generation prompt"), (end_text, "")):
+        if not full_text.startswith(text):
+            cut = next(
+                (i for i, (a, b) in enumerate(zip(text, full_text, strict=False)) if a != b),
+                min(len(text), len(full_text)),
+            )
+            raise DMPODataError(
+                f"the chat template breaks the prefix property: messages[:{j if what else j + 1}] rendered "
+                f"{what + ' ' if what else ''}is not a prefix of the whole conversation (they differ at character "
+                f"{cut}: {text[cut : cut + 30]!r} vs {full_text[cut : cut + 30]!r}). DMPO needs every turn rendered "
+                f"the same way in every prefix (templates that rewrite history, e.g. dropping past reasoning, do "
+                f"not); {TEMPLATE_REMEDY}",
+                row=row,
+                side=side,
+            )
+    if len(end_text) <= len(start_text):
+        raise DMPODataError(
+            f"the chat template renders assistant message {j} as nothing after its generation prompt",
+            row=row,
+            side=side,
+        )
+    return len(start_text), len(end_text)
+
+
+def window_span(render, messages, prompt_head: str, prompt_len: int, w: int, j: int, span_w, full_text: str):
+    """The span of assistant message ``j`` found from a window that starts at the previous action ``w``, or None when
+    the window's rendering does not match ``full_text`` where it should.
+
+    ``span_w`` is action ``w``'s span in ``full_text`` and ``prompt_head`` the prompt rendered with the generation
+    prompt: the window ``prompt + messages[w:j + 1]`` must render as ``prompt_head + full_text[span_w]`` followed by
+    exactly the characters of ``full_text`` after ``span_w``'s end.
+    """
+    prompt = messages[:prompt_len]
+    try:
+        start_text = render(prompt + messages[w:j], True)
+        end_text = render(prompt + messages[w : j + 1])
+    except _TemplateRejected:  # e.g. a template that needs more context than the window holds
+        return None
+    start_w, end_w = span_w
+    anchor = len(prompt_head) + end_w - start_w
+    if not (
+        end_text.startswith(start_text)
+        and len(start_text) >= anchor
+        and len(end_text) > len(start_text)
+        and end_text.startswith(prompt_head)
+        and end_text.startswith(full_text[start_w:end_w], len(prompt_head))
+        and full_text.startswith(end_text[anchor:], end_w)
+    ):
+        return None
+    return end_w + len(start_text) - anchor, end_w + len(end_text) - anchor
+
+
+def locate_actions(render, messages, prompt_len, action_positions, full_text, row, side) -> list[tuple[int, int]]:
+    """Character spans ``(start, end)`` of every assistant message in ``full_text`` (see the module docstring)."""
+    spans = [prefix_span(render, messages, action_positions[0], full_text, row, side)]
+    if len(action_positions) > 1:
+        try:
+            prompt_head = render(messages[:prompt_len], True)
+        except _TemplateRejected:
+            prompt_head = None
+        for w, j in zip(action_positions[:-1], action_positions[1:], strict=True):
+            span = None
+            if prompt_head is not None:
+                span = window_span(render, messages, prompt_head, prompt_len, w, j, spans[-1], full_text)
+            spans.append(span or prefix_span(render, messages, j, full_text, row, side))
+    return spans

@@ -6,7 +6,6 @@ import random
 
 import pytest
 
-import dmpo_trl.core.rows.action_spans as action_spans
 import dmpo_trl.core.rows.tokenization as tokenization
 from dmpo_trl.core.errors import DMPODataError
 from dmpo_trl.core.rows.templates import has_generation_markers
@@ -41,19 +40,19 @@ def conversation(rng, n_actions, tool=False):
 
 def by_prefix_renders(monkeypatch, tok, prompt, completion, **kw):
     with monkeypatch.context() as m:
-        m.setattr(action_spans, "window_span", lambda *a, **k: None)
+        m.setattr(tokenization, "window_span", lambda *a, **k: None)
         return tokenize_conversation(tok, prompt, completion, **kw)
 
 
 def count_prefix_spans(monkeypatch):
     calls = []
-    original = action_spans.prefix_span
+    original = tokenization.prefix_span
 
     def spy(*a, **k):
         calls.append(a[2])
         return original(*a, **k)
 
-    monkeypatch.setattr(action_spans, "prefix_span", spy)
+    monkeypatch.setattr(tokenization, "prefix_span", spy)
     return calls
 
 
