@@ -62,7 +62,9 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
 
     `env` (an `AgentEnv`, e.g. a `ToolEnvAdapter` or your own environment) replaces ``cfg.env`` / ``cfg.task``;
     the pipeline closes it at the end."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see dmpo_trl/demo/main_job.py
+    # Idle OpenMP threads sleep instead of spinning (a shared or small CPU: spinning makes every parallel op wait for
+    # descheduled peers); read at torch's first parallel region, so it takes effect only if nothing ran yet.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     t_start = time.perf_counter()
     out = Path(cfg.output_dir)
     stages = StageRunner(out, verbose=True)
