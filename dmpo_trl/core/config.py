@@ -1,4 +1,4 @@
-"""`DMPOConfig`: `trl.DPOConfig` plus the DMPO discount factor."""
+"""`DMPOConfig`: `trl.DPOConfig` plus DMPO's options (discount factor, turn weighting, ...), checked at construction."""
 
 from __future__ import annotations
 

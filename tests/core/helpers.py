@@ -1,6 +1,8 @@
 """Helpers shared by the core tests."""
 
 from dmpo_trl import DMPOConfig
+from dmpo_trl.core.attention import is_varlen_capable, varlen_kwargs
+from dmpo_trl.core.collator import DMPOBatch
 
 
 def make_args(tmp_path, **kw) -> DMPOConfig:
@@ -22,3 +24,12 @@ def make_args(tmp_path, **kw) -> DMPOConfig:
     )
     base.update(kw)
     return DMPOConfig(**base)
+
+
+def action_log_probs(model, batch):
+    """Per-token log-probs of a collated batch's action tokens (0 elsewhere, aligned with ``input_ids[:, 1:]``), by the
+    public call DMPOTrainer's passes make: ``model(..., labels=..., fused_lm_head=True)`` on a model the trainer set up."""
+    view = DMPOBatch(batch)
+    extra = varlen_kwargs if view.packed and is_varlen_capable(model) else None
+    out = model(**view.model_inputs(extra), labels=view.labels(), use_cache=False, fused_lm_head=True)
+    return out.log_probs[:, -(batch["input_ids"].size(1) - 1) :]

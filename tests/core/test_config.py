@@ -25,10 +25,9 @@ def test_beta_below_zero_would_train_backwards_and_is_refused():
     assert s_w.grad.item() > 0  # gradient descent lowers S_w: the model learns to prefer the rejected side
     with pytest.raises(ValueError) as err:
         config(beta=-0.5)
-    assert str(err.value) == (
-        "`beta` must be > 0, got -0.5: a negative beta trains the model away from the chosen trajectories while "
-        "every logged reward metric still looks right."
-    )
+    message = str(err.value)
+    assert message.startswith("`beta` must be > 0, got -0.5")
+    assert "away from the chosen trajectories" in message and "metric" in message
 
 
 def test_beta_zero_trains_nothing_and_is_refused():

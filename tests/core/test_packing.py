@@ -12,7 +12,7 @@ from dmpo_trl import DMPOConfig, DMPOTrainer
 from dmpo_trl.core.attention import VARLEN_SDPA, check_packed_attention, packed_segments, varlen_sdpa_attention_forward
 from dmpo_trl.core.packing import build_packed_batch, pack_rows, segment_sum
 from dmpo_trl.testing import agent_pair, dataset_rows, tiny_model
-from tests.core.helpers import make_args
+from tests.core.helpers import action_log_probs, make_args
 
 
 # attention path -> (attn_implementation the model is built with, packed layout)
@@ -50,8 +50,8 @@ def batch_of(trainer, n):
 
 def loss_scores_grads(trainer, batch):
     trainer.model.zero_grad()
-    per_token, _ = trainer._per_token_logps(trainer.model, batch)
-    chosen, rejected = trainer._sequence_scores(per_token, batch)
+    with torch.no_grad():
+        chosen, rejected = trainer.compute_ref_log_probs(trainer.model, batch)  # the DMPO scores of the policy
     loss = trainer.compute_loss(trainer.model, batch)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
@@ -190,8 +190,8 @@ def test_perturbing_one_sequence_leaves_the_others_unchanged(tmp_path, tok, path
     ids[where] = (ids[where] * 7 + 3) % 400  # other tokens, same length
     perturbed["input_ids"] = ids
     with torch.no_grad():
-        lp_a, _ = trainer._per_token_logps(trainer.model, batch)
-        lp_b, _ = trainer._per_token_logps(trainer.model, perturbed)
+        lp_a = action_log_probs(trainer.model, batch)
+        lp_b = action_log_probs(trainer.model, perturbed)
     others = (seq[:, 1:] >= 0) & (seq[:, 1:] != target)
     target_tokens = (seq[:, 1:] == target) & (batch["completion_mask"][:, 1:] == 1)
     assert (seq[row] >= 0).logical_and(seq[row] != target).any()  # other sequences after the target, same row
@@ -210,7 +210,7 @@ def test_first_token_after_a_boundary_is_never_scored(tmp_path, tok):
     bad["completion_mask"] = batch["completion_mask"].clone()
     bad["completion_mask"][batch["position_ids"] == 0] = 1
     with torch.no_grad():
-        lp, _ = trainer._per_token_logps(trainer.model, bad)
+        lp = action_log_probs(trainer.model, bad)
     assert (lp[starts] == 0).all()
     assert (lp[bad["completion_mask"][:, 1:].bool() & ~starts] != 0).all()
 

@@ -12,7 +12,7 @@ from dmpo_trl import DMPOConfig, DMPOTrainer
 from dmpo_trl.core.rows.tokenization import tokenize_pair
 from dmpo_trl.data.io import write_records
 from dmpo_trl.testing import agent_pair, dataset_rows, make_tokenizer, tiny_model
-from tests.core.helpers import make_args
+from tests.core.helpers import action_log_probs, make_args
 
 
 def batch_of(trainer, n, split=None):
@@ -299,7 +299,8 @@ def test_sft_term_adds_chosen_action_nll(tmp_path, tok):
     plain = DMPOTrainer(args=make_args(tmp_path), **kw)
     mixed = DMPOTrainer(args=make_args(tmp_path, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5]), **kw)
     batch = batch_of(plain, 4)
-    per_token, _ = plain._per_token_logps(plain.model, batch)
+    with torch.no_grad():
+        per_token = action_log_probs(plain.model, batch)
     mask = batch["completion_mask"][:4, 1:].float()
     nll = -(per_token[:4] * mask).sum() / mask.sum()  # token mean over the batch's chosen actions, as DPOTrainer's
     expected = plain.compute_loss(plain.model, batch) + 0.5 * nll

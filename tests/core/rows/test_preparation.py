@@ -48,10 +48,14 @@ def test_all_rows_skipped_is_an_error_that_says_so(tmp_path, tok):
             train_dataset=Dataset.from_list(rows),
             processing_class=tok,
         )
-    assert str(err.value) == (
-        "all 3 rows of the train dataset were skipped (skip_invalid_pairs=True), nothing is left to train on: "
-        "3x rejected: no assistant action in rejected (roles: 'user') (rows 0, 1, 2)"
-    )
+    message = str(err.value)
+    for part in (
+        "all 3 rows of the train dataset were skipped",
+        "skip_invalid_pairs=True",
+        "nothing is left to train",
+    ):
+        assert part in message
+    assert "3x rejected: no assistant action in rejected" in message and "(rows 0, 1, 2)" in message
 
 
 def test_streamed_dataset_counts_and_logs_what_it_skips(tmp_path, tok, caplog):
@@ -117,10 +121,9 @@ def test_truncation_that_leaves_identical_actions_is_flagged(tmp_path, tok):
     with pytest.raises(DMPODataError) as err:
         prepare_pair(tok, row, 5, max_length=cut)
     assert (err.value.row, err.value.side) == (5, None)
-    assert err.value.reason == (
-        f"no preference left after truncation at max_length={cut}: chosen and rejected keep the same 1 action(s), "
-        "token for token (of 3 and 3), so the pair carries no signal; raise max_length or drop the pair"
-    )
+    reason = err.value.reason
+    assert reason.startswith(f"no preference left after truncation at max_length={cut}")
+    assert "the same 1 action(s)" in reason and "(of 3 and 3)" in reason and "raise max_length" in reason
     identical = agent_pair(2, 2)
     identical["rejected"] = copy.deepcopy(identical["chosen"])
     with pytest.raises(DMPODataError, match=r"^row 0: chosen and rejected are identical, token for token"):
