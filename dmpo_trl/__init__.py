@@ -1,7 +1,9 @@
 """dmpo_trl: DMPO (Direct Multi-Turn Preference Optimization) for language agents on top of TRL.
 
-`DMPOConfig` and `DMPOTrainer` are imported lazily so that the pure loss (`dmpo_trl.core.weights`) and the tokenization
-(`dmpo_trl.core.rows.tokenization`) can be used without importing TRL.
+The TRL extension is `dmpo_trl.core`; the tools around it are `data`, `envs`, `pipeline`, `demo` and `cli`, with
+`models` (the model loader they share). `DMPOConfig`, `DMPOTrainer`, `DataCollatorForDMPO` and `DMPODataError` are
+imported lazily, so that the weights and the objective (`dmpo_trl.core.weights`, `dmpo_trl.core.objective`) and the
+tokenization (`dmpo_trl.core.rows.tokenization`) can be used without importing TRL.
 """
 
 from typing import TYPE_CHECKING

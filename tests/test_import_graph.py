@@ -61,11 +61,10 @@ def _graph() -> dict[str, set[str]]:
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph = {}
     for name, path in modules.items():
-        targets = set()
-        for target in _imports(path, name, set(modules)):
-            if target in modules and target != name:
-                targets.add(target)
-        graph[name] = targets
+        targets = _imports(path, name, set(modules))
+        missing = sorted(t for t in targets if t not in modules)
+        assert not missing, f"{name} imports modules that do not exist: {missing}"
+        graph[name] = targets - {name}
     return graph
 
 

@@ -125,6 +125,31 @@ F_DIVERGENCE_LOSS_TYPES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair"
 F_DIVERGENCE_TYPES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 
 
+def weighted_score(
+    per_token_logps: torch.Tensor,
+    weights: torch.Tensor,
+    sequence_sums: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The DMPO score ``S = sum_k w_k log p_k`` of each sequence: the one implementation every caller uses.
+
+    Args:
+        per_token_logps (`torch.Tensor`): per-token log-probs (policy or reference).
+        weights (`torch.Tensor` of the same shape): per-token weights (`dmpo_trl.core.weights.dmpo_turn_weights`,
+            times LD-DPO's factors where used); cast to the log-probs' dtype.
+        sequence_sums (`Callable`, *optional*): sums a per-token tensor per sequence (`DMPOBatch.sequence_sums`, for
+            packed rows); default: the sum over the last dimension (one sequence per row).
+
+    Returns:
+        `torch.Tensor`: one score per sequence. Tokens of weight 0 contribute exactly 0, even where their log-prob is
+        not finite.
+    """
+    if per_token_logps.shape != weights.shape:
+        raise ValueError(f"shape mismatch: logps {tuple(per_token_logps.shape)} vs weights {tuple(weights.shape)}")
+    weights = weights.to(per_token_logps.dtype)
+    contributions = torch.where(weights != 0, per_token_logps * weights, torch.zeros_like(per_token_logps))
+    return contributions.sum(dim=-1) if sequence_sums is None else sequence_sums(contributions)
+
+
 def _f_prime_of_log(log_ratio: torch.Tensor, f_divergence_type: str, alpha: float) -> torch.Tensor:
     """``f'(u)`` at ``u = exp(log_ratio)``, exactly as DPOTrainer 1.16 evaluates it on a sequence log-ratio."""
     if f_divergence_type == "reverse_kl":
@@ -403,31 +428,6 @@ def _scaled_weights(batch: DMPOBatch, ld_alpha: float | None, dtype: torch.dtype
     weights = batch.weights.to(dtype)
     factors = token_factors(batch, ld_alpha)
     return weights if factors is None else weights * factors.to(dtype)
-
-
-def weighted_score(
-    per_token_logps: torch.Tensor,
-    weights: torch.Tensor,
-    sequence_sums: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """The DMPO score ``S = sum_k w_k log p_k`` of each sequence: the one implementation every caller uses.
-
-    Args:
-        per_token_logps (`torch.Tensor`): per-token log-probs (policy or reference).
-        weights (`torch.Tensor` of the same shape): per-token weights (`dmpo_trl.core.weights.dmpo_turn_weights`,
-            times LD-DPO's factors where used); cast to the log-probs' dtype.
-        sequence_sums (`Callable`, *optional*): sums a per-token tensor per sequence (`DMPOBatch.sequence_sums`, for
-            packed rows); default: the sum over the last dimension (one sequence per row).
-
-    Returns:
-        `torch.Tensor`: one score per sequence. Tokens of weight 0 contribute exactly 0, even where their log-prob is
-        not finite.
-    """
-    if per_token_logps.shape != weights.shape:
-        raise ValueError(f"shape mismatch: logps {tuple(per_token_logps.shape)} vs weights {tuple(weights.shape)}")
-    weights = weights.to(per_token_logps.dtype)
-    contributions = torch.where(weights != 0, per_token_logps * weights, torch.zeros_like(per_token_logps))
-    return contributions.sum(dim=-1) if sequence_sums is None else sequence_sums(contributions)
 
 
 def sequence_scores(

@@ -27,7 +27,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..plain_text import common_prefix_length
+from dmpo_trl.core.rows.plain_text import common_prefix_length
+
 from .base import AgentEnv, EnvStep
 from .evaluate import EpisodeResult, EvalResult
 from .trajectory import Trajectory

@@ -68,5 +68,5 @@ def test_turn_weighting_is_checked_in_one_place():
 
 
 def test_loss_module_does_not_import_trl():
-    code = "import sys, dmpo_trl.core.weights, dmpo_trl.core.rows.tokenization; assert 'trl' not in sys.modules, 'trl imported'"
+    code = "import sys, dmpo_trl.core.weights, dmpo_trl.core.objective, dmpo_trl.core.rows.tokenization; assert 'trl' not in sys.modules, 'trl imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
