@@ -5,11 +5,10 @@ import logging
 
 import pytest
 import torch
-import torch.nn.functional as F
 from datasets import Dataset
 
 from dmpo_trl import DMPOConfig, DMPOTrainer
-from dmpo_trl.core.attention import VARLEN_SDPA, check_packed_attention, packed_segments, varlen_sdpa_attention_forward
+from dmpo_trl.core.attention import VARLEN_SDPA
 from dmpo_trl.core.packing import build_packed_batch, pack_rows, segment_sum
 from dmpo_trl.testing import agent_pair, dataset_rows, tiny_model
 from tests.core.helpers import action_log_probs, make_args
@@ -215,20 +214,6 @@ def test_first_token_after_a_boundary_is_never_scored(tmp_path, tok):
     assert (lp[bad["completion_mask"][:, 1:].bool() & ~starts] != 0).all()
 
 
-def test_model_that_ignores_position_ids_is_refused(tmp_path, tok):
-    """A model path that lets packed sequences see each other must be refused, not trained on."""
-    model = tiny_model(tok, attn_implementation="sdpa")
-    original = model.forward
-
-    def leaky_forward(*args, position_ids=None, **kwargs):  # drops the positions: one causal sequence per row
-        return original(*args, **kwargs)
-
-    model.forward = leaky_forward
-    with pytest.raises(ValueError, match="attends to the sequence before it"):
-        check_packed_attention(model, torch.arange(5, 17))
-    check_packed_attention(tiny_model(tok, attn_implementation="eager"), torch.arange(5, 17))  # honest model passes
-
-
 def test_trainer_refuses_leaky_model_on_first_batch(tmp_path, tok):
     trainer = make_trainer(tmp_path, tok, dataset_rows(4), padding_free=True, path="sdpa_dense_bins")
     base = trainer.model
@@ -236,34 +221,6 @@ def test_trainer_refuses_leaky_model_on_first_batch(tmp_path, tok):
     base.forward = lambda *a, position_ids=None, **k: original(*a, **k)
     with pytest.raises(ValueError, match="padding_free=True"):
         trainer.compute_loss(trainer.model, batch_of(trainer, 4))
-
-
-def test_varlen_attention_equals_dense_block_diagonal_sdpa():
-    torch.manual_seed(0)
-
-    class Module(torch.nn.Module):
-        num_key_value_groups = 2
-        is_causal = True
-
-    sizes = [[5, 1, 7, 3], [9, 7]]  # two rows of 16: a one-token sequence, a row with two sequences
-    pos = torch.tensor([sum([list(range(n)) for n in row], []) for row in sizes])
-    q = torch.randn(2, 4, 16, 8, dtype=torch.float64, requires_grad=True)
-    k = torch.randn(2, 2, 16, 8, dtype=torch.float64, requires_grad=True)
-    v = torch.randn(2, 2, 16, 8, dtype=torch.float64, requires_grad=True)
-    seg = torch.tensor([sum([[i] * n for i, n in enumerate(row)], []) for row in sizes])
-    mask = (seg[:, None, :, None] == seg[:, None, None, :]) & torch.ones(16, 16, dtype=torch.bool).tril()
-    dense = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=mask)
-    dense = dense.transpose(1, 2)
-    for kwargs in (
-        {"position_ids": pos},
-        {"cu_seq_lens_q": packed_segments(pos), "cu_seq_lens_k": packed_segments(pos)},
-    ):
-        out, _ = varlen_sdpa_attention_forward(Module(), q, k, v, None, **kwargs)
-        assert torch.allclose(out, dense, atol=1e-12)
-        g_dense = torch.autograd.grad(dense.sum(), (q, k, v), retain_graph=True)
-        g_out = torch.autograd.grad(out.sum(), (q, k, v))
-        for a, b in zip(g_dense, g_out, strict=True):
-            assert torch.allclose(a, b, atol=1e-12)
 
 
 def test_segment_sum_ignores_padding_and_is_differentiable():
@@ -346,26 +303,6 @@ def test_precomputed_reference_and_sft_term_with_padding_free(tmp_path, tok):
 
 def test_config_accepts_padding_free(tmp_path):
     assert DMPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, padding_free=True).padding_free
-
-
-def test_varlen_switch_is_sdpa_outside_packed_batches(tok):
-    from dmpo_trl.core.attention import use_varlen_sdpa
-
-    sdpa = tiny_model(tok, seed=3, attn_implementation="sdpa")
-    varlen = copy.deepcopy(sdpa)
-    assert use_varlen_sdpa(varlen) and varlen.config._attn_implementation == VARLEN_SDPA
-    ids = torch.randint(5, 400, (2, 12))
-    mask = torch.ones_like(ids)
-    mask[1, 9:] = 0  # right padding
-    with torch.no_grad():
-        assert torch.equal(
-            sdpa(input_ids=ids, attention_mask=mask).logits, varlen(input_ids=ids, attention_mask=mask).logits
-        )
-        assert torch.equal(sdpa(input_ids=ids).logits, varlen(input_ids=ids).logits)
-    prompt = ids[:1, :5]
-    out_a = sdpa.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
-    out_b = varlen.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
-    assert torch.equal(out_a, out_b)
 
 
 def test_sliding_window_model_keeps_transformers_mask_and_stays_exact(tmp_path, tok):
