@@ -90,7 +90,6 @@ def test_varlen_attention_equals_dense_block_diagonal_sdpa():
 
 
 def test_varlen_switch_is_sdpa_outside_packed_batches(tok):
-    from dmpo_trl.core.attention import use_varlen_sdpa
 
     sdpa = tiny_model(tok, seed=3, attn_implementation="sdpa")
     varlen = copy.deepcopy(sdpa)
