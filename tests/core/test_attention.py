@@ -90,7 +90,6 @@ def test_varlen_attention_equals_dense_block_diagonal_sdpa():
 
 
 def test_varlen_switch_is_sdpa_outside_packed_batches(tok):
-
     sdpa = tiny_model(tok, seed=3, attn_implementation="sdpa")
     varlen = copy.deepcopy(sdpa)
     assert use_varlen_sdpa(varlen) and varlen.config._attn_implementation == VARLEN_SDPA
