@@ -42,7 +42,8 @@ TURN_WEIGHTINGS = ("dmpo", "uniform")
 def check_turn_weighting(turn_weighting: str) -> str:
     """Return `turn_weighting` if it is one of `TURN_WEIGHTINGS`, else raise `ValueError` (the one check of it)."""
     if turn_weighting not in TURN_WEIGHTINGS:
-        raise ValueError(f"`turn_weighting` must be 'dmpo' or 'uniform', got {turn_weighting!r}.")
+        names = [repr(name) for name in TURN_WEIGHTINGS]
+        raise ValueError(f"`turn_weighting` must be {', '.join(names[:-1])} or {names[-1]}, got {turn_weighting!r}.")
     return turn_weighting
 
 
