@@ -13,7 +13,9 @@ Where no public hook exists, the access to private state sits in one function be
 - `precompute_cache_key`: DPOTrainer 1.16 keys its precompute cache file on ``_precompute_model_hash``;
 - `add_train_tokens`: the ``num_tokens`` metric is DPOTrainer's ``_total_train_tokens`` over ``_tp_size``;
 - `logs_this_step`: transformers' `DefaultFlowCallback` logging schedule, to compute the LM head's metrics only on
-  the steps that log them.
+  the steps that log them;
+- `step_metrics`: DPOTrainer's ``_metrics[mode]`` lists, which its ``log`` averages and clears;
+- `is_vision_dataset`: DPOTrainer's ``_is_vision_dataset`` (DMPO trains on text conversations only).
 """
 
 from __future__ import annotations
@@ -30,9 +32,13 @@ __all__ = [
     "add_train_tokens",
     "check_trl_version",
     "dpo_init_args",
+    "is_vision_dataset",
     "logs_this_step",
     "precompute_cache_key",
+    "precompute_model_hash",
+    "step_metrics",
     "supported_trl_range",
+    "train_tokens",
 ]
 
 TRL_MIN = Version("1.16.0")
@@ -120,3 +126,14 @@ def logs_this_step(args: Any, state: Any) -> bool:
     if strategy != "steps":
         return last or first
     return last or first or step % max(int(state.logging_steps), 1) == 0
+
+
+def step_metrics(trainer: Any, mode: str) -> dict[str, list]:
+    """DPOTrainer's metric lists of ``mode`` (``"train"`` / ``"eval"``): values appended here are averaged and logged by
+    `DPOTrainer.log`, which then clears them."""
+    return trainer._metrics[mode]
+
+
+def is_vision_dataset(trainer: Any) -> bool:
+    """Whether DPOTrainer found image columns in the training data."""
+    return trainer._is_vision_dataset

@@ -221,7 +221,7 @@ class DMPOTrainer(DPOTrainer):
                 # sdpa that cannot be switched) attention costs rows * L^2, so rows no longer than the longest
                 # sequence win.
                 self.data_collator.packing = "single_row" if is_varlen_capable(self.model) else "bins"
-        if self._is_vision_dataset:
+        if _compat.is_vision_dataset(self):
             raise ValueError("DMPOTrainer supports text conversations only; the dataset has image columns.")
         self._install_action_lm_heads()
 
@@ -380,7 +380,9 @@ class DMPOTrainer(DPOTrainer):
         loss = out.loss
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
-            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
+            _compat.step_metrics(self, mode)["aux_loss"].append(
+                self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item()
+            )
 
         self._log_dmpo_metrics(mode, batch, outputs, out)
         if return_outputs:
@@ -390,13 +392,13 @@ class DMPOTrainer(DPOTrainer):
         return loss
 
     def _log_dmpo_metrics(self, mode: str, batch: DMPOBatch, outputs, out) -> None:
-        """Append this batch's metrics to TRL's ``_metrics[mode]``, gathered over processes: TRL's DPO metrics on the
+        """Append this batch's metrics to TRL's metric lists (`_compat.step_metrics`), gathered over processes: TRL's DPO metrics on the
         DMPO quantities, plus turns, action-token share and truncation.
 
         ``outputs`` is the policy forward's output (entropy, mean logits, top-1 per token; ``None`` on steps whose
         metrics are not logged), ``out`` the objective's output (rewards and scores per pair).
         """
-        metrics = self._metrics[mode]
+        metrics = _compat.step_metrics(self, mode)
         # Per-pair tensors go through gather_for_metrics, which drops the duplicates padding the last batch; it trims
         # along dim 0 by pairs, so [chosen; rejected] tensors are split into halves first. Token counts are (1,)-shaped
         # sums, gathered as they are (gather_for_metrics would trim them like samples).

@@ -85,6 +85,15 @@ def test_dpotrainer_counts_train_tokens_over_the_tensor_parallel_size(dpo_traine
     assert _compat.add_train_tokens(dpo_trainer, 12) == start + 12 == _compat.train_tokens(dpo_trainer)
 
 
+def test_dpotrainer_logs_and_clears_its_metric_lists(dpo_trainer):
+    """`step_metrics` hands out DPOTrainer's `_metrics[mode]`, which its `log` averages and clears; and DPOTrainer
+    still records whether the data has images (`is_vision_dataset`)."""
+    source = inspect.getsource(DPOTrainer.log)
+    assert "self._metrics[mode].items()" in source and "self._metrics[mode].clear()" in source
+    assert _compat.step_metrics(dpo_trainer, "train") is dpo_trainer._metrics["train"]
+    assert _compat.is_vision_dataset(dpo_trainer) is False
+
+
 @pytest.mark.parametrize("logging_steps", [1, 2, 3])
 @pytest.mark.parametrize("first", [False, True])
 @pytest.mark.parametrize("strategy", ["steps", "no", "epoch"])
