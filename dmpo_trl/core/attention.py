@@ -1,4 +1,4 @@
-"""Attention for packed batches: the ``dmpo_varlen_sdpa`` implementation, and the check that packed sequences stay apart.
+"""Attention for packed batches: the ``dmpo_varlen_sdpa`` implementation and the check that sequences stay apart.
 
 transformers' own handling of packed sequences under ``sdpa`` / ``eager`` materialises a block-diagonal
 ``(rows, 1, L, L)`` mask and runs dense attention over the whole row: every query still computes scores against

@@ -1,4 +1,4 @@
-"""`DMPOConfig`: `trl.DPOConfig` plus DMPO's options (discount factor, turn weighting, ...), checked at construction."""
+"""`DMPOConfig`: `trl.DPOConfig` plus DMPO's options (discount, turn weighting, ...), checked at construction."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Padding-free (packed) DMPO batches: the layout of sequences in rows under a token budget, and exact per-sequence sums.
+"""Padding-free (packed) DMPO batches: sequences laid out in rows under a token budget, exact per-sequence sums.
 
 A packed batch holds the ``2B`` sequences of ``B`` preference pairs (``prompt + chosen`` and ``prompt + rejected``)
 concatenated into rows, with ``position_ids`` restarting at 0 at every sequence start and no ``attention_mask``.

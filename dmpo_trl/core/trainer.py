@@ -392,8 +392,8 @@ class DMPOTrainer(DPOTrainer):
         return loss
 
     def _log_dmpo_metrics(self, mode: str, batch: DMPOBatch, outputs, out) -> None:
-        """Append this batch's metrics to TRL's metric lists (`_compat.step_metrics`), gathered over processes: TRL's DPO metrics on the
-        DMPO quantities, plus turns, action-token share and truncation.
+        """Append this batch's metrics to TRL's metric lists (`_compat.step_metrics`), gathered over processes: TRL's
+        DPO metrics on the DMPO quantities, plus turns, action-token share and truncation.
 
         ``outputs`` is the policy forward's output (entropy, mean logits, top-1 per token; ``None`` on steps whose
         metrics are not logged), ``out`` the objective's output (rewards and scores per pair).
