@@ -115,29 +115,6 @@ class _Trajectory:
     reward: float | None
 
 
-def eto_pairing(
-    rollout_reward: float,
-    expert_reward: float,
-    expert_length: int,
-    max_extra_rejected_turns: int | None,
-    turn_length: int = 1,
-) -> tuple[str, int | None]:
-    """ETO's pairing rule (`construct_preference.py`) for one rollout against the expert trajectory of its task.
-
-    Returns ``(outcome, limit)``: ``"lose"`` (the rollout scored less: chosen = expert, rejected = rollout, cut to
-    ``limit = expert_length + turn_length * max_extra_rejected_turns``, or not cut when that is ``None``), ``"win"``
-    (it scored more: chosen = rollout, rejected = expert) or ``"tie"`` (equal rewards: no pair), with ``limit``
-    ``None`` for the last two. Lengths are in the caller's unit: actions (`turn_length=1`,
-    `dmpo_trl.envs.explore.pair_with_experts`) or messages (`turn_length=2`, `pair_eto_rollouts`).
-    """
-    if rollout_reward < expert_reward:
-        cap = None if max_extra_rejected_turns is None else expert_length + turn_length * max_extra_rejected_turns
-        return "lose", cap
-    if rollout_reward > expert_reward:
-        return "win", None
-    return "tie", None
-
-
 def pair_eto_rollouts(
     experts: Iterable[Any],
     rollouts: Iterable[Any],
@@ -297,14 +274,13 @@ def _pair(
         messages[0] = {**messages[0], "value": messages[0]["value"][len(prefix) :].strip()}
     reward = _reward(raw_reward, index, where)
 
-    # messages alternate human / gpt: an extra action is two messages
-    outcome, limit = eto_pairing(reward, expert.reward, len(expert.messages), settings["max_extra_rejected_turns"], 2)
-    if outcome == "lose":
+    if reward < expert.reward:
         stats["lose"] += 1
-        rejected = messages if limit is None else messages[:limit]
+        cap = settings["max_extra_rejected_turns"]
+        rejected = messages if cap is None else messages[: len(expert.messages) + 2 * cap]
         stats["rejected_capped"] += len(rejected) < len(messages)
         task_msg, chosen, rejected = expert.messages[0], expert.messages[1:], rejected[1:]
-    elif outcome == "win":
+    elif reward > expert.reward:
         stats["win"] += 1
         task_msg, chosen, rejected = messages[0], messages[1:], expert.messages[1:]
     else:

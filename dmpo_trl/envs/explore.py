@@ -27,8 +27,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from dmpo_trl.data.eto import eto_pairing
-
 from .base import AgentEnv, DMPOEnvError
 from .pairs import SETTINGS, gold_trajectory
 from .rollouts import Rollout, generate_rollouts
@@ -127,17 +125,18 @@ def pair_with_experts(
             continue
         seen.add(key)
         reward, expert_reward = float(rollout.final_score), float(expert.final_score)
-        outcome, cap = eto_pairing(reward, expert_reward, expert.num_turns, max_extra_rejected_turns)
-        if outcome == "tie":
+        if reward == expert_reward:
             stats["tie_dropped"] += 1
             continue
-        if outcome == "lose":
-            chosen, rejected = expert, rollout
-            if cap is not None and rollout.num_turns > cap:
-                stats["rejected_capped"] += 1
-                rejected = _capped(rollout, cap)
+        if reward < expert_reward:
+            outcome, chosen, rejected = "lose", expert, rollout
+            if max_extra_rejected_turns is not None:
+                cap = expert.num_turns + max_extra_rejected_turns
+                if rollout.num_turns > cap:
+                    stats["rejected_capped"] += 1
+                    rejected = _capped(rollout, cap)
         else:
-            chosen, rejected = rollout, expert
+            outcome, chosen, rejected = "win", rollout, expert
         if setting == "clean" and not _is_clean(rejected):
             stats["not_clean_dropped"] += 1
             continue
