@@ -310,18 +310,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 class _FullHelp(argparse.Action):
-    """``--help``: the launcher's options, then the recipe parser's: every field of the script arguments (data,
-    mixture, card), `DMPOConfig` (all of `DPOConfig` and `TrainingArguments`, plus DMPO's) and `ModelConfig`."""
+    """``--help``: the launcher's options, then every recipe field -- the script arguments (data, mixture, card),
+    `DMPOConfig` (all of `DPOConfig` and `TrainingArguments`, plus DMPO's) and `ModelConfig` -- grouped as
+    `trl dpo --help` orders them, DMPO's own first (`dmpo_trl.cli.train_help`)."""
 
     def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
         super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
+        from dmpo_trl.cli.train_help import recipe_help  # pre-rendered: no TRL import before parsing
+
         parser.print_help()
-        print("\nrecipe fields (in the recipe file, or as flags that override it):\n")
-        recipe = make_parser()
-        recipe.prog = "dmpo-trl train [launch options]"
-        recipe.print_help()
+        print("\nrecipe fields (in the recipe file, or as flags that override it), DMPO's own first:\n")
+        print(recipe_help(), end="")
         parser.exit()
 
 
