@@ -1,10 +1,13 @@
 """dmpo_trl: DMPO (Direct Multi-Turn Preference Optimization) for language agents on top of TRL.
 
 `DMPOConfig` and `DMPOTrainer` are imported lazily so that the pure loss (`dmpo_trl.loss`) and the tokenization
-(`dmpo_trl.tokenization`) can be used without importing TRL.
+(`dmpo_trl.tokenization`) can be used without importing TRL. Importing the package drops the three lines
+bitsandbytes and DeepSpeed print merely because they are installed (`dmpo_trl._import_noise`).
 """
 
 from typing import TYPE_CHECKING
+
+from . import _import_noise
 
 
 __version__ = "0.1.0"
