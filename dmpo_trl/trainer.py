@@ -39,6 +39,7 @@ from .model_card import card_rows, is_hub_id, write_card_section
 from .objective import ObjectiveConfig, dmpo_objective
 from .preparation import prepare_dataset, require_rows
 from .ref_cache import resolve_precompute
+from .trackers import check_report_to
 
 
 if TYPE_CHECKING:
@@ -137,6 +138,7 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
                 f"DMPOTrainer needs a DMPOConfig, got {type(args).__name__}: replace `DPOConfig(...)` with "
                 "`DMPOConfig(...)` (it takes the same arguments, plus `gamma`)."
             )
+        check_report_to(args.report_to)  # before the model loads; names the `tracking` extra
         if processing_class is None:
             revision = (args.model_init_kwargs or {}).get("revision")
             source = model if isinstance(model, str) else get_config_model_id(model.config)

@@ -148,7 +148,9 @@ def build_trainer(
     from dmpo_trl.cli.recipe_data import describe_data_source, load_recipe_data
     from dmpo_trl.errors import DMPODataError
     from dmpo_trl.preparation import prepare_dataset
+    from dmpo_trl.trackers import check_report_to
 
+    check_report_to(training_args.report_to)  # a missing tracker fails before the data is read
     training_args.model_init_kwargs = build_model_init_kwargs(model_args, training_args)
     want_eval = str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy)) != "no"
     check_output_dir(training_args.output_dir)
