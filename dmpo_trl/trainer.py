@@ -87,7 +87,7 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
 
     Attributes:
         card_base_model (`str`, *optional*): the base model to name in the model card, for a model loaded from a
-            local copy of a Hub model (default: the model's `name_or_path`).
+            local copy of a Hub model (default: the model's `name_or_path`; a local path by its folder's name only).
         card_dataset (`str`, *optional*): the training data to name in the model card when it is not a Hub dataset
             passed as `dataset_name` (e.g. local file names).
         dmpo_data_stats (`dict`): per prepared dataset, pairs, skipped pairs and what truncation drops.
