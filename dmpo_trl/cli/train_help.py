@@ -3,7 +3,8 @@
 Order: DMPO's own fields (`DMPOConfig`'s, then `DMPOScriptArguments`'), then what `trl dpo` lists in its own order:
 `ScriptArguments`, `DPOConfig` (with `TrainingArguments`), `ModelConfig`, `DatasetMixtureConfig`. Rendering them
 imports TRL, transformers and torch (seconds), so the text ships pre-rendered in `train_help.txt`, stamped with the
-versions of the packages whose fields it lists; it is rendered live only where other versions are installed.
+versions of the packages whose fields it lists and a digest of the source of DMPO's two dataclasses' modules (read
+without importing them); where either differs, the help is rendered live instead (slow, never stale).
 
     python -m dmpo_trl.cli.train_help     # rewrite train_help.txt after a field or a pinned version changes
 
@@ -13,6 +14,8 @@ versions of the packages whose fields it lists; it is rendered live only where o
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -22,15 +25,33 @@ WIDTH = 100  # fixed, so the shipped text does not depend on the terminal that r
 STAMPED_PACKAGES = ("trl", "transformers", "peft", "accelerate")
 
 
-def version_stamp() -> str:
-    """First line of `train_help.txt`: the installed versions of the packages whose fields the help lists."""
+def stamp(field_modules: list[str]) -> str:
+    """First line of `train_help.txt`: the installed versions of the packages whose fields the help lists, and
+    `module@digest` of each module defining DMPO's fields (the digest of its source file, found without importing
+    it; `missing` for a module that is gone)."""
     parts = []
     for name in STAMPED_PACKAGES:
         try:
             parts.append(f"{name}=={version(name)}")
         except PackageNotFoundError:
             parts.append(f"{name}==?")
+    for module in field_modules:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        origin = Path(spec.origin) if spec is not None and spec.origin else None
+        digest = hashlib.sha256(origin.read_bytes()).hexdigest()[:12] if origin and origin.is_file() else "missing"
+        parts.append(f"{module}@{digest}")
     return "# rendered for " + " ".join(parts)
+
+
+def field_modules() -> list[str]:
+    """The modules defining `DMPOConfig` and `DMPOScriptArguments` (imports them)."""
+    from dmpo_trl import DMPOConfig
+    from dmpo_trl.cli.script_args import DMPOScriptArguments
+
+    return [DMPOConfig.__module__, DMPOScriptArguments.__module__]
 
 
 def field_groups(parser: argparse.ArgumentParser) -> list[tuple[str, list[argparse.Action]]]:
@@ -79,18 +100,19 @@ def render() -> str:
 
 
 def recipe_help() -> str:
-    """The shipped text when it was rendered for the installed versions, else a live rendering (slow)."""
+    """The shipped text when its stamp matches the installed packages and DMPO's sources, else a live rendering."""
     if HELP_FILE.is_file():
-        stamp, _, text = HELP_FILE.read_text(encoding="utf-8").partition("\n")
-        if stamp == version_stamp():
+        shipped, _, text = HELP_FILE.read_text(encoding="utf-8").partition("\n")
+        modules = [part.split("@")[0] for part in shipped.split() if "@" in part]
+        if shipped == stamp(modules):
             return text
     return render()
 
 
 def write() -> Path:
-    """Rewrite `train_help.txt` for the installed versions (atomically)."""
+    """Rewrite `train_help.txt` for the installed packages and the current sources (atomically)."""
     tmp = HELP_FILE.with_suffix(".txt.tmp")
-    tmp.write_text(f"{version_stamp()}\n{render()}", encoding="utf-8")
+    tmp.write_text(f"{stamp(field_modules())}\n{render()}", encoding="utf-8")
     tmp.replace(HELP_FILE)
     return HELP_FILE
 

@@ -54,6 +54,16 @@ def test_shipped_help_matches_the_installed_fields():
     """The shipped text is what the installed TRL/transformers/peft and DMPO's dataclasses render now."""
     stamp, _, text = train_help.HELP_FILE.read_text(encoding="utf-8").partition("\n")
     fix = "rerun `python -m dmpo_trl.cli.train_help` to refresh dmpo_trl/cli/train_help.txt"
-    assert stamp == train_help.version_stamp(), fix
+    assert stamp == train_help.stamp(train_help.field_modules()), fix
     assert text == train_help.render(), fix
+    assert train_help.recipe_help() == text
+
+
+def test_a_stale_shipped_text_is_never_shown(tmp_path, monkeypatch):
+    """A field's module edited (or an installed package changed) since rendering: the help is rendered live."""
+    shipped = train_help.HELP_FILE.read_text(encoding="utf-8")
+    stamp, _, text = shipped.partition("\n")
+    stale = tmp_path / "train_help.txt"
+    stale.write_text(stamp.replace("@", "@0", 1) + "\nstale text\n", encoding="utf-8")
+    monkeypatch.setattr(train_help, "HELP_FILE", stale)
     assert train_help.recipe_help() == text
