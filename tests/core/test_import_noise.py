@@ -85,6 +85,7 @@ def test_each_filter_drops_its_line_and_nothing_else(name, caplog):
             logger.warning("any other warning of this library")
         finally:
             logger.propagate = propagate
-    messages = [record.getMessage() for record in caplog.records if record.name == name]
-    assert messages == ["any other warning of this library"]
+    # a set: in a long session a record can be captured twice (seen for DeepSpeed's logger); not what this tests
+    messages = {record.getMessage() for record in caplog.records if record.name == name}
+    assert messages == {"any other warning of this library"}
     assert keep.filters == []

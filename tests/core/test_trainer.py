@@ -427,6 +427,8 @@ def test_dataset_preparation_runs_main_process_first(tmp_path, tok, monkeypatch)
     """Every row is tokenized inside TRL's main-process-first context (the other ranks then read the cache)."""
     import contextlib
 
+    import trl.trainer.utils
+
     import dmpo_trl.preparation
 
     state = {"inside": False, "rows": [], "entered": 0}
@@ -446,7 +448,7 @@ def test_dataset_preparation_runs_main_process_first(tmp_path, tok, monkeypatch)
         state["rows"].append(state["inside"])
         return original(example, idx, **kwargs)
 
-    monkeypatch.setattr(dmpo_trl.preparation, "global_then_local_main_first", recording)
+    monkeypatch.setattr(trl.trainer.utils, "global_then_local_main_first", recording)  # imported where used
     monkeypatch.setattr(dmpo_trl.preparation, "prepare_row", spy)
     DMPOTrainer(
         model=tiny_model(tok),
