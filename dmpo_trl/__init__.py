@@ -3,10 +3,13 @@
 The TRL extension is `dmpo_trl.core`; the tools around it are `data`, `envs`, `pipeline`, `demo` and `cli`, with
 `models` (the model loader they share). `DMPOConfig`, `DMPOTrainer`, `DataCollatorForDMPO` and `DMPODataError` are
 imported lazily, so that the weights and the objective (`dmpo_trl.core.weights`, `dmpo_trl.core.objective`) and the
-tokenization (`dmpo_trl.core.rows.tokenization`) can be used without importing TRL.
+tokenization (`dmpo_trl.core.rows.tokenization`) can be used without importing TRL. Importing the package drops the
+three lines bitsandbytes and DeepSpeed print merely because they are installed (`dmpo_trl.core._import_noise`).
 """
 
 from typing import TYPE_CHECKING
+
+from .core import _import_noise
 
 
 __version__ = "0.1.0"

@@ -10,9 +10,12 @@ def register(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "main",
-        help="the main job: build pairs, train SmolLM2-135M-Instruct with DMPO, evaluate before/after, report",
-        description="Offline main job: preference pairs from TextWorld-Express, DMPO with LoRA on the embedded "
-        "SmolLM2-135M-Instruct, evaluation on held-out games before and after, and a Markdown report with plots.",
+        help="the main job: SFT SmolLM2-135M-Instruct on expert trajectories, pair them with its rollouts, train "
+        "with DMPO, evaluate after each stage, report",
+        description="Offline main job on TextWorld-Express: the embedded SmolLM2-135M-Instruct is evaluated "
+        "untouched, fine-tuned (SFT, LoRA) on expert trajectories, rolled out to pair each expert trajectory with a "
+        "worse rollout, trained with DMPO (LoRA, reference = the SFT model) on those pairs, and evaluated on held-out "
+        "games after each stage; a Markdown report with plots says what changed.",
     )
     build_arg_parser(parser)
     parser.set_defaults(func=run)

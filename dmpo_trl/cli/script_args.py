@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trl import DatasetMixtureConfig, ScriptArguments
+from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
 
 
 @dataclass
@@ -86,3 +86,11 @@ class DMPOScriptArguments(ScriptArguments, DatasetMixtureConfig):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {value}.")
+
+
+def make_parser() -> TrlParser:
+    """The recipe parser: a `TrlParser` over (DMPOScriptArguments, DMPOConfig, ModelConfig), every recipe field
+    (`dmpo_trl.cli.train` parses recipes with it, `dmpo_trl.cli.train_help` lists its fields)."""
+    from dmpo_trl import DMPOConfig
+
+    return TrlParser((DMPOScriptArguments, DMPOConfig, ModelConfig))

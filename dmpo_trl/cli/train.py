@@ -38,13 +38,10 @@ _RESUME_LAST = {"true", "last", "latest"}
 
 
 def make_parser() -> TrlParser:
-    """The `TrlParser` over (DMPOScriptArguments, DMPOConfig, ModelConfig)."""
-    from trl import ModelConfig, TrlParser
+    """The `TrlParser` over (DMPOScriptArguments, DMPOConfig, ModelConfig) (`dmpo_trl.cli.script_args.make_parser`)."""
+    from dmpo_trl.cli.script_args import make_parser
 
-    from dmpo_trl import DMPOConfig
-    from dmpo_trl.cli.script_args import DMPOScriptArguments
-
-    return TrlParser((DMPOScriptArguments, DMPOConfig, ModelConfig))
+    return make_parser()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[DMPOScriptArguments, DMPOConfig, ModelConfig]:
@@ -140,6 +137,7 @@ def build_trainer(
     from dmpo_trl.cli.recipe_data import describe_data_source, load_recipe_data
     from dmpo_trl.core.errors import DMPODataError
     from dmpo_trl.core.rows.preparation import prepare_dataset
+    from dmpo_trl.core.trackers import check_report_to
     from dmpo_trl.models import (
         DEFAULT_MODEL_HUB_ID,
         build_model_init_kwargs,
@@ -149,6 +147,7 @@ def build_trainer(
         resolve_model,
     )
 
+    check_report_to(training_args.report_to)  # a missing tracker fails before the data is read
     training_args.model_init_kwargs = build_model_init_kwargs(model_args, training_args)
     want_eval = str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy)) != "no"
     check_output_dir(training_args.output_dir)
@@ -310,18 +309,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 class _FullHelp(argparse.Action):
-    """``--help``: the launcher's options, then the recipe parser's: every field of the script arguments (data,
-    mixture, card), `DMPOConfig` (all of `DPOConfig` and `TrainingArguments`, plus DMPO's) and `ModelConfig`."""
+    """``--help``: the launcher's options, then every recipe field -- the script arguments (data, mixture, card),
+    `DMPOConfig` (all of `DPOConfig` and `TrainingArguments`, plus DMPO's) and `ModelConfig` -- grouped as
+    `trl dpo --help` orders them, DMPO's own first (`dmpo_trl.cli.train_help`)."""
 
     def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
         super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
+        from dmpo_trl.cli.train_help import recipe_help  # pre-rendered: no TRL import before parsing
+
         parser.print_help()
-        print("\nrecipe fields (in the recipe file, or as flags that override it):\n")
-        recipe = make_parser()
-        recipe.prog = "dmpo-trl train [launch options]"
-        recipe.print_help()
+        print("\nrecipe fields (in the recipe file, or as flags that override it), DMPO's own first:\n")
+        print(recipe_help(), end="")
         parser.exit()
 
 

@@ -2,7 +2,9 @@
 
 `DMPOTrainer.create_model_card` writes TRL's card, then `write_card_section` adds one "Run configuration" table
 (`card_rows`: gamma, beta, loss, schedule, global batch, precision, adapter) fenced by HTML comments, so that every
-regeneration (checkpoints, `save_model`, `push_to_hub`) replaces it instead of appending a copy.
+regeneration (checkpoints, `save_model`, `push_to_hub`) replaces it instead of appending a copy. A card names models,
+folders and data by their Hub id or, for local ones, by the folder's or file's name only (`card_name`): never an
+absolute local path, which means nothing to a reader of the card and tells them about the machine that trained it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from accelerate.utils import is_peft_model
 from huggingface_hub import ModelCard
 
 
-__all__ = ["adapter_description", "card_rows", "is_hub_id", "write_card_section"]
+__all__ = ["adapter_description", "card_name", "card_rows", "is_hub_id", "write_card_section"]
 
 CARD_START = "<!-- dmpo-run-configuration:start -->"
 CARD_END = "<!-- dmpo-run-configuration:end -->"
@@ -29,6 +31,16 @@ def is_hub_id(name: str | None) -> bool:
     return bool(name) and _HUB_ID.fullmatch(name) is not None and not os.path.exists(name)
 
 
+def card_name(name: str | None) -> str | None:
+    """A Hub id as it is; a local path as its last component (`/data/models/base/` -> `base`); a comma-separated
+    list of either (several data files) item by item."""
+    if not name:
+        return name
+    parts = [part.strip() for part in name.split(",")]
+    named = [part if is_hub_id(part) else os.path.basename(os.path.normpath(part)) or part for part in parts]
+    return ", ".join(named)
+
+
 def write_card_section(
     readme_path: str, rows: list[tuple[str, str]], base_model: str | None, dataset: str | None
 ) -> None:
@@ -36,8 +48,8 @@ def write_card_section(
 
     The section goes before the first "## Citations" heading (or at the end), fenced by HTML comments so that
     rewriting the card replaces it. Metadata gains the `dmpo` tag, and `base_model` / `datasets` when they are Hub
-    ids (the Hub rejects local paths there); TRL's "[None](...)" link for a local base model names the model, and the
-    quick start's `model="None"` of a model that is not pushed names the folder the card is in.
+    ids (the Hub rejects local paths there); TRL's "[None](...)" link for a local base model names the model's folder,
+    and the quick start's `model="None"` of a model that is not pushed names the folder the card is in (by name).
     """
     card = ModelCard.load(readme_path)
     data = card.data
@@ -53,9 +65,11 @@ def write_card_section(
     if start != -1 and end != -1:
         text = text[:start] + text[end + len(CARD_END) :].lstrip("\n")
     if base_model:
-        link = f"[{base_model}](https://huggingface.co/{base_model})" if is_hub_id(base_model) else f"`{base_model}`"
+        name = card_name(base_model)
+        link = f"[{name}](https://huggingface.co/{name})" if is_hub_id(base_model) else f"`{name}`"
         text = text.replace(_TRL_NO_BASE, link)
-    text = text.replace(_TRL_NO_REPO, f"model={json.dumps(os.path.dirname(readme_path) or '.')}")
+    folder = os.path.basename(os.path.dirname(os.path.abspath(readme_path)))
+    text = text.replace(_TRL_NO_REPO, f"model={json.dumps(folder)}")
     table = "\n".join(f"| {key} | {value} |" for key, value in rows)
     section = f"{CARD_START}\n## Run configuration\n\n| setting | value |\n| --- | --- |\n{table}\n{CARD_END}\n"
     anchor = text.find("## Citations")
@@ -80,8 +94,8 @@ def card_rows(trainer, base_model: str, dataset: str | None) -> list[tuple[str, 
     return [
         ("Trainer", trainer_row),
         ("Method", method),
-        ("Base model", base_model),
-        ("Training data", dataset or "not recorded"),
+        ("Base model", card_name(base_model)),
+        ("Training data", card_name(dataset) or "not recorded"),
         ("gamma", f"{args.gamma}"),
         ("beta", f"{args.beta}"),
         ("loss_type", ", ".join(args.loss_type)),

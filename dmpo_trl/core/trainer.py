@@ -60,6 +60,7 @@ from .objective import ObjectiveConfig, dmpo_objective, sequence_scores
 from .ref_cache import KEY_COLUMNS, ReferenceScoreStore, default_cache_dir, resolve_precompute, row_key
 from .rows.columns import COLLATOR_COLUMNS
 from .rows.preparation import prepare_dataset, require_rows
+from .trackers import check_report_to
 
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ class DMPOTrainer(DPOTrainer):
 
     Attributes:
         card_base_model (`str`, *optional*): the base model to name in the model card, for a model loaded from a
-            local copy of a Hub model (default: the model's `name_or_path`).
+            local copy of a Hub model (default: the model's `name_or_path`; a local path by its folder's name only).
         card_dataset (`str`, *optional*): the training data to name in the model card when it is not a Hub dataset
             passed as `dataset_name` (e.g. local file names).
         dmpo_data_stats (`dict`): per prepared dataset, pairs, skipped pairs and what truncation drops.
@@ -162,6 +163,7 @@ class DMPOTrainer(DPOTrainer):
                 f"DMPOTrainer needs a DMPOConfig, got {type(args).__name__}: replace `DPOConfig(...)` with "
                 "`DMPOConfig(...)` (it takes the same arguments, plus `gamma`)."
             )
+        check_report_to(args.report_to)  # before the model loads; names the `tracking` extra
         if processing_class is None:
             revision = (args.model_init_kwargs or {}).get("revision")
             source = model if isinstance(model, str) else get_config_model_id(model.config)

@@ -87,9 +87,20 @@ def _plot_results(rows: dict[str, Any], path: Path) -> None:
         means = [rows[n][key]["mean"] for n in names]
         lo = [rows[n][key]["mean"] - rows[n][key]["ci"][0] for n in names]
         hi = [rows[n][key]["ci"][1] - rows[n][key]["mean"] for n in names]
-        ax.bar(range(len(names)), means, yerr=[lo, hi], capsize=3, color="tab:blue", alpha=0.8)
+        # an outline keeps a bar at 0.000 visible (a line above the axis); every bar carries its value
+        bars = ax.bar(
+            range(len(names)),
+            means,
+            yerr=[lo, hi],
+            capsize=3,
+            color="tab:blue",
+            alpha=0.8,
+            edgecolor="tab:blue",
+            lw=1.5,
+        )
+        ax.bar_label(bars, fmt="%.3f", padding=2, fontsize=7)
         ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
-        ax.set(title=f"held-out {key} (95% interval)", ylim=(0, 1.05))
+        ax.set(title=f"held-out {key} (95% interval)", ylim=(-0.03, 1.12))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -100,9 +111,13 @@ def _plot_buckets(labels, table, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.8))
     width = 0.8 / max(len(table), 1)
     for i, (name, values) in enumerate(table.items()):
-        ax.bar([j + i * width for j in range(len(labels))], [values.get(b, 0.0) for b in labels], width, label=name)
+        x = [j + i * width for j in range(len(labels))]
+        bars = ax.bar(x, [values.get(b, 0.0) for b in labels], width, label=name, lw=1.5)
+        for bar in bars:  # an outline in the bar's colour keeps a bar at 0.000 visible
+            bar.set_edgecolor(bar.get_facecolor())
+        ax.bar_label(bars, fmt="%.3f", padding=1, fontsize=6, rotation=90)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))], labels)
-    ax.set(title="held-out success by gold-path length (Fig. 4)", xlabel="gold actions", ylim=(0, 1.05))
+    ax.set(title="held-out success by gold-path length (Fig. 4)", xlabel="gold actions", ylim=(-0.03, 1.2))
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

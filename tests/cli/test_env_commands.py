@@ -92,3 +92,16 @@ def test_main_command_help(capsys):
         and "--heldout-episodes" in text
         and "--explore-episodes" in text
     )
+
+
+def test_top_level_help_names_every_stage_of_the_main_job(capsys):
+    """`dmpo-trl --help` and `dmpo-trl main --help` describe the main job with its SFT stage."""
+    assert cli.main([]) == 2  # no command: the help
+    listing = " ".join(capsys.readouterr().out.split())
+    main_line = listing[listing.index("main the main job") :]
+    for stage in ("SFT", "rollouts", "DMPO", "evaluate after each stage", "report"):
+        assert stage in main_line, stage
+    with pytest.raises(SystemExit):
+        cli.main(["main", "--help"])
+    description = " ".join(capsys.readouterr().out.split())
+    assert "fine-tuned (SFT, LoRA) on expert trajectories" in description and "after each stage" in description

@@ -143,8 +143,11 @@ def test_cpu_quickstart_recipe_trains_with_a_local_model(ws, tmp_path):
     losses = logged_losses(out)
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     card = (out / "README.md").read_text()
-    assert f"| Base model | {ws['model']} |" in card and f"| Training data | {ws['data'].name} |" in card
-    assert 'model="None"' not in card and f'model="{out}"' in card
+    # local model, data and output folder: named, never with their paths
+    assert f"| Base model | {ws['model'].name} |" in card and f"| Training data | {ws['data'].name} |" in card
+    assert f"fine-tuned version of `{ws['model'].name}`" in card
+    assert 'model="None"' not in card and f'model="{out.name}"' in card
+    assert str(ws["model"].parent) not in card and str(tmp_path) not in card
 
 
 def test_cpu_recipe_names_the_embedded_model_and_no_stale_card_fields():

@@ -49,3 +49,13 @@ def test_turn_reward_plot(tmp_path):
     ratios = [{"chosen": [0.1, 0.2], "rejected": [-0.3]}]
     path = plot_turn_rewards(ratios, 0.1, tmp_path / "turn_rewards.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_turn_reward_plot_names_the_pairs_the_main_job_passes(tmp_path, monkeypatch):
+    """The main job plots a few of its training pairs (its report says so), and so does the plot's title."""
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot_turn_rewards([{"chosen": [0.1], "rejected": [-0.3]}], 0.1, tmp_path / "turn_rewards.png")
+    assert figures[0].axes[0].get_title() == "implicit reward per turn (training pairs)"

@@ -21,7 +21,6 @@ from typing import Any
 
 from accelerate.logging import get_logger
 from datasets import Dataset, IterableDataset
-from trl.trainer.utils import global_then_local_main_first
 
 from ..errors import DMPODataError
 from .checks import NO_ACTION_FITS, prepare_pair
@@ -143,6 +142,8 @@ def prepare_dataset(
         map_kwargs.update(num_proc=args.dataset_num_proc, desc=f"Tokenizing {name} dataset with turn masks")
     fn_kwargs = {"tokenizer": tokenizer, "max_length": args.max_length, "skip_invalid": args.skip_invalid_pairs}
     # Under a multi-process launch the main process tokenizes first and the others read its cache, as in TRL
+    from trl.trainer.utils import global_then_local_main_first  # here: `dmpo-trl validate` needs no trainer stack
+
     with global_then_local_main_first():
         features = getattr(dataset, "features", None)
         dataset = dataset.map(prepare_row, fn_kwargs=fn_kwargs, **map_kwargs)
