@@ -12,6 +12,7 @@ from . import _compat  # noqa: F401  (refuses an untested TRL before TRL itself 
 # isort: split
 from trl import DPOConfig
 
+from .checkpoints import move_hub_token_to_env
 from .losses import F_DIVERGENCE_TYPES, LABEL_SMOOTHING_LOSS_TYPES, LOSS_TYPES
 
 
@@ -142,9 +143,10 @@ class DMPOConfig(DPOConfig):
         self._check_dmpo_options()
         self._check_numeric_options()
         super().__post_init__()
+        move_hub_token_to_env(self)  # never pickled into training_args.bin; the Hub client reads HF_TOKEN
 
     def _check_dmpo_options(self):
-        if not isinstance(self.gamma, int | float) or not 0.0 <= float(self.gamma) <= 1.0:
+        if not isinstance(self.gamma, int | float) or isinstance(self.gamma, bool) or not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"`gamma` must lie in [0, 1], got {self.gamma!r}.")
         self.gamma = float(self.gamma)
         if self.turn_weighting not in ("dmpo", "uniform"):

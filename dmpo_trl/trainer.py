@@ -30,6 +30,7 @@ from trl import DPOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from .attention import is_varlen_capable, use_varlen_sdpa
+from .checkpoints import explain_save_errors, last_complete_checkpoint
 from .checks import COLLATOR_COLUMNS
 from .collator import DataCollatorForDMPO, DMPOBatch, collator_for_config
 from .config import DMPOConfig
@@ -247,6 +248,18 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
 
     def _log_dmpo_metrics(self, mode, batch: DMPOBatch, outputs, out, policy_chosen, policy_rejected):
         log_dmpo_metrics(self, self._metrics[mode], mode, batch, outputs, out, policy_chosen, policy_rejected)
+
+    # ------------------------------------------------------------ checkpoints
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """`Trainer.train`; ``resume_from_checkpoint=True`` takes the last *complete* checkpoint (a partial one, cut
+        by a crash or a full disk, is skipped with a warning: `dmpo_trl.checkpoints.last_complete_checkpoint`)."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir) or True
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        with explain_save_errors(self.args.output_dir):  # a full disk: say so, naming the folder
+            super()._save_checkpoint(model, trial)
 
     # ------------------------------------------------------------ model card
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):

@@ -105,11 +105,13 @@ def resolve_resume(value: str | bool | None, output_dir: str) -> str | bool | No
     """Map `resume_from_checkpoint` to what `Trainer.train` takes.
 
     - None / "" / "false": start fresh;
-    - "true" / "last": the last checkpoint in `output_dir` (error if there is none);
-    - "auto": the last checkpoint in `output_dir` if there is one, else start fresh (for requeued cluster jobs);
+    - "true" / "last": the last complete checkpoint in `output_dir` (error if there is none);
+    - "auto": the last complete checkpoint in `output_dir` if there is one, else start fresh (for requeued cluster
+      jobs). A checkpoint without ``trainer_state.json`` (a save cut by a crash or a full disk) is skipped with a
+      warning (`dmpo_trl.checkpoints.last_complete_checkpoint`);
     - anything else: a checkpoint directory.
     """
-    from transformers.trainer_utils import get_last_checkpoint
+    from dmpo_trl.checkpoints import last_complete_checkpoint
 
     if value is None or value is False:
         return None
@@ -120,7 +122,7 @@ def resolve_resume(value: str | bool | None, output_dir: str) -> str | bool | No
     if lowered in _RESUME_LAST or value is True:
         return True
     if lowered == "auto":
-        return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        return last_complete_checkpoint(output_dir)
     if not os.path.isdir(text):
         raise FileNotFoundError(f"resume_from_checkpoint={text!r} is not a checkpoint directory.")
     return text
@@ -219,7 +221,24 @@ def run(
     model_args: ModelConfig,
     callbacks: list[TrainerCallback] | None = None,
 ) -> Trainer:
-    """Train, save the final model (adapter only for LoRA runs) with its card, and push it if the recipe asks."""
+    """Train, save the final model (adapter only for LoRA runs) with its card, and push it if the recipe asks.
+
+    The main process holds a lock on `output_dir` meanwhile (`dmpo_trl.files.OutputLock`): a second training on
+    the same folder fails at once, naming this one's process and host."""
+    from dmpo_trl.files import OutputLock
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _run(script_args, training_args, model_args, callbacks)
+    with OutputLock(training_args.output_dir, "training"):
+        return _run(script_args, training_args, model_args, callbacks)
+
+
+def _run(
+    script_args: DMPOScriptArguments,
+    training_args: DMPOConfig,
+    model_args: ModelConfig,
+    callbacks: list[TrainerCallback] | None,
+) -> Trainer:
     trainer = build_trainer(script_args, training_args, model_args, callbacks)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     card_kwargs: dict[str, Any] = {"dataset_name": script_args.dataset_name}

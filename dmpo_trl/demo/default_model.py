@@ -91,7 +91,13 @@ def load_default_model(cache_dir: str | Path | None = None, *, force: bool = Fal
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
+        if out.exists():  # replace only a folder this function wrote (the files it writes), never a user's folder
+            foreign = sorted({p.name for p in out.iterdir()} - {p.name for p in tmp.iterdir()})
+            if foreign or out.is_symlink() or not out.is_dir():
+                raise FileExistsError(
+                    f"{out} holds files the default model does not ({foreign[:3]}): refusing to replace it; give "
+                    "an empty or new folder"
+                )
             shutil.rmtree(out)
         tmp.rename(out)  # atomic on one filesystem: a crash never leaves a half-written cache
     finally:

@@ -14,7 +14,6 @@ Every stage is cached under ``output_dir`` (`dmpo_trl.pipeline.cache`): running 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shlex
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dmpo_trl.envs.base import AgentEnv
+from dmpo_trl.files import OutputLock, atomic_write_json
 
 from .cache import StageRunner, key_hash
 from .config import PipelineConfig, config_to_dict, resolve_bf16
@@ -61,8 +61,14 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
     """Run (or resume) the pipeline; returns the results also written to ``<output_dir>/results.json``.
 
     `env` (an `AgentEnv`, e.g. a `ToolEnvAdapter` or your own environment) replaces ``cfg.env`` / ``cfg.task``;
-    the pipeline closes it at the end."""
+    the pipeline closes it at the end. The run holds a lock on ``output_dir`` (`dmpo_trl.files.OutputLock`): a second
+    run on the same folder fails at once, naming this one's process and host."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see dmpo_trl/demo/main_job.py
+    with OutputLock(cfg.output_dir, "pipeline run"):  # a second run on this output_dir fails here, naming this one
+        return _run_pipeline(cfg, command, env)
+
+
+def _run_pipeline(cfg: PipelineConfig, command: str | None, env: AgentEnv | None) -> dict[str, Any]:
     t_start = time.perf_counter()
     out = Path(cfg.output_dir)
     stages = StageRunner(out, verbose=True)
@@ -208,7 +214,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
         "runs": runs,
         "stage_log": stages.log,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
+    atomic_write_json(out / "results.json", results)
     from .report import write_report
 
     write_report(out, results)
