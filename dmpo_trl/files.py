@@ -9,7 +9,7 @@ written atomically and read back without trusting them, and a lock on an output 
   file or the new one, never half of one.
 - `read_json_record`: a state file read back; an unreadable one (cut, not JSON, not an object) is ``None`` with a
   warning naming the file, so the caller treats it as "not finished".
-- `OutputLock`: ``<folder>/.dmpo-lock`` holding the owner's pid, host and command; a second run on the same folder
+- `OutputLock`: ``<folder>/_dmpo.lock`` holding the owner's pid, host and command; a second run on the same folder
   fails at once naming them (`OutputLockedError`); a lock left by a dead process on the same host is taken over.
 """
 
@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 #: A name that may become one path component.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
-LOCK_FILE = ".dmpo-lock"
+LOCK_FILE = "_dmpo.lock"  # "_*" files are left out of what `Trainer.push_to_hub` uploads
 
 
 class UnsafePathError(ValueError):
@@ -137,7 +137,7 @@ def _alive(pid: int) -> bool:
 class OutputLock:
     """An exclusive lock on an output folder, for one training or one pipeline run (a context manager).
 
-    The lock is the file ``<folder>/.dmpo-lock``, created exclusively, holding ``{"pid", "host", "command",
+    The lock is the file ``<folder>/_dmpo.lock``, created exclusively, holding ``{"pid", "host", "command",
     "started"}``. `acquire` raises `OutputLockedError` naming the holder when another live process holds it; a lock
     whose process is gone (same host, pid not running) is taken over with a warning. A lock of another host is never
     taken over: remove the file by hand once that run is over.
