@@ -22,7 +22,6 @@ import torch
 from accelerate.logging import get_logger
 from accelerate.utils import is_peft_model
 from datasets import Value
-from datasets.fingerprint import Hasher
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
@@ -31,7 +30,14 @@ from .collator import DMPOBatch
 from .lm_head import LM_HEAD_METRICS, add_action_lm_head
 from .objective import sequence_scores
 from .packing import check_packed_attention
-from .ref_cache import KEY_COLUMNS, ReferenceScoreStore, default_cache_dir, row_key
+from .ref_cache import (
+    KEY_COLUMNS,
+    ReferenceScoreStore,
+    context_name,
+    default_cache_dir,
+    reference_context,
+    row_key,
+)
 
 
 __all__ = ["MASKING_VERSION", "DMPOForwardMixin"]
@@ -133,28 +139,19 @@ class DMPOForwardMixin:
             per_token_logps, _ = self._action_logps(model, inputs)
         return per_token_logps
 
-    def _reference_context(self) -> str:
-        """Everything a pair's reference score depends on besides the pair: the reference weights (TRL's hash),
-        gamma, the turn weighting, the truncation, LD-DPO's factors, the masking rules and the precision."""
-        args = self.args
-        precision = (str(self.accelerator.mixed_precision), bool(args.bf16), bool(args.fp16))
-        return Hasher.hash(
-            (
-                "dmpo",
-                self._precompute_model_hash,
-                MASKING_VERSION,
-                args.gamma,
-                args.max_length,
-                args.ld_alpha,
-                args.turn_weighting,
-                precision,
-            )
+    def _reference_context(self) -> dict:
+        """Everything a pair's reference score depends on besides the pair (`dmpo_trl.ref_cache.reference_context`)."""
+        reference = self._causal_lm(self.ref_model if self.ref_model is not None else self.model)
+        mixed = self.accelerator.mixed_precision
+        return reference_context(
+            reference, self.processing_class, self.args, mixed, self._precompute_model_hash, MASKING_VERSION
         )
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         """Reference scores of every pair of ``dataset`` as two columns: from the store where it holds them, else
         computed by TRL's precompute pass (its dataloader, DeepSpeed engine and gathering) and stored."""
-        context = self._reference_context()
+        description = self._reference_context()
+        context = context_name(description)
         directory = self.args.ref_cache_dir
         store = ReferenceScoreStore(default_cache_dir() if directory is None else directory, context)
         store = store if directory != "" else None
@@ -172,9 +169,10 @@ class DMPOForwardMixin:
             new = list(zip([keys[i] for i in missing], *computed, strict=True))
             if store is not None and self.accelerator.is_main_process:
                 store.put(new)
+                store.describe(description)
             self.accelerator.wait_for_everyone()
             scores.update((k, (c, r)) for k, c, r in new)
-        where = f" (store: {store.path})" if store is not None else ""
+        where = f' (store: {store.path}; ref_cache_dir="" turns it off)' if store is not None else ""
         logger.info(
             f"Reference scores of the {name} dataset: {len(missing)} distinct pairs scored by the reference, "
             f"{len(keys) - len(missing)}/{len(keys)} reused{where}",
