@@ -229,6 +229,7 @@ def run(
 
     if int(os.environ.get("RANK", "0")) != 0:
         return _run(script_args, training_args, model_args, callbacks)
+    check_output_dir(training_args.output_dir)
     with OutputLock(training_args.output_dir, "training"):
         return _run(script_args, training_args, model_args, callbacks)
 

@@ -139,17 +139,20 @@ def _positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
     from dmpo_trl.data.loading import load_preference_files
-    from dmpo_trl.data.validation import report_json, validate_dataset
+    from dmpo_trl.data.validation import report_json, scan_files, validate_dataset, validate_files
     from dmpo_trl.errors import DMPODataError
 
     opts = settings(args)
-    # The data first: a bad file fails before the tokenizer loads
-    loaded = load_preference_files(opts["data"], skip_invalid=opts["skip_invalid"], convert_from=args.fmt)
-    tokenizer = _tokenizer(opts["model"], opts["chat_template"])
-    report = validate_dataset(
-        loaded, tokenizer, max_length=opts["max_length"], skip_invalid=opts["skip_invalid"], per_row=args.per_row
-    )
+    limits = {"max_length": opts["max_length"], "skip_invalid": opts["skip_invalid"], "per_row": args.per_row}
+    if args.fmt == "project":  # streamed twice, in bounded memory: the checks first, before the tokenizer loads
+        scan_files(opts["data"], skip_invalid=opts["skip_invalid"])
+        report = validate_files(opts["data"], _tokenizer(opts["model"], opts["chat_template"]), **limits)
+        name = ", ".join(map(str, opts["data"]))
+    else:  # converted first: the data first, a bad file fails before the tokenizer loads
+        loaded = load_preference_files(opts["data"], skip_invalid=opts["skip_invalid"], convert_from=args.fmt)
+        report = validate_dataset(loaded, _tokenizer(opts["model"], opts["chat_template"]), **limits)
+        name = loaded.name
     print(report_json(report) if args.json else report.format())
     if report.pairs == 0:
-        raise DMPODataError(f"no valid pair: all {report.rows} rows were skipped", source=loaded.name)
+        raise DMPODataError(f"no valid pair: all {report.rows} rows were skipped", source=name)
     return 0
