@@ -23,6 +23,7 @@ import glob
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ __all__ = [
     "expand_data_files",
     "expand_data_paths",
     "iter_file_records",
+    "iter_records",
     "read_records",
     "write_records",
 ]
@@ -62,6 +64,17 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     if path.is_dir():
         return [record for file in data_files_in(path) for record in iter_file_records(file, in_folder=True)]
     return list(iter_file_records(path))
+
+
+def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
+    """`read_records`, one record at a time: a `.jsonl` file line by line, Parquet by record batch (a `.json` list
+    is parsed whole), so that a big input is never held in memory (`dmpo-trl convert`)."""
+    path = Path(path)
+    if path.is_dir():
+        for file in data_files_in(path):
+            yield from iter_file_records(file, in_folder=True)
+    else:
+        yield from iter_file_records(path)
 
 
 def data_files_in(folder: str | Path) -> list[Path]:
@@ -265,40 +278,99 @@ def _first_misfit(values: list[Any]) -> int:
     return lo
 
 
-def write_records(rows: Iterable[dict[str, Any]], path: str | Path) -> None:
-    """Write rows to `.json` (an indented list), `.jsonl` or `.parquet`, creating the folder.
+def write_records(rows: Iterable[dict[str, Any]], path: str | Path, *, keep_empty: bool = True) -> int:
+    """Write rows to `.json` (an indented list), `.jsonl` or `.parquet`, creating the folder; returns how many.
+
+    The file is written next to its target under a temporary name and renamed over it at the end, so an interrupted
+    write (a crash, a full disk, a bad row) leaves the old file or none, never half of one. `.json` and `.jsonl`
+    rows are written one at a time as `rows` yields them (bounded memory for a streamed input); Parquet needs them
+    all at once. `keep_empty=False`: when there is no row, nothing is written (the target is left as it was).
+    Values JSON has no spelling for (``NaN``, ``Infinity``) are an error naming the row.
 
     Parquet gets the rows in `arrow_safe` form (tool-call arguments and tools as JSON strings), so that reading the
     file back, with `read_records` or with `datasets`, gives what was written and trains the same tokens.
     """
     path = Path(path)
-    rows = list(rows)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DMPODataError(
             f"unsupported file type {path.suffix!r}: use one of {', '.join(SUFFIXES)}", source=str(path)
         )
+    tmp = None
     try:
-        _write(rows, path, suffix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        count = _write(_input_side(rows), Path(tmp), suffix, path)
+        if count or keep_empty:
+            os.replace(tmp, path)
+        return count
+    except _InputError as err:  # raised by whatever produces the rows (reading, converting): not a write error
+        raise err.error.with_traceback(err.error.__traceback__) from None
     except OSError as err:
         why = err.strerror or str(err)
         raise OSError(f"cannot write {path} ({why}: {err.filename or path}); choose another output path") from err
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
-def _write(rows: list[dict[str, Any]], path: Path, suffix: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".json":
-        path.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    elif suffix == ".jsonl":
-        with path.open("w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+class _InputError(Exception):
+    """An error of the rows' producer, carried through `write_records`' handling of write errors."""
 
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _input_side(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    iterator = iter(rows)
+    while True:
         try:
-            table = pa.table(arrow_columns([arrow_safe(row) for row in rows]))
-        except DMPODataError as err:
-            raise DMPODataError(err.reason, err.row, source=str(path)) from None
-        pq.write_table(table, str(path))
+            row = next(iterator)
+        except StopIteration:
+            return
+        except Exception as err:
+            raise _InputError(err) from err
+        yield row
+
+
+def _json_line(row: dict[str, Any], index: int, path: Path, indent: int | None = None) -> str:
+    try:
+        return json.dumps(row, ensure_ascii=False, allow_nan=False, indent=indent)
+    except ValueError as err:  # NaN / Infinity: not JSON (the strict readers refuse them)
+        raise DMPODataError(
+            f"holds a value JSON cannot write ({err}): NaN and Infinity are not JSON; replace them (e.g. with null "
+            "or a string)",
+            row=index,
+            source=str(path),
+        ) from None
+
+
+def _write(rows: Iterable[dict[str, Any]], tmp: Path, suffix: str, path: Path) -> int:
+    count = 0
+    if suffix in (".json", ".jsonl"):
+        with tmp.open("w", encoding="utf-8") as handle:
+            if suffix == ".json":
+                handle.write("[")
+            for count, row in enumerate(rows, start=1):
+                if suffix == ".jsonl":
+                    handle.write(_json_line(row, count - 1, path) + "\n")
+                else:
+                    text = _json_line(row, count - 1, path, indent=2).replace("\n", "\n  ")
+                    handle.write(("\n  " if count == 1 else ",\n  ") + text)
+            if suffix == ".json":
+                handle.write("\n]\n" if count else "]\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        return count
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    safe = [arrow_safe(row) for row in rows]
+    try:
+        table = pa.table(arrow_columns(safe))
+    except DMPODataError as err:
+        raise DMPODataError(err.reason, err.row, source=str(path)) from None
+    pq.write_table(table, str(tmp))
+    return len(safe)
