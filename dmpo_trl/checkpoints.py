@@ -73,7 +73,6 @@ def explain_save_errors(folder: str | os.PathLike, what: str = "checkpoint") -> 
         except OSError:
             free = "free space unknown"
         raise OSError(
-            errno.ENOSPC,
             f"no space left on the device while saving the {what} to {folder} ({free}; {type(err).__name__}: "
             f"{str(err).strip()[:120]}): free space or choose another output_dir; the partial checkpoint is "
             "skipped when resuming",

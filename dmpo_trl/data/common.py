@@ -165,21 +165,38 @@ def metadata(record: Mapping[str, Any], consumed: Iterable[str]) -> Row:
     return {key: value for key, value in record.items() if key not in skip}
 
 
+class _NotJSONConstant(ValueError):
+    pass
+
+
+def _no_constant(name: str):
+    raise _NotJSONConstant(name)
+
+
 def parse_arguments(arguments: Any, where: str, row: int | None, side: str | None) -> str:
     """Tool-call arguments as a JSON string of an object, the form that survives Arrow (`dmpo_trl.normalize`).
 
     A dict is written with `json.dumps` (explicit nulls kept); a string must hold a JSON object and is kept as it is;
     None or an empty string is ``"{}"``. The trainer parses the string, so the chat template gets the object.
     """
+    not_json = (
+        f"malformed tool_calls in {where}: arguments hold NaN or Infinity, which JSON has no spelling for (the "
+        "written file would not be JSON); give a number, null or a string"
+    )
     if arguments is None:
         return "{}"
     if isinstance(arguments, Mapping):
-        return json.dumps(dict(arguments), ensure_ascii=False)
+        try:
+            return json.dumps(dict(arguments), ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            raise DMPODataError(not_json, row, side) from None
     if isinstance(arguments, str):
         if not arguments.strip():
             return "{}"
         try:
-            parsed = json.loads(arguments)
+            parsed = json.loads(arguments, parse_constant=_no_constant)
+        except _NotJSONConstant:
+            raise DMPODataError(not_json, row, side) from None
         except json.JSONDecodeError as err:
             raise DMPODataError(
                 f"malformed tool_calls in {where}: arguments are not valid JSON ({err})", row, side

@@ -80,7 +80,14 @@ def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
 def data_files_in(folder: str | Path) -> list[Path]:
     """The `.json`, `.jsonl` and `.parquet` files directly in `folder`, sorted by name; an error if there are none."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith("."))
+    listed = [p for p in folder.iterdir() if p.suffix in SUFFIXES and not p.name.startswith(".")]
+    for p in listed:
+        if p.is_symlink() and not p.exists():  # dangling, or a loop of links
+            raise DMPODataError(
+                f"{p.name} is a symbolic link to nothing (dangling, or a loop of links): fix or remove it",
+                source=str(folder),
+            )
+    files = sorted(p for p in listed if p.is_file())
     if not files:
         raise DMPODataError(f"the folder holds no {', '.join(SUFFIXES)} files", source=str(folder))
     return files
@@ -116,6 +123,11 @@ def iter_file_records(path: str | Path, *, in_folder: bool = False) -> Iterator[
 
 
 def _decode(data: bytes, path: Path, first_line: int = 1) -> str:
+    if first_line == 1 and (data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:4]):
+        raise DMPODataError(
+            "is UTF-16 (or UTF-32) text, not UTF-8: re-encode it, e.g. `iconv -f utf-16 -t utf-8 IN > OUT`",
+            source=str(path),
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -133,14 +145,56 @@ def _not_json(err: json.JSONDecodeError, path: Path, line: int | None = None) ->
     return DMPODataError(f"{where}: not valid JSON ({err.msg})", source=str(path))
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return record
+
+
+def _loads(text: str, path: Path, line: int | None = None) -> Any:
+    """`json.loads`, refusing what Python's parser accepts silently: a key twice in one object (the last one would
+    win), nesting deeper than the interpreter can parse, and lone surrogates (``\\ud800``: not text)."""
+    where = f"line {line}: " if line is not None else ""
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as err:
+        raise _not_json(err, path, line) from None
+    except _DuplicateKey as err:
+        raise DMPODataError(
+            f"{where}the key {err.key!r} appears twice in one object (a JSON reader keeps one of them silently); "
+            "remove the duplicate",
+            source=str(path),
+        ) from None
+    except RecursionError:
+        raise DMPODataError(
+            f"{where}JSON nested too deeply to read (thousands of levels); no dataset row is nested like that",
+            source=str(path),
+        ) from None
+    if "\\ud" in text.lower():  # a \uXXXX escape of a surrogate: valid JSON, not valid text when alone
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise DMPODataError(
+                f"{where}holds a lone surrogate escape ({err.object[err.start]!r}), which is not text: fix the "
+                "\\u escape (a pair \\ud83d\\ude00 is one emoji; half of one is an error)",
+                source=str(path),
+            ) from None
+    return value
+
+
 def _json_records(path: Path, in_folder: bool) -> Iterator[dict[str, Any]]:
     text = _decode(path.read_bytes(), path)
     if not text.strip():
         return
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise _not_json(err, path) from None
+    data = _loads(text, path)
     if isinstance(data, dict) and in_folder:
         yield {"id": path.stem, **data} if "id" not in data else data
         return
@@ -168,10 +222,7 @@ def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
                 line = line.removeprefix("\ufeff")
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise _not_json(err, path, lineno) from None
+            record = _loads(line, path, lineno)
             if not isinstance(record, dict):
                 extra = "; write one record per line" if isinstance(record, list) else ""
                 raise DMPODataError(
