@@ -147,7 +147,7 @@ class DMPOConfig(DPOConfig):
 
     def _check_dmpo_options(self):
         if not isinstance(self.gamma, int | float) or isinstance(self.gamma, bool) or not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"`gamma` must lie in [0, 1], got {self.gamma!r}.")
+            raise ValueError(f"`gamma` must be a number in [0, 1], got {self.gamma!r}.")
         self.gamma = float(self.gamma)
         if self.turn_weighting not in ("dmpo", "uniform"):
             raise ValueError(f"`turn_weighting` must be 'dmpo' or 'uniform', got {self.turn_weighting!r}.")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-from pathlib import Path
 from typing import Any
 
 
@@ -96,15 +95,12 @@ TRAINER_MAX_LENGTH = 1024
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     """Data, model, max_length, chat template and skip flag: the flags, else the recipe, else the trainer's defaults."""
     recipe: dict[str, Any] = {}
-    if args.config:
-        import yaml
+    if args.config:  # read and checked as `dmpo-trl train` reads and checks it
+        from dmpo_trl.cli.recipe_file import check_recipe, read_recipe
+        from dmpo_trl.cli.train import make_parser
 
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"recipe {args.config!r} does not exist")
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(recipe, dict):
-            raise ValueError(f"{args.config}: a recipe must be a YAML mapping of keys to values")
+        recipe = read_recipe(args.config)
+        check_recipe(make_parser(), recipe, args.config)
     data = list(args.data) or recipe.get("data_files") or recipe.get("dataset_name") or []
     data = [data] if isinstance(data, str) else list(data)
     if not data:
