@@ -63,6 +63,10 @@ def load_default_model(cache_dir: str | Path | None = None, *, force: bool = Fal
     out = Path(cache_dir).expanduser() if cache_dir is not None else default_model_dir()
     if _is_cached(out) and not force:
         return str(out)
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise FileExistsError(
+            f"{out} holds files that are not a converted model: refusing to replace it; give an empty or new folder"
+        )
     source = gguf_source()
     try:
         import gguf  # noqa: F401  (transformers needs it to read GGUF)
