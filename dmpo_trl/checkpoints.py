@@ -1,8 +1,9 @@
 """Checkpoints that are complete, saves that say why they failed, and no token on disk.
 
 - `last_complete_checkpoint`: the newest ``checkpoint-N`` of an output folder that holds a readable
-  ``trainer_state.json`` (the last file `Trainer` writes into a checkpoint); newer ones without it (a save cut by a crash or a full disk) are
-  skipped with a warning naming them, so ``resume_from_checkpoint=True`` resumes from the last complete one.
+  ``trainer_state.json`` (the last file `Trainer` writes into a checkpoint); newer ones without it (a save cut by a
+  crash or a full disk) are skipped with a warning naming them, so ``resume_from_checkpoint=True`` resumes from the
+  last complete one.
 - `explain_save_errors`: a context manager around a save that turns "no space left on device" (an `OSError` with
   ``ENOSPC``, or torch's ``RuntimeError: [enforce fail at inline_container.cc] ... unexpected pos``, which is what a
   full disk gives inside `torch.save`) into an `OSError` naming the cause and the folder.
@@ -47,8 +48,8 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
         if read_json_record(path / _STATE, _STATE) is not None:
             return str(path)
         logger.warning(
-            f"{path} is incomplete (no readable {_STATE}: its save was cut, e.g. by a full disk): skipping it and resuming "
-            "from the last complete checkpoint; delete it to silence this warning"
+            f"{path} is incomplete (no readable {_STATE}: its save was cut, e.g. by a full disk): skipping it and "
+            "resuming from the last complete checkpoint; delete it to silence this warning"
         )
     return None
 

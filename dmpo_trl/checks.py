@@ -75,7 +75,8 @@ def check_pair(example: Mapping[str, Any], row: int | None = None) -> None:
     side is non-empty, holds at least one assistant action, starts with one, and alternates actions with
     observations (no two assistant messages in a row); tool results follow an action or another tool result;
     assistant messages are not empty unless they carry `tool_calls`; tool results answer the calls they name
-    (`dmpo_trl.tool_call_ids`); tool-call arguments and `tools` are objects (or their JSON strings). The row is read as `dmpo_trl.normalize.normalize_pair` makes it.
+    (`dmpo_trl.tool_call_ids`); tool-call arguments and `tools` are objects (or their JSON strings). The row is read
+    as `dmpo_trl.normalize.normalize_pair` makes it.
     """
     if not isinstance(example, Mapping):
         raise DMPODataError(f"a row must be a dict with prompt/chosen/rejected, got {type(example).__name__}", row)

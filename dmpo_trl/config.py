@@ -98,9 +98,9 @@ class DMPOConfig(DPOConfig):
             (transformers' sdpa, eager, flex or FlashAttention); this is checked on the first batch.
 
     Refused, with the reason in the error: `truncation_mode="keep_end"`, and a non-default `f_divergence_type` with
-    `precompute_ref_log_probs=True`. Every other `DPOConfig` field is accepted and means what it means for DPO, except that
-    `hub_token` is moved to this process's `HF_TOKEN` (where the Hub client reads it) and cleared, so that it is never
-    saved in `training_args.bin`.
+    `precompute_ref_log_probs=True`. Every other `DPOConfig` field is accepted and means what it means for DPO, except
+    that `hub_token` is moved to this process's `HF_TOKEN` (where the Hub client reads it) and cleared, so that it is
+    never saved in `training_args.bin`.
     """
 
     gamma: float = field(

@@ -242,8 +242,9 @@ def _hub_errors(push_to_hub: bool):
             raise
         text = " ".join(str(err).split())[:200]
         raise OSError(
-            f"the Hugging Face Hub could not be reached or refused the request (push_to_hub is set: {type(err).__name__}: "
-            f"{text}); check the network and your token (HF_TOKEN or `hf auth login`), or train without the Hub: "
+            "the Hugging Face Hub could not be reached or refused the request (push_to_hub is set: "
+            f"{type(err).__name__}: {text}); check the network and your token (HF_TOKEN or `hf auth login`), "
+            "or train without the Hub: "
             "push_to_hub=False (needed offline, with HF_HUB_OFFLINE=1)"
         ) from err
 
