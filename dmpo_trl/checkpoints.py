@@ -70,8 +70,9 @@ def explain_save_errors(folder: str | os.PathLike, what: str = "checkpoint") -> 
         if not _is_disk_full(err):
             raise
         try:
-            free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free"
-        except OSError:
+            existing = next(p for p in (Path(folder), *Path(folder).parents) if p.exists())
+            free = f"{shutil.disk_usage(existing).free / 2**20:.0f} MiB free"
+        except (OSError, StopIteration):
             free = "free space unknown"
         raise OSError(
             f"no space left on the device while saving the {what} to {folder} ({free}; {type(err).__name__}: "

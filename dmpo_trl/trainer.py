@@ -258,7 +258,8 @@ class DMPOTrainer(DMPOForwardMixin, DPOTrainer):
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
-        with explain_save_errors(self.args.output_dir):  # a full disk: say so, naming the folder
+        folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")  # Trainer's name for it
+        with explain_save_errors(folder):  # a full disk: say so, naming the folder
             super()._save_checkpoint(model, trial)
 
     # ------------------------------------------------------------ model card
