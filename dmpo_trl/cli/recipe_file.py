@@ -3,7 +3,7 @@ accepted or refused by both, with the same message naming the recipe file and th
 
 - `read_recipe`: the YAML mapping of a recipe file; a key given twice is an error (YAML readers keep the last one).
 - `check_recipe`: every key is a field of the training parser (else the closest known key is suggested), and every
-  value has the field's type: text for a number (``beta: "abc"``), a scalar for a list field (``data_files: 5``), a
+  value has the field's type: text or a boolean for a number (``beta: "abc"``, ``gamma: true``), a scalar for a list field (``data_files: 5``), a
   list nested in a list (``lora_target_modules: [[q_proj]]``) are named here, before argparse or the trainer would
   report them as a flag the user never typed or a `TypeError`.
 """
@@ -85,6 +85,8 @@ def check_recipe(parser: argparse.ArgumentParser, recipe: dict[str, Any], path: 
                 raise ValueError(f"{where}: expects a list of values, got a nested {type(item).__name__}: {value!r}")
             if many and action.type is str and not isinstance(item, str):
                 raise ValueError(f"{where}: expects text (or a list of it), got {item!r}")
+            if isinstance(item, bool) and action.type in (int, float):  # YAML's true is no number (gamma: true)
+                raise ValueError(f"{where}: expects {_kind(action.type)}, got {item!r}")
             scalar = action.type in (int, float) or getattr(action.type, "__name__", "") == "string_to_bool"
             if isinstance(item, str) and scalar:
                 try:
