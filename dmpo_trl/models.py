@@ -242,6 +242,10 @@ def load_default_model(cache_dir: str | Path | None = None, *, force: bool = Fal
     out = Path(cache_dir).expanduser() if cache_dir is not None else default_model_dir()
     if _is_cached(out) and not force:
         return str(out)
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise FileExistsError(
+            f"{out} holds files that are not a converted model: refusing to replace it; give an empty or new folder"
+        )
     source = gguf_source()
     try:
         import gguf  # noqa: F401  (transformers needs it to read GGUF)
@@ -270,7 +274,13 @@ def load_default_model(cache_dir: str | Path | None = None, *, force: bool = Fal
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
+        if out.exists():  # replace only a folder this function wrote (the files it writes), never a user's folder
+            foreign = sorted({p.name for p in out.iterdir()} - {p.name for p in tmp.iterdir()})
+            if foreign or out.is_symlink() or not out.is_dir():
+                raise FileExistsError(
+                    f"{out} holds files the default model does not ({foreign[:3]}): refusing to replace it; give "
+                    "an empty or new folder"
+                )
             shutil.rmtree(out)
         tmp.rename(out)  # atomic on one filesystem: a crash never leaves a half-written cache
     finally:

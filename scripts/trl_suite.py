@@ -44,8 +44,17 @@ def swap_names(source: str) -> str:
     return source
 
 
+#: What `prepare` and `run` write in a run folder: the only folder contents a rerun removes.
+RUN_FILES = {"trl_tests", "pytest.ini", "junit.xml", "pytest.log", ".pytest_cache", "__pycache__"}
+
+
 def prepare(run_dir: Path, test_file: Path, trainer: str) -> Path:
     if run_dir.exists():
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES)
+        if foreign or run_dir.is_symlink():
+            raise SystemExit(
+                f"trl_suite: {run_dir} holds files it did not write ({foreign[:3]}): choose another --out"
+            )
         shutil.rmtree(run_dir)
     pkg = run_dir / "trl_tests"
     pkg.mkdir(parents=True)

@@ -54,3 +54,10 @@ def test_conversion_is_exact(tmp_path):
     )["input_ids"]
     with torch.no_grad():
         assert torch.equal(model(ids).logits, gguf_model(ids).logits)
+
+
+def test_a_folder_that_is_not_a_converted_model_is_never_replaced(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a converted model"):
+        models.load_default_model(tmp_path, force=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def register(subparsers) -> None:
@@ -82,8 +81,9 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         "skipped_variations": splits.info["skipped"],
         "files": {k: str(v) for k, v in paths.items()},
     }
-    with open(f"{args.output_dir}/build_info.json", "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2)
+    from dmpo_trl.core.files import atomic_write_json
+
+    atomic_write_json(f"{args.output_dir}/build_info.json", info, indent=2)
     print(f"{len(splits.train)} train pairs, {len(splits.heldout)} held-out pairs -> {args.output_dir}")
     if splits.info["skipped"]:
         print(f"skipped {len(splits.info['skipped'])} episodes whose gold path fails: {splits.info['skipped']}")

@@ -50,9 +50,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
+    from tqdm.auto import tqdm
+
     from dmpo_trl.core.errors import DMPODataError
     from dmpo_trl.data.convert import convert, pair_eto_rollouts
-    from dmpo_trl.data.io import read_records, write_records
+    from dmpo_trl.data.io import iter_records, read_records, write_records
 
     if args.fmt == "eto-rollouts":
         if not args.expert:
@@ -76,8 +78,11 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
                 skip_invalid=args.skip_invalid,
                 **kwargs,
             )
-        else:
-            rows = convert(read_records(args.input), args.fmt, skip_invalid=args.skip_invalid)
+            written = write_records(rows, args.output, keep_empty=False)
+        else:  # streamed: read, converted, checked and written one row at a time (bounded memory)
+            records = tqdm(iter_records(args.input), desc="convert", unit=" rows", disable=None, file=sys.stderr)
+            rows = convert(records, args.fmt, skip_invalid=args.skip_invalid, stream=True)
+            written = write_records(rows, args.output, keep_empty=False)
     except DMPODataError as err:
         if err.source is not None:
             raise
@@ -85,7 +90,7 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         raise DMPODataError(err.reason, err.row, err.side, source=source) from None
     for skipped in rows.skipped:
         print(f"skipped {args.input}: {skipped.reason}", file=sys.stderr)
-    if not rows:
+    if not written:
         counts = ", ".join(f"{key} {value}" for key, value in rows.stats.items() if value)
         raise DMPODataError(
             f"no pair to write: {len(rows.skipped)} rows skipped"
@@ -93,7 +98,6 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
             + "; nothing was written",
             source=args.input,
         )
-    write_records(rows, args.output)
-    summary = {"written": len(rows), "output": args.output, **rows.stats, "skipped": len(rows.skipped)}
+    summary = {"written": written, "output": args.output, **rows.stats, "skipped": len(rows.skipped)}
     print(json.dumps(summary))
     return 0

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -71,7 +69,9 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     for key, value in result.metrics().items():
         print(f"{key:>20}: {value:.3f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+        from dmpo_trl.core.files import atomic_write_json
+
+        atomic_write_json(args.json, result.to_dict(), indent=2)
     return 0
 
 

@@ -17,6 +17,7 @@ zero3, fsdp, or a path) it re-runs this module on every process with `accelerate
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
@@ -66,7 +67,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[DMPOScriptArguments, 
 def _check_keys(parser: TrlParser, argv: list[str]) -> None:
     import difflib
 
-    import yaml
+    from dmpo_trl.cli.recipe_file import check_recipe, read_recipe
 
     known = {action.dest for action in parser._actions} - {"help"}  # argparse's list of the options it defines
     rest = list(argv)
@@ -76,16 +77,7 @@ def _check_keys(parser: TrlParser, argv: list[str]) -> None:
             raise ValueError("--config needs a recipe file")
         config = rest[i + 1]
         del rest[i : i + 2]
-        if not os.path.isfile(config):
-            raise FileNotFoundError(f"recipe {config!r} does not exist")
-        with open(config, encoding="utf-8") as handle:
-            recipe = yaml.safe_load(handle) or {}
-        if not isinstance(recipe, dict):
-            raise ValueError(f"{config}: a recipe must be a YAML mapping of keys to values")
-        unknown = [key for key in recipe if key not in known and key != "env"]
-        if unknown:
-            hints = [f"{key!r}" + _closest(key, known, difflib) for key in unknown]
-            raise ValueError(f"{config}: unknown recipe key(s) {', '.join(hints)}")
+        check_recipe(parser, read_recipe(config), config)
     _, extra = parser.parse_known_args(rest)
     flags = [token for token in extra if token.startswith("--")]
     if flags:
@@ -102,11 +94,13 @@ def resolve_resume(value: str | bool | None, output_dir: str) -> str | bool | No
     """Map `resume_from_checkpoint` to what `Trainer.train` takes.
 
     - None / "" / "false": start fresh;
-    - "true" / "last": the last checkpoint in `output_dir` (error if there is none);
-    - "auto": the last checkpoint in `output_dir` if there is one, else start fresh (for requeued cluster jobs);
+    - "true" / "last": the last complete checkpoint in `output_dir` (error if there is none);
+    - "auto": the last complete checkpoint in `output_dir` if there is one, else start fresh (for requeued cluster
+      jobs). A checkpoint without ``trainer_state.json`` (a save cut by a crash or a full disk) is skipped with a
+      warning (`dmpo_trl.core.checkpoints.last_complete_checkpoint`);
     - anything else: a checkpoint directory.
     """
-    from transformers.trainer_utils import get_last_checkpoint
+    from dmpo_trl.core.checkpoints import last_complete_checkpoint
 
     if value is None or value is False:
         return None
@@ -117,7 +111,7 @@ def resolve_resume(value: str | bool | None, output_dir: str) -> str | bool | No
     if lowered in _RESUME_LAST or value is True:
         return True
     if lowered == "auto":
-        return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        return last_complete_checkpoint(output_dir)
     if not os.path.isdir(text):
         raise FileNotFoundError(f"resume_from_checkpoint={text!r} is not a checkpoint directory.")
     return text
@@ -218,7 +212,48 @@ def run(
     model_args: ModelConfig,
     callbacks: list[TrainerCallback] | None = None,
 ) -> Trainer:
-    """Train, save the final model (adapter only for LoRA runs) with its card, and push it if the recipe asks."""
+    """Train, save the final model (adapter only for LoRA runs) with its card, and push it if the recipe asks.
+
+    The main process holds a lock on `output_dir` meanwhile (`dmpo_trl.core.files.OutputLock`): a second training on
+    the same folder fails at once, naming this one's process and host."""
+    from dmpo_trl.core.files import OutputLock
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _run(script_args, training_args, model_args, callbacks)
+    check_output_dir(training_args.output_dir)
+    with OutputLock(training_args.output_dir, "training"), _hub_errors(training_args.push_to_hub):
+        return _run(script_args, training_args, model_args, callbacks)
+
+
+#: Where the errors of a Hub request come from (the Hub client and the HTTP stacks under it).
+_NETWORK_MODULES = ("huggingface_hub", "httpx", "httpcore", "requests", "urllib3")
+
+
+@contextlib.contextmanager
+def _hub_errors(push_to_hub: bool):
+    """With `push_to_hub`: a failed Hub request (creating the repo, uploading) is said to be the Hub's, with the two
+    ways to train without it."""
+    try:
+        yield
+    except Exception as err:
+        network = isinstance(err, (ConnectionError, TimeoutError)) or type(err).__module__.startswith(_NETWORK_MODULES)
+        if not push_to_hub or not network:
+            raise
+        text = " ".join(str(err).split())[:200]
+        raise OSError(
+            "the Hugging Face Hub could not be reached or refused the request (push_to_hub is set: "
+            f"{type(err).__name__}: {text}); check the network and your token (HF_TOKEN or `hf auth login`), "
+            "or train without the Hub: "
+            "push_to_hub=False (needed offline, with HF_HUB_OFFLINE=1)"
+        ) from err
+
+
+def _run(
+    script_args: DMPOScriptArguments,
+    training_args: DMPOConfig,
+    model_args: ModelConfig,
+    callbacks: list[TrainerCallback] | None,
+) -> Trainer:
     trainer = build_trainer(script_args, training_args, model_args, callbacks)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     card_kwargs: dict[str, Any] = {"dataset_name": script_args.dataset_name}

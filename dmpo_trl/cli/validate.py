@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-from pathlib import Path
 from typing import Any
 
 
@@ -96,15 +95,12 @@ TRAINER_MAX_LENGTH = 1024
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     """Data, model, max_length, chat template and skip flag: the flags, else the recipe, else the trainer's defaults."""
     recipe: dict[str, Any] = {}
-    if args.config:
-        import yaml
+    if args.config:  # read and checked as `dmpo-trl train` reads and checks it
+        from dmpo_trl.cli.recipe_file import check_recipe, read_recipe
+        from dmpo_trl.cli.train import make_parser
 
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"recipe {args.config!r} does not exist")
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(recipe, dict):
-            raise ValueError(f"{args.config}: a recipe must be a YAML mapping of keys to values")
+        recipe = read_recipe(args.config)
+        check_recipe(make_parser(), recipe, args.config)
     data = list(args.data) or recipe.get("data_files") or recipe.get("dataset_name") or []
     data = [data] if isinstance(data, str) else list(data)
     if not data:
@@ -140,16 +136,19 @@ def _positive_int(text: str) -> int:
 def run(args: argparse.Namespace, rest: list[str]) -> int:
     from dmpo_trl.core.errors import DMPODataError
     from dmpo_trl.data.loading import load_preference_files
-    from dmpo_trl.data.validation import report_json, validate_dataset
+    from dmpo_trl.data.validation import report_json, scan_files, validate_dataset, validate_files
 
     opts = settings(args)
-    # The data first: a bad file fails before the tokenizer loads
-    loaded = load_preference_files(opts["data"], skip_invalid=opts["skip_invalid"], convert_from=args.fmt)
-    tokenizer = _tokenizer(opts["model"], opts["chat_template"])
-    report = validate_dataset(
-        loaded, tokenizer, max_length=opts["max_length"], skip_invalid=opts["skip_invalid"], per_row=args.per_row
-    )
+    limits = {"max_length": opts["max_length"], "skip_invalid": opts["skip_invalid"], "per_row": args.per_row}
+    if args.fmt == "project":  # streamed twice, in bounded memory: the checks first, before the tokenizer loads
+        scan_files(opts["data"], skip_invalid=opts["skip_invalid"])
+        report = validate_files(opts["data"], _tokenizer(opts["model"], opts["chat_template"]), **limits)
+        name = ", ".join(map(str, opts["data"]))
+    else:  # converted first: the data first, a bad file fails before the tokenizer loads
+        loaded = load_preference_files(opts["data"], skip_invalid=opts["skip_invalid"], convert_from=args.fmt)
+        report = validate_dataset(loaded, _tokenizer(opts["model"], opts["chat_template"]), **limits)
+        name = loaded.name
     print(report_json(report) if args.json else report.format())
     if report.pairs == 0:
-        raise DMPODataError(f"no valid pair: all {report.rows} rows were skipped", source=loaded.name)
+        raise DMPODataError(f"no valid pair: all {report.rows} rows were skipped", source=name)
     return 0

@@ -12,6 +12,7 @@ from . import _compat  # noqa: F401  (refuses an untested TRL before TRL itself 
 # isort: split
 from trl import DPOConfig
 
+from .checkpoints import move_hub_token_to_env
 from .objective import F_DIVERGENCE_TYPES, LABEL_SMOOTHING_LOSS_TYPES, LOSS_TYPES
 from .weights import check_turn_weighting
 
@@ -80,12 +81,15 @@ class DMPOConfig(DPOConfig):
             scores travel as float32, as in TRL), map-style datasets, and a run that sees every training pair at least
             once (`dmpo_trl.core.ref_cache.resolve_precompute`). As with `True`, the reference
             model is then not kept for training; `evaluate()` on a new dataset after training needs a `ref_model` or
-            PEFT. Scores go through a store keyed on the pair's tokens, the reference weights, `gamma`, `max_length`,
-            `ld_alpha` and the precision (`ref_cache_dir`), so later epochs and later runs reuse them.
+            PEFT. Scores go through a store keyed on the pair's tokens and on everything else a reference log-prob
+            depends on (`dmpo_trl.core.ref_cache.reference_context`: weights, model config, attention, dtypes,
+            tokenizer and chat template, precision, library versions, `gamma`, `max_length`, `ld_alpha`;
+            `ref_cache_dir`), so later epochs and later runs reuse them.
         ref_cache_dir (`str`, *optional*):
-            Directory of the reference-score store (one SQLite file per reference/gamma/max_length/ld_alpha/precision).
-            Defaults to `$DMPO_TRL_REF_CACHE_DIR`, else `~/.cache/dmpo_trl/reference_scores`; `""` keeps scores in
-            memory only (TRL's per-dataset cache files still apply).
+            Directory of the reference-score store (one SQLite file per context, `<context>.json` beside it says
+            what it was computed with). Defaults to `$DMPO_TRL_REF_CACHE_DIR`, else
+            `~/.cache/dmpo_trl/reference_scores` (an INFO line names it); `""` keeps scores in memory only (TRL's
+            per-dataset cache files still apply).
         padding_free (`bool`, *optional*, defaults to `False`):
             Supported (TRL 1.16 disables it for DPO): the chosen and rejected sequences of a batch are packed into rows
             with `position_ids` restarting per sequence and no padding between them (see `dmpo_trl.core.packing`); same
@@ -93,7 +97,9 @@ class DMPOConfig(DPOConfig):
             (transformers' sdpa, eager, flex or FlashAttention); this is checked on the first batch.
 
     Refused, with the reason in the error: `truncation_mode="keep_end"`, and a non-default `f_divergence_type` with
-    `precompute_ref_log_probs=True`. Every other `DPOConfig` field is accepted and means what it means for DPO.
+    `precompute_ref_log_probs=True`. Every other `DPOConfig` field is accepted and means what it means for DPO, except
+    that `hub_token` is moved to this process's `HF_TOKEN` (where the Hub client reads it) and cleared, so that it is
+    never saved in `training_args.bin`.
     """
 
     gamma: float = field(
@@ -141,10 +147,11 @@ class DMPOConfig(DPOConfig):
         self._check_dmpo_options()
         self._check_numeric_options()
         super().__post_init__()
+        move_hub_token_to_env(self)  # never pickled into training_args.bin; the Hub client reads HF_TOKEN
 
     def _check_dmpo_options(self):
-        if not isinstance(self.gamma, int | float) or not 0.0 <= float(self.gamma) <= 1.0:
-            raise ValueError(f"`gamma` must lie in [0, 1], got {self.gamma!r}.")
+        if not isinstance(self.gamma, int | float) or isinstance(self.gamma, bool) or not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"`gamma` must be a number in [0, 1], got {self.gamma!r}.")
         self.gamma = float(self.gamma)
         check_turn_weighting(self.turn_weighting)
         check_loss_options(self)

@@ -32,7 +32,6 @@ import torch
 from accelerate.logging import get_logger
 from accelerate.utils import is_peft_model
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, Value
-from datasets.fingerprint import Hasher
 from transformers import (
     AutoTokenizer,
     DataCollator,
@@ -52,12 +51,21 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, use_adapter
 
 from .attention import check_packed_attention, is_varlen_capable, use_varlen_sdpa, varlen_kwargs
+from .checkpoints import explain_save_errors, last_complete_checkpoint
 from .collator import DataCollatorForDMPO, DMPOBatch, collator_for_config
 from .config import DMPOConfig
 from .lm_head import LM_HEAD_METRICS, add_action_lm_head
 from .model_card import card_rows, is_hub_id, write_card_section
 from .objective import ObjectiveConfig, dmpo_objective, sequence_scores
-from .ref_cache import KEY_COLUMNS, ReferenceScoreStore, default_cache_dir, resolve_precompute, row_key
+from .ref_cache import (
+    KEY_COLUMNS,
+    ReferenceScoreStore,
+    context_name,
+    default_cache_dir,
+    reference_context,
+    resolve_precompute,
+    row_key,
+)
 from .rows.columns import COLLATOR_COLUMNS
 from .rows.preparation import prepare_dataset, require_rows
 from .trackers import check_report_to
@@ -315,28 +323,19 @@ class DMPOTrainer(DPOTrainer):
             per_token_logps, _ = self._action_logps(model, inputs)
         return per_token_logps
 
-    def _reference_context(self) -> str:
-        """Everything a pair's reference score depends on besides the pair: the reference weights (TRL's hash),
-        gamma, the turn weighting, the truncation, LD-DPO's factors, the masking rules and the precision."""
-        args = self.args
-        precision = (str(self.accelerator.mixed_precision), bool(args.bf16), bool(args.fp16))
-        return Hasher.hash(
-            (
-                "dmpo",
-                _compat.precompute_model_hash(self),
-                MASKING_VERSION,
-                args.gamma,
-                args.max_length,
-                args.ld_alpha,
-                args.turn_weighting,
-                precision,
-            )
+    def _reference_context(self) -> dict:
+        """Everything a pair's reference score depends on besides the pair (`ref_cache.reference_context`)."""
+        reference = self._causal_lm(self.ref_model if self.ref_model is not None else self.model)
+        mixed = self.accelerator.mixed_precision
+        return reference_context(
+            reference, self.processing_class, self.args, mixed, _compat.precompute_model_hash(self), MASKING_VERSION
         )
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         """Reference scores of every pair of ``dataset`` as two columns: from the store where it holds them, else
         computed by TRL's precompute pass (its dataloader, DeepSpeed engine and gathering) and stored."""
-        context = self._reference_context()
+        description = self._reference_context()
+        context = context_name(description)
         directory = self.args.ref_cache_dir
         store = ReferenceScoreStore(default_cache_dir() if directory is None else directory, context)
         store = store if directory != "" else None
@@ -351,9 +350,10 @@ class DMPOTrainer(DPOTrainer):
             new = list(zip([keys[i] for i in missing], *computed, strict=True))
             if store is not None and self.accelerator.is_main_process:
                 store.put(new)
+                store.describe(description)
             self.accelerator.wait_for_everyone()
             scores.update((k, (c, r)) for k, c, r in new)
-        where = f" (store: {store.path})" if store is not None else ""
+        where = f' (store: {store.path}; ref_cache_dir="" turns it off)' if store is not None else ""
         logger.info(
             f"Reference scores of the {name} dataset: {len(missing)} distinct pairs scored by the reference, "
             f"{len(keys) - len(missing)}/{len(keys)} reused{where}",
@@ -442,6 +442,19 @@ class DMPOTrainer(DPOTrainer):
         dropped_w, dropped_l = turns_w - kept_w, turns_l - kept_l
         metrics["truncation/actions_dropped"].append((dropped_w.sum() + dropped_l.sum()).item())
         metrics["truncation/pairs_truncated"].append(((dropped_w > 0) | (dropped_l > 0)).float().mean().item())
+
+    # ------------------------------------------------------------ checkpoints
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """`Trainer.train`; ``resume_from_checkpoint=True`` takes the last *complete* checkpoint (a partial one, cut
+        by a crash or a full disk, is skipped with a warning: `dmpo_trl.core.checkpoints.last_complete_checkpoint`)."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir) or True
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")  # Trainer's name for it
+        with explain_save_errors(folder):  # a full disk: say so, naming the folder
+            super()._save_checkpoint(model, trial)
 
     # ------------------------------------------------------------ model card
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):

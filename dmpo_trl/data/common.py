@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,19 +46,54 @@ class ConvertedRows(list):
         return "\n".join(lines)
 
 
+class StreamedRows:
+    """The rows a converter produces, one at a time as they are iterated (once), for inputs too big to hold.
+
+    `skipped` and `stats` fill as the rows are read (complete once the iteration ends); `count` is the rows yielded.
+    """
+
+    def __init__(self, rows: Iterator[Row], skipped: list[SkippedRow], stats: dict[str, int]) -> None:
+        self._rows = rows
+        self.skipped = skipped
+        self.stats = stats
+        self.count = 0
+
+    def __iter__(self) -> Iterator[Row]:
+        for row in self._rows:
+            self.count += 1
+            yield row
+
+
 def convert_rows(
     records: Iterable[Any],
     convert_one: Callable[[Mapping[str, Any], int], Row],
     *,
     skip_invalid: bool = False,
     stats: dict[str, int] | None = None,
-) -> ConvertedRows:
+    stream: bool = False,
+) -> ConvertedRows | StreamedRows:
     """Apply `convert_one(record, row)` to every record and `check_pair` to its output.
 
     The first bad row raises `DMPODataError` (naming the row); with `skip_invalid=True` bad rows are left out
     and listed in the result's `skipped`. `stats` (filled by `convert_one` as it goes) becomes the result's `stats`.
+    With `stream=True` the result is a `StreamedRows`: nothing is converted until it is iterated, and no row is kept.
     """
+    stats = stats if stats is not None else {}
+    if stream:
+        skipped: list[SkippedRow] = []
+        return StreamedRows(_converted(records, convert_one, skip_invalid, skipped), skipped, stats)
     result = ConvertedRows()
+    result.extend(_converted(records, convert_one, skip_invalid, result.skipped))
+    result.stats = dict(stats)
+    return result
+
+
+def _converted(
+    records: Iterable[Any],
+    convert_one: Callable[[Mapping[str, Any], int], Row],
+    skip_invalid: bool,
+    skipped: list[SkippedRow],
+) -> Iterator[Row]:
     for row, record in enumerate(records):
         try:
             if not isinstance(record, Mapping):
@@ -69,11 +104,9 @@ def convert_rows(
             err = with_record_id(err, record)
             if not skip_invalid:
                 raise err
-            result.skipped.append(SkippedRow(row, str(err)))
+            skipped.append(SkippedRow(row, str(err)))
             continue
-        result.append(converted)
-    result.stats = dict(stats or {})
-    return result
+        yield converted
 
 
 def split_shared_prefix(
@@ -132,21 +165,38 @@ def metadata(record: Mapping[str, Any], consumed: Iterable[str]) -> Row:
     return {key: value for key, value in record.items() if key not in skip}
 
 
+class _NotJSONConstant(ValueError):
+    pass
+
+
+def _no_constant(name: str):
+    raise _NotJSONConstant(name)
+
+
 def parse_arguments(arguments: Any, where: str, row: int | None, side: str | None) -> str:
     """Tool-call arguments as a JSON string of an object, the form that survives Arrow (`dmpo_trl.core.rows.normalize`).
 
     A dict is written with `json.dumps` (explicit nulls kept); a string must hold a JSON object and is kept as it is;
     None or an empty string is ``"{}"``. The trainer parses the string, so the chat template gets the object.
     """
+    not_json = (
+        f"malformed tool_calls in {where}: arguments hold NaN or Infinity, which JSON has no spelling for (the "
+        "written file would not be JSON); give a number, null or a string"
+    )
     if arguments is None:
         return "{}"
     if isinstance(arguments, Mapping):
-        return json.dumps(dict(arguments), ensure_ascii=False)
+        try:
+            return json.dumps(dict(arguments), ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            raise DMPODataError(not_json, row, side) from None
     if isinstance(arguments, str):
         if not arguments.strip():
             return "{}"
         try:
-            parsed = json.loads(arguments)
+            parsed = json.loads(arguments, parse_constant=_no_constant)
+        except _NotJSONConstant:
+            raise DMPODataError(not_json, row, side) from None
         except json.JSONDecodeError as err:
             raise DMPODataError(
                 f"malformed tool_calls in {where}: arguments are not valid JSON ({err})", row, side

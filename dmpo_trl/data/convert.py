@@ -19,19 +19,19 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from dmpo_trl.core.rows.checks import check_pair
-from dmpo_trl.data.common import ConvertedRows, SkippedRow, convert_rows, split_shared_prefix
+from dmpo_trl.data.common import ConvertedRows, SkippedRow, StreamedRows, convert_rows, split_shared_prefix
 from dmpo_trl.data.eto import ETO_TASK_PRESETS, from_eto_pairs, pair_eto_rollouts
 from dmpo_trl.data.openai_chat import from_openai
 from dmpo_trl.data.sharegpt import from_sharegpt
 
 
-def from_project(records: Iterable[Any], *, skip_invalid: bool = False) -> ConvertedRows:
+def from_project(records: Iterable[Any], *, skip_invalid: bool = False, stream: bool = False) -> ConvertedRows:
     """Rows already in the project format: checked with `check_pair` and passed through unchanged."""
 
     def one(record: Mapping[str, Any], row: int) -> dict[str, Any]:
         return dict(record)
 
-    return convert_rows(records, one, skip_invalid=skip_invalid)
+    return convert_rows(records, one, skip_invalid=skip_invalid, stream=stream)
 
 
 CONVERTERS: dict[str, Callable[..., ConvertedRows]] = {
@@ -42,11 +42,12 @@ CONVERTERS: dict[str, Callable[..., ConvertedRows]] = {
 }
 
 
-def convert(records: Iterable[Any], fmt: str, *, skip_invalid: bool = False) -> ConvertedRows:
-    """Convert `records` from format `fmt` (one of `CONVERTERS`) to the project format."""
+def convert(records: Iterable[Any], fmt: str, *, skip_invalid: bool = False, stream: bool = False) -> ConvertedRows:
+    """Convert `records` from format `fmt` (one of `CONVERTERS`) to the project format; `stream=True` gives a
+    `StreamedRows` that converts as it is iterated (bounded memory: `dmpo-trl convert`)."""
     if fmt not in CONVERTERS:
         raise ValueError(f"unknown format {fmt!r}; known: {', '.join(CONVERTERS)}")
-    return CONVERTERS[fmt](records, skip_invalid=skip_invalid)
+    return CONVERTERS[fmt](records, skip_invalid=skip_invalid, stream=stream)
 
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "ETO_TASK_PRESETS",
     "ConvertedRows",
     "SkippedRow",
+    "StreamedRows",
     "check_pair",
     "convert",
     "from_eto_pairs",

@@ -84,7 +84,7 @@ def check_fastchat_keys(message: Any, i: int, side: str, row: int | None, where:
         raise DMPODataError(f"{where}message {i} is not a {{from, value}} dict{hint}", row, side)
 
 
-def from_eto_pairs(records: Iterable[Any], *, skip_invalid: bool = False) -> ConvertedRows:
+def from_eto_pairs(records: Iterable[Any], *, skip_invalid: bool = False, stream: bool = False) -> ConvertedRows:
     """Convert ETO/DMPO preference pairs `{"id", "prompt", "chosen", "rejected"}` to the project format.
 
     The prompt ([instruction (human), "OK" (gpt), task (human)]) is kept whole, including the "OK" reply as an
@@ -102,7 +102,7 @@ def from_eto_pairs(records: Iterable[Any], *, skip_invalid: bool = False) -> Con
             "rejected": fastchat_messages(record["rejected"], "rejected", row),
         }
 
-    return convert_rows(records, one, skip_invalid=skip_invalid)
+    return convert_rows(records, one, skip_invalid=skip_invalid, stream=stream)
 
 
 @dataclass

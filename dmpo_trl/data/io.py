@@ -23,6 +23,7 @@ import glob
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ __all__ = [
     "expand_data_files",
     "expand_data_paths",
     "iter_file_records",
+    "iter_records",
     "read_records",
     "write_records",
 ]
@@ -64,10 +66,28 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     return list(iter_file_records(path))
 
 
+def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
+    """`read_records`, one record at a time: a `.jsonl` file line by line, Parquet by record batch (a `.json` list
+    is parsed whole), so that a big input is never held in memory (`dmpo-trl convert`)."""
+    path = Path(path)
+    if path.is_dir():
+        for file in data_files_in(path):
+            yield from iter_file_records(file, in_folder=True)
+    else:
+        yield from iter_file_records(path)
+
+
 def data_files_in(folder: str | Path) -> list[Path]:
     """The `.json`, `.jsonl` and `.parquet` files directly in `folder`, sorted by name; an error if there are none."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith("."))
+    listed = [p for p in folder.iterdir() if p.suffix in SUFFIXES and not p.name.startswith(".")]
+    for p in listed:
+        if p.is_symlink() and not p.exists():  # dangling, or a loop of links
+            raise DMPODataError(
+                f"{p.name} is a symbolic link to nothing (dangling, or a loop of links): fix or remove it",
+                source=str(folder),
+            )
+    files = sorted(p for p in listed if p.is_file())
     if not files:
         raise DMPODataError(f"the folder holds no {', '.join(SUFFIXES)} files", source=str(folder))
     return files
@@ -103,6 +123,11 @@ def iter_file_records(path: str | Path, *, in_folder: bool = False) -> Iterator[
 
 
 def _decode(data: bytes, path: Path, first_line: int = 1) -> str:
+    if first_line == 1 and (data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:4]):
+        raise DMPODataError(
+            "is UTF-16 (or UTF-32) text, not UTF-8: re-encode it, e.g. `iconv -f utf-16 -t utf-8 IN > OUT`",
+            source=str(path),
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -120,14 +145,56 @@ def _not_json(err: json.JSONDecodeError, path: Path, line: int | None = None) ->
     return DMPODataError(f"{where}: not valid JSON ({err.msg})", source=str(path))
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return record
+
+
+def _loads(text: str, path: Path, line: int | None = None) -> Any:
+    """`json.loads`, refusing what Python's parser accepts silently: a key twice in one object (the last one would
+    win), nesting deeper than the interpreter can parse, and lone surrogates (``\\ud800``: not text)."""
+    where = f"line {line}: " if line is not None else ""
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as err:
+        raise _not_json(err, path, line) from None
+    except _DuplicateKey as err:
+        raise DMPODataError(
+            f"{where}the key {err.key!r} appears twice in one object (a JSON reader keeps one of them silently); "
+            "remove the duplicate",
+            source=str(path),
+        ) from None
+    except RecursionError:
+        raise DMPODataError(
+            f"{where}JSON nested too deeply to read (thousands of levels); no dataset row is nested like that",
+            source=str(path),
+        ) from None
+    if "\\ud" in text.lower():  # a \uXXXX escape of a surrogate: valid JSON, not valid text when alone
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise DMPODataError(
+                f"{where}holds a lone surrogate escape ({err.object[err.start]!r}), which is not text: fix the "
+                "\\u escape (a pair \\ud83d\\ude00 is one emoji; half of one is an error)",
+                source=str(path),
+            ) from None
+    return value
+
+
 def _json_records(path: Path, in_folder: bool) -> Iterator[dict[str, Any]]:
     text = _decode(path.read_bytes(), path)
     if not text.strip():
         return
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise _not_json(err, path) from None
+    data = _loads(text, path)
     if isinstance(data, dict) and in_folder:
         yield {"id": path.stem, **data} if "id" not in data else data
         return
@@ -155,10 +222,7 @@ def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
                 line = line.removeprefix("\ufeff")
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise _not_json(err, path, lineno) from None
+            record = _loads(line, path, lineno)
             if not isinstance(record, dict):
                 extra = "; write one record per line" if isinstance(record, list) else ""
                 raise DMPODataError(
@@ -265,40 +329,99 @@ def _first_misfit(values: list[Any]) -> int:
     return lo
 
 
-def write_records(rows: Iterable[dict[str, Any]], path: str | Path) -> None:
-    """Write rows to `.json` (an indented list), `.jsonl` or `.parquet`, creating the folder.
+def write_records(rows: Iterable[dict[str, Any]], path: str | Path, *, keep_empty: bool = True) -> int:
+    """Write rows to `.json` (an indented list), `.jsonl` or `.parquet`, creating the folder; returns how many.
+
+    The file is written next to its target under a temporary name and renamed over it at the end, so an interrupted
+    write (a crash, a full disk, a bad row) leaves the old file or none, never half of one. `.json` and `.jsonl`
+    rows are written one at a time as `rows` yields them (bounded memory for a streamed input); Parquet needs them
+    all at once. `keep_empty=False`: when there is no row, nothing is written (the target is left as it was).
+    Values JSON has no spelling for (``NaN``, ``Infinity``) are an error naming the row.
 
     Parquet gets the rows in `arrow_safe` form (tool-call arguments and tools as JSON strings), so that reading the
     file back, with `read_records` or with `datasets`, gives what was written and trains the same tokens.
     """
     path = Path(path)
-    rows = list(rows)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DMPODataError(
             f"unsupported file type {path.suffix!r}: use one of {', '.join(SUFFIXES)}", source=str(path)
         )
+    tmp = None
     try:
-        _write(rows, path, suffix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        count = _write(_input_side(rows), Path(tmp), suffix, path)
+        if count or keep_empty:
+            os.replace(tmp, path)
+        return count
+    except _InputError as err:  # raised by whatever produces the rows (reading, converting): not a write error
+        raise err.error.with_traceback(err.error.__traceback__) from None
     except OSError as err:
         why = err.strerror or str(err)
         raise OSError(f"cannot write {path} ({why}: {err.filename or path}); choose another output path") from err
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
-def _write(rows: list[dict[str, Any]], path: Path, suffix: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".json":
-        path.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    elif suffix == ".jsonl":
-        with path.open("w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+class _InputError(Exception):
+    """An error of the rows' producer, carried through `write_records`' handling of write errors."""
 
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _input_side(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    iterator = iter(rows)
+    while True:
         try:
-            table = pa.table(arrow_columns([arrow_safe(row) for row in rows]))
-        except DMPODataError as err:
-            raise DMPODataError(err.reason, err.row, source=str(path)) from None
-        pq.write_table(table, str(path))
+            row = next(iterator)
+        except StopIteration:
+            return
+        except Exception as err:
+            raise _InputError(err) from err
+        yield row
+
+
+def _json_line(row: dict[str, Any], index: int, path: Path, indent: int | None = None) -> str:
+    try:
+        return json.dumps(row, ensure_ascii=False, allow_nan=False, indent=indent)
+    except ValueError as err:  # NaN / Infinity: not JSON (the strict readers refuse them)
+        raise DMPODataError(
+            f"holds a value JSON cannot write ({err}): NaN and Infinity are not JSON; replace them (e.g. with null "
+            "or a string)",
+            row=index,
+            source=str(path),
+        ) from None
+
+
+def _write(rows: Iterable[dict[str, Any]], tmp: Path, suffix: str, path: Path) -> int:
+    count = 0
+    if suffix in (".json", ".jsonl"):
+        with tmp.open("w", encoding="utf-8") as handle:
+            if suffix == ".json":
+                handle.write("[")
+            for count, row in enumerate(rows, start=1):
+                if suffix == ".jsonl":
+                    handle.write(_json_line(row, count - 1, path) + "\n")
+                else:
+                    text = _json_line(row, count - 1, path, indent=2).replace("\n", "\n  ")
+                    handle.write(("\n  " if count == 1 else ",\n  ") + text)
+            if suffix == ".json":
+                handle.write("\n]\n" if count else "]\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        return count
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    safe = [arrow_safe(row) for row in rows]
+    try:
+        table = pa.table(arrow_columns(safe))
+    except DMPODataError as err:
+        raise DMPODataError(err.reason, err.row, source=str(path)) from None
+    pq.write_table(table, str(tmp))
+    return len(safe)

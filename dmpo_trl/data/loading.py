@@ -114,7 +114,7 @@ def load_preference_files(
     sources: list[RowSource] = []
     skipped: list[SkippedRow] = []
     for file, in_folder in files:
-        for row, record in _checked_rows(file, in_folder, skip_invalid, convert_from, skipped.append):
+        for row, record in checked_rows(file, in_folder, skip_invalid, convert_from, skipped.append):
             rows.append(record)
             sources.append(RowSource(file, row))
     data = LoadedData(None, sources, skipped, len(rows) + len(skipped), name, [file for file, _ in files])
@@ -142,7 +142,7 @@ def dataset_from_rows(rows: list[dict[str, Any]]):
     return Dataset(InMemoryTable(pa.table(arrays)))
 
 
-def _checked_rows(
+def checked_rows(
     file: str, in_folder: bool, skip_invalid: bool, convert_from: str, on_skip: Callable[[SkippedRow], Any]
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(row in file, arrow-safe record) for every record of `file` that passes the structural checks; with

@@ -86,7 +86,7 @@ def openai_messages(messages: Any, side: str, row: int | None) -> list[Row]:
     return result
 
 
-def from_openai(records: Iterable[Any], *, skip_invalid: bool = False) -> ConvertedRows:
+def from_openai(records: Iterable[Any], *, skip_invalid: bool = False, stream: bool = False) -> ConvertedRows:
     """Convert OpenAI-style preference rows (three layouts, see the module docstring) to the project format."""
 
     stats: dict[str, int] = {}
@@ -129,7 +129,7 @@ def from_openai(records: Iterable[Any], *, skip_invalid: bool = False) -> Conver
             out["tools"] = normalized
         return out
 
-    return convert_rows(records, one, skip_invalid=skip_invalid, stats=stats)
+    return convert_rows(records, one, skip_invalid=skip_invalid, stats=stats, stream=stream)
 
 
 def _text(content: Any, index: int, side: str, row: int | None) -> str | None:

@@ -96,7 +96,7 @@ def sharegpt_messages(messages: Any, side: str, row: int | None) -> list[Row]:
     return result
 
 
-def from_sharegpt(records: Iterable[Any], *, skip_invalid: bool = False) -> ConvertedRows:
+def from_sharegpt(records: Iterable[Any], *, skip_invalid: bool = False, stream: bool = False) -> ConvertedRows:
     """Convert ShareGPT preference rows (three layouts, see the module docstring) to the project format."""
 
     stats: dict[str, int] = {}
@@ -137,7 +137,7 @@ def from_sharegpt(records: Iterable[Any], *, skip_invalid: bool = False) -> Conv
             out["tools"] = tools
         return out
 
-    return convert_rows(records, one, skip_invalid=skip_invalid, stats=stats)
+    return convert_rows(records, one, skip_invalid=skip_invalid, stats=stats, stream=stream)
 
 
 def _function_calls(value: str, index: int, side: str, row: int | None) -> list[Row]:

@@ -22,10 +22,19 @@ from dmpo_trl.core.rows.checks import check_pair, prepare_pair
 from dmpo_trl.core.rows.preparation import refusal
 from dmpo_trl.core.rows.tokenization import NOT_ACTION, truncate_trajectory
 from dmpo_trl.data.common import SkippedRow
-from dmpo_trl.data.loading import LoadedData, load_preference_files
+from dmpo_trl.data.io import expand_data_paths
+from dmpo_trl.data.loading import LoadedData, RowSource
 
 
-__all__ = ["Distribution", "ValidationReport", "check_pair", "validate_dataset", "validate_row"]
+__all__ = [
+    "Distribution",
+    "ValidationReport",
+    "check_pair",
+    "scan_files",
+    "validate_dataset",
+    "validate_files",
+    "validate_row",
+]
 
 
 @dataclass
@@ -40,11 +49,16 @@ class Distribution:
 
     @classmethod
     def of(cls, values: list[int]) -> Distribution:
-        if not values:
+        return cls.of_counts(Counter(values))
+
+    @classmethod
+    def of_counts(cls, counts: Counter) -> Distribution:
+        """From a histogram (value -> how many): what `of` gives for the values it counts."""
+        n = sum(counts.values())
+        if not n:
             return cls()
-        return cls(
-            len(values), min(values), sum(values) / len(values), max(values), dict(sorted(Counter(values).items()))
-        )
+        mean = sum(v * k for v, k in counts.items()) / n
+        return cls(n, min(counts), mean, max(counts), dict(sorted(counts.items())))
 
     def line(self) -> str:
         return f"min {self.min}, mean {self.mean:.2f}, max {self.max}"
@@ -123,6 +137,32 @@ class ValidationReport:
         return "\n".join(lines)
 
 
+class _Totals:
+    """What the report needs, accumulated row by row in memory that does not grow with the rows: one histogram per
+    distribution (bounded by the distinct values) and sums."""
+
+    def __init__(self) -> None:
+        self.pairs = 0
+        self.hist = {name: Counter() for name in ("chosen_T", "rejected_T", "prompt", "chosen", "rejected")}
+        self.total_tokens = self.action_tokens = self.pairs_truncated = 0
+        self.actions_total = self.actions_dropped = self.tokens_dropped = 0
+
+    def add(self, s: _RowStats) -> None:
+        self.pairs += 1
+        for name, value in zip(
+            ("chosen_T", "rejected_T", "prompt", "chosen", "rejected"),
+            (*s.actions, s.prompt_tokens, *s.lengths),
+            strict=True,
+        ):
+            self.hist[name][value] += 1
+        self.total_tokens += sum(s.lengths)
+        self.action_tokens += s.action_tokens
+        self.pairs_truncated += s.kept != s.actions
+        self.actions_total += sum(s.actions)
+        self.actions_dropped += sum(s.actions) - sum(s.kept)
+        self.tokens_dropped += sum(s.lengths) - sum(s.kept_lengths)
+
+
 @dataclass
 class _RowStats:
     actions: tuple[int, int]
@@ -165,8 +205,8 @@ def validate_dataset(
     """Check every row as the trainer would and describe the dataset.
 
     Args:
-        dataset_or_rows: a `datasets.Dataset`, a list of row dicts, a data path (file, folder or glob: read by the
-            loader `dmpo-trl train` uses, `load_preference_files`) or what that loader returned.
+        dataset_or_rows: a `datasets.Dataset`, a list of row dicts, a data path (file, folder or glob: streamed by
+            `validate_files`) or what the loader `dmpo-trl train` uses (`load_preference_files`) returned.
         tokenizer: the fast tokenizer (with its chat template) the model will train with.
         max_length: the trainer's `max_length` (tokens per trajectory, prompt included); None: no truncation.
         skip_invalid: the trainer's `skip_invalid_pairs`: True reports every bad row (count and reasons) instead of
@@ -178,67 +218,142 @@ def validate_dataset(
     Raises:
         `DMPODataError` at the first bad row (unless `skip_invalid`), naming the row (and its file) and the reason.
     """
-    from tqdm.auto import tqdm
-
     if isinstance(dataset_or_rows, (str, Path)):
-        dataset_or_rows = load_preference_files(str(dataset_or_rows), skip_invalid=skip_invalid)
+        return validate_files([str(dataset_or_rows)], tokenizer, max_length, skip_invalid, progress=progress)
     loaded = dataset_or_rows if isinstance(dataset_or_rows, LoadedData) else None
     rows_in = loaded.dataset if loaded is not None else dataset_or_rows
     total = len(rows_in) if hasattr(rows_in, "__len__") else None
-    stats: list[_RowStats] = []
+
+    def where(row: int) -> RowSource | None:
+        return loaded.sources[row] if loaded is not None and row < len(loaded.sources) else None
+
     skipped: list[SkippedRow] = list(loaded.skipped) if loaded is not None else []
+    items = ((example, row, where(row)) for row, example in enumerate(rows_in))
+    totals, details = _validate_rows(
+        items,
+        tokenizer,
+        max_length,
+        skip_invalid,
+        skipped,
+        loaded.locate if loaded else None,
+        progress,
+        total,
+        per_row,
+    )
+    if loaded is not None:  # the loader's skipped rows and these, in file order
+        order = {file: i for i, file in enumerate(loaded.files)}
+        skipped.sort(key=lambda s: (order.get(s.source, len(order)), s.row if s.row is not None else -1))
+    rows = loaded.rows_read if loaded is not None and loaded.rows_read is not None else totals.pairs + len(skipped)
+    report = _report(rows, totals, skipped, max_length)
+    report.per_row = details if per_row else None
+    return report
+
+
+def scan_files(paths: Iterable[str] | str, skip_invalid: bool | None = False) -> tuple[int, list[SkippedRow]]:
+    """The structural checks (`check_pair`) of every row of the data files, streamed: (rows read, rows skipped).
+
+    What `load_preference_files` checks, without keeping a row: a bad file fails here, before any tokenizer loads.
+    Raises like `load_preference_files` (the first bad row unless `skip_invalid`; nothing left after skipping)."""
+    from dmpo_trl.data.loading import checked_rows
+
+    skipped: list[SkippedRow] = []
+    rows = 0
+    for file, in_folder in expand_data_paths(paths):
+        for _ in checked_rows(file, in_folder, bool(skip_invalid), "project", skipped.append):
+            rows += 1
+    if not rows:
+        raise DMPODataError(
+            f"all {len(skipped)} rows fail the checks and were skipped, nothing is left; the first: "
+            f"{skipped[0].reason}"
+        )
+    return rows + len(skipped), skipped
+
+
+def validate_files(
+    paths: Iterable[str] | str,
+    tokenizer,
+    max_length: int | None = None,
+    skip_invalid: bool | None = None,
+    *,
+    progress: bool = True,
+    per_row: bool = False,
+) -> ValidationReport:
+    """`validate_dataset` of data files in the project format, streamed: rows are read, checked and counted one at a
+    time (memory does not grow with the rows, except for the skipped rows' reasons and ``per_row``'s list), in the
+    order and with the errors of `load_preference_files` (each naming its file and row there)."""
+    from dmpo_trl.data.loading import checked_rows
+
+    files = expand_data_paths(paths)
+    dropped: list[SkippedRow] = []  # by the structural checks, as the loader drops them
+    read = 0
+
+    def items():
+        nonlocal read
+        for file, in_folder in files:
+            for row, record in checked_rows(file, in_folder, bool(skip_invalid), "project", dropped.append):
+                read += 1
+                yield record, row, RowSource(file, row)
+
+    skipped: list[SkippedRow] = []
+    totals, details = _validate_rows(
+        items(), tokenizer, max_length, skip_invalid, skipped, None, progress, None, per_row
+    )
+    order = {file: i for i, (file, _) in enumerate(files)}
+    skipped = sorted(dropped + skipped, key=lambda s: (order.get(s.source, len(order)), s.row or 0))
+    report = _report(read + len(dropped), totals, skipped, max_length)
+    report.per_row = details if per_row else None
+    return report
+
+
+def _validate_rows(items, tokenizer, max_length, skip_invalid, skipped, locate, progress, total, per_row):
+    """Validate ``(example, row, source)`` items into `_Totals` (and per-row details); bad rows per `refusal`.
+    ``source`` is the row's `RowSource` (or None); without `locate`, errors are located with it."""
+    from tqdm.auto import tqdm
+
+    totals = _Totals()
     details: list[dict[str, Any]] = []
-    for row, example in enumerate(tqdm(rows_in, total=total, desc="Validating", disable=not progress)):
+    for example, row, source in tqdm(items, total=total, desc="Validating", disable=not progress, unit=" rows"):
         try:
-            stats.append(validate_row(tokenizer, example, row, max_length))
+            s = validate_row(tokenizer, example, row, max_length)
         except DMPODataError as err:
-            err = loaded.locate(err) if loaded is not None else err
+            if locate is not None:
+                err = locate(err)
+            elif source is not None:
+                err = DMPODataError(err.reason, source.row, err.side, source=source.file)
             refused = refusal(err, skip_invalid)
             if refused is not None:
                 raise refused from None
             skipped.append(SkippedRow(err.row, str(err), err.source))
             continue
+        totals.add(s)
         if per_row:
-            where = loaded.sources[row] if loaded is not None and row < len(loaded.sources) else None
-            s = stats[-1]
             details.append(
                 {
-                    "row": where.row if where else row,
-                    **({"file": where.file} if where else {}),
+                    "row": source.row if source else row,
+                    **({"file": source.file} if source else {}),
                     "prompt_tokens": s.prompt_tokens,
                     "tokens": dict(zip(("chosen", "rejected"), s.lengths, strict=True)),
                     "kept_tokens": dict(zip(("chosen", "rejected"), s.kept_lengths, strict=True)),
                     "kept_actions": dict(zip(("chosen", "rejected"), s.kept, strict=True)),
                 }
             )
-    if loaded is not None:  # the loader's skipped rows and these, in file order
-        order = {file: i for i, file in enumerate(loaded.files)}
-        skipped.sort(key=lambda s: (order.get(s.source, len(order)), s.row if s.row is not None else -1))
-    rows = loaded.rows_read if loaded is not None and loaded.rows_read is not None else len(stats) + len(skipped)
-    report = _report(rows, stats, skipped, max_length)
-    report.per_row = details if per_row else None
-    return report
+    return totals, details
 
 
-def _report(rows: int, stats: list[_RowStats], skipped: list[SkippedRow], max_length: int | None) -> ValidationReport:
+def _report(rows: int, totals: _Totals, skipped: list[SkippedRow], max_length: int | None) -> ValidationReport:
+    dist = {name: Distribution.of_counts(counts) for name, counts in totals.hist.items()}
     return ValidationReport(
         rows=rows,
-        pairs=len(stats),
+        pairs=totals.pairs,
         max_length=max_length,
-        actions={
-            side: Distribution.of([s.actions[i] for s in stats]) for i, side in enumerate(("chosen", "rejected"))
-        },
-        tokens={
-            "prompt": Distribution.of([s.prompt_tokens for s in stats]),
-            "chosen": Distribution.of([s.lengths[0] for s in stats]),
-            "rejected": Distribution.of([s.lengths[1] for s in stats]),
-        },
-        total_tokens=sum(sum(s.lengths) for s in stats),
-        action_tokens=sum(s.action_tokens for s in stats),
-        pairs_truncated=sum(1 for s in stats if s.kept != s.actions),
-        actions_total=sum(sum(s.actions) for s in stats),
-        actions_dropped=sum(sum(s.actions) - sum(s.kept) for s in stats),
-        tokens_dropped=sum(sum(s.lengths) - sum(s.kept_lengths) for s in stats),
+        actions={"chosen": dist["chosen_T"], "rejected": dist["rejected_T"]},
+        tokens={"prompt": dist["prompt"], "chosen": dist["chosen"], "rejected": dist["rejected"]},
+        total_tokens=totals.total_tokens,
+        action_tokens=totals.action_tokens,
+        pairs_truncated=totals.pairs_truncated,
+        actions_total=totals.actions_total,
+        actions_dropped=totals.actions_dropped,
+        tokens_dropped=totals.tokens_dropped,
         skipped=skipped,
     )
 

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from dmpo_trl.core.files import atomic_write_json
+
 
 __all__ = ["MainJobConfig", "build_arg_parser", "config_from_args", "main", "pipeline_config", "run_main_job"]
 
@@ -268,7 +270,7 @@ def run_main_job(cfg: MainJobConfig, command: str | None = None) -> dict[str, An
         "stage_log": results["stage_log"],
     }
     out = Path(cfg.output_dir)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    atomic_write_json(out / "summary.json", summary)
     preamble = [
         "# DMPO main job report",
         "",

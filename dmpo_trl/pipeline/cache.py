@@ -5,19 +5,24 @@ from), the key's hash, a ``run_id`` drawn when the stage ran, the stage's result
 ``stage.json`` with the same key hash returns the stored result without doing the work; a folder without one (an
 interrupted stage) or with another key (changed settings or inputs) is emptied and the stage runs again. So an
 interrupted pipeline resumes where it stopped, and changing a setting reruns exactly the stages that depend on it.
+
+``stage.json`` is written atomically (`dmpo_trl.core.files.atomic_write_json`); one that cannot be read (cut by a crash or a
+full disk) counts as "not finished", with a warning naming it. Every part of a stage name must be a safe folder name
+(`dmpo_trl.core.files.check_name`), and a stage folder is created or emptied only inside the root.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from dmpo_trl.core.files import atomic_write_json, check_inside, check_name, read_json_record, remove_tree
 
 
 __all__ = ["StageRunner", "key_hash"]
@@ -47,15 +52,17 @@ class StageRunner:
         self._start = time.perf_counter()
 
     def path(self, name: str) -> Path:
-        return self.root / name
+        """The folder of stage `name` (``/``-separated parts, each a safe name): refused unless inside the root."""
+        for part in name.split("/"):
+            check_name(part, f"stage name {name!r}: part")
+        folder = self.root / name
+        check_inside(folder, self.root)
+        return folder
 
     def done(self, name: str, key: Any) -> dict[str, Any] | None:
         """The stored record of stage `name` if it finished with this key, else ``None``."""
-        meta = self.path(name) / STAGE_FILE
-        if not meta.is_file():
-            return None
-        record = json.loads(meta.read_text(encoding="utf-8"))
-        return record if record.get("key_hash") == key_hash(key) else None
+        record = read_json_record(self.path(name) / STAGE_FILE, f"stage record of {name!r}")
+        return record if record is not None and record.get("key_hash") == key_hash(key) else None
 
     def run(self, name: str, key: Any, fn: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Run ``fn(folder, *args, **kwargs)`` unless stage `name` is done with `key`; returns the stage's record
@@ -75,7 +82,7 @@ class StageRunner:
             return record
         folder = self.path(name)
         if folder.exists():
-            shutil.rmtree(folder)  # an interrupted run or other settings: start the stage over
+            remove_tree(folder, self.root)  # an interrupted run or other settings: start the stage over
         folder.mkdir(parents=True)
         if self.verbose:
             print(f"\n=== [{elapsed:6.0f} s] {name}", flush=True)
@@ -92,7 +99,7 @@ class StageRunner:
             "cpu_seconds": cpu_seconds,
             "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         }
-        (folder / STAGE_FILE).write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+        atomic_write_json(folder / STAGE_FILE, record)
         record["cached"] = False
         self.log.append({"stage": name, "cached": False, "seconds": seconds, "cpu_seconds": cpu_seconds})
         if self.verbose:

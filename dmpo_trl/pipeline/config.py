@@ -162,6 +162,20 @@ class PipelineConfig:
                 raise ValueError(f"method {m.name}: {err}") from None
         if self.rounds < 1 or not self.seeds:
             raise ValueError("rounds must be >= 1 and seeds non-empty")
+        check_path_names(self)
+
+
+def check_path_names(cfg: PipelineConfig) -> None:
+    """Refuse a method name, setting or seed that cannot name a stage folder (`dmpo_trl.core.files.check_name`)."""
+    from dmpo_trl.core.files import check_name
+
+    for m in cfg.methods:
+        check_name(m.name, "method name")
+    for s in cfg.settings:
+        check_name(s, "setting")
+    for seed in cfg.seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seeds must be integers, got {seed!r}")
 
 
 _NESTED = {"sft": SFTSettings, "explore": ExploreSettings, "train": TrainSettings, "eval": EvalSettings}

@@ -14,7 +14,6 @@ Every stage is cached under ``output_dir`` (`dmpo_trl.pipeline.cache`): running 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shlex
@@ -25,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dmpo_trl.core.files import OutputLock, atomic_write_json
 from dmpo_trl.envs.base import AgentEnv
 
 from .cache import StageRunner, key_hash
@@ -61,10 +61,16 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
     """Run (or resume) the pipeline; returns the results also written to ``<output_dir>/results.json``.
 
     `env` (an `AgentEnv`, e.g. a `ToolEnvAdapter` or your own environment) replaces ``cfg.env`` / ``cfg.task``;
-    the pipeline closes it at the end."""
+    the pipeline closes it at the end. The run holds a lock on ``output_dir`` (`dmpo_trl.core.files.OutputLock`): a
+    second run on the same folder fails at once, naming this one's process and host."""
     # Idle OpenMP threads sleep instead of spinning (a shared or small CPU: spinning makes every parallel op wait for
     # descheduled peers); read at torch's first parallel region, so it takes effect only if nothing ran yet.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    with OutputLock(cfg.output_dir, "pipeline run"):  # a second run on this output_dir fails here, naming this one
+        return _run_pipeline(cfg, command, env)
+
+
+def _run_pipeline(cfg: PipelineConfig, command: str | None, env: AgentEnv | None) -> dict[str, Any]:
     t_start = time.perf_counter()
     out = Path(cfg.output_dir)
     stages = StageRunner(out, verbose=True)
@@ -210,7 +216,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
         "runs": runs,
         "stage_log": stages.log,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
+    atomic_write_json(out / "results.json", results)
     from .report import write_report
 
     write_report(out, results)

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dmpo_trl.core.files import atomic_write_text
 from dmpo_trl.envs.base import AgentEnv, DMPOEnvError
 from dmpo_trl.envs.rollouts import Rollout
 from dmpo_trl.envs.trajectory import Trajectory
@@ -19,9 +20,7 @@ __all__ = ["load_experts", "load_rollouts", "save_rollouts"]
 
 
 def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -564,3 +564,238 @@ def _(d):
         assert run("dmpo-trl validate empty.jsonl --model tiny") == (1, "dmpo-trl validate: empty.jsonl: is empty", "")
 
     return check
+
+
+# ------------------------------------------------------------------ issue 21: the last bad inputs named or refused
+def _good_line(i: int = 0) -> str:
+    return json.dumps(good(i), ensure_ascii=False)
+
+
+@case("lone surrogate in a row")
+def _(d):
+    (d / "pairs.jsonl").write_text(
+        _good_line() + "\n" + _good_line(1).replace("Observation", "Obs\\ud800ervation", 1) + "\n"
+    )
+    return lambda run, out: run.same_in_all(
+        "pairs.jsonl",
+        "pairs.jsonl: line 2: holds a lone surrogate escape ('\\ud800'), which is not text: fix the \\u escape (a pair "
+        "\\ud83d\\ude00 is one emoji; half of one is an error)",
+    )
+
+
+@case("JSON nested 50,000 levels deep")
+def _(d):
+    (d / "deep.jsonl").write_text('{"prompt": ' + "[" * 50_000 + "]" * 50_000 + "}\n")
+    return lambda run, out: run.same_in_all(
+        "deep.jsonl",
+        "deep.jsonl: line 1: JSON nested too deeply to read (thousands of levels); no dataset row is nested like that",
+    )
+
+
+@case("UTF-16 file")
+def _(d):
+    (d / "pairs.jsonl").write_bytes((_good_line() + "\n").encode("utf-16"))
+    return lambda run, out: run.same_in_all(
+        "pairs.jsonl",
+        "pairs.jsonl: is UTF-16 (or UTF-32) text, not UTF-8: re-encode it, e.g. `iconv -f utf-16 -t utf-8 IN > OUT`",
+    )
+
+
+@case("a key twice in one row")
+def _(d):
+    (d / "pairs.jsonl").write_text(_good_line()[:-1] + ', "rejected": [{"role": "assistant", "content": "x"}]}\n')
+    return lambda run, out: run.same_in_all(
+        "pairs.jsonl",
+        "pairs.jsonl: line 1: the key 'rejected' appears twice in one object (a JSON reader keeps one of them "
+        "silently); remove the duplicate",
+    )
+
+
+@case("dangling symlink in a data folder")
+def _(d):
+    (d / "pairs").mkdir()
+    write_records([good(0)], d / "pairs" / "a.jsonl")
+    (d / "pairs" / "b.jsonl").symlink_to(d / "pairs" / "gone.jsonl")
+    return lambda run, out: run.same_in_all(
+        "pairs", "pairs: b.jsonl is a symbolic link to nothing (dangling, or a loop of links): fix or remove it"
+    )
+
+
+def _openai_row(chosen_calls, results) -> dict:
+    return {
+        "prompt": [{"role": "user", "content": "Add 2 and 2, then double it."}],
+        "chosen": [
+            {"role": "assistant", "content": "", "tool_calls": chosen_calls},
+            *results,
+            {"role": "assistant", "content": "8"},
+        ],
+        "rejected": [{"role": "assistant", "content": "5"}],
+    }
+
+
+def _call(call_id, expr):
+    return {"id": call_id, "type": "function", "function": {"name": "calc", "arguments": {"expr": expr}}}
+
+
+@case("NaN in tool-call arguments")
+def _(d):
+    row = _openai_row([_call("c1", "2+2")], [{"role": "tool", "tool_call_id": "c1", "content": "4"}])
+    text = json.dumps([row]).replace('{"expr": "2+2"}', '{"expr": NaN}')
+    (d / "nan.json").write_text(text)
+
+    def check(run, out):
+        assert not (d / "nan.jsonl").exists()  # nothing written
+
+    return check
+
+
+@case("tool result answering no call")
+def _(d):
+    row = _openai_row([_call("c1", "2+2")], [{"role": "tool", "tool_call_id": "c9", "content": "4"}])
+    write_records([row], d / "pairs.jsonl")
+    return None
+
+
+@case("two calls with one id")
+def _(d):
+    row = _openai_row(
+        [_call("c1", "2+2"), _call("c1", "4*2")],
+        [
+            {"role": "tool", "tool_call_id": "c1", "content": "4"},
+            {"role": "tool", "tool_call_id": "c1", "content": "8"},
+        ],
+    )
+    write_records([row], d / "pairs.jsonl")
+    return None
+
+
+@case("template that renders each action twice")
+def _(d):
+    (d / "twice.jinja").write_text(
+        QWEN.read_text().replace(
+            "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}",
+            "{{- '<|im_start|>' + message.role + '\\n' + message.content + ('\\n' + message.content if message.role == "
+            "'assistant' else '') + '<|im_end|>' + '\\n' }}",
+        )
+    )
+    write_records([good(0)], d / "pairs.jsonl")
+
+    def check(run, out):
+        code, line, _ = run(
+            "dmpo-trl train --config recipe.yaml --data_files pairs.jsonl --chat_template_path twice.jinja"
+        )
+        assert code == 1 and "renders the content of action 0 (assistant message) more than once" in line
+
+    return check
+
+
+@case("recipe value of the wrong type")
+def _(d):
+    (d / "abc.yaml").write_text("model_name_or_path: tiny\ndata_files: [data.jsonl]\nbeta: abc\n")
+
+    def check(run, out):
+        code, line, _ = run("dmpo-trl validate --config abc.yaml")
+        assert (code, line) == (1, "dmpo-trl validate: abc.yaml: recipe key 'beta': expects a number, got 'abc'")
+
+    return check
+
+
+@case("data_files a number")
+def _(d):
+    (d / "five.yaml").write_text("model_name_or_path: tiny\ndata_files: 5\n")
+    return None
+
+
+@case("nested list under lora_target_modules")
+def _(d):
+    (d / "nested.yaml").write_text(
+        "model_name_or_path: tiny\ndata_files: [data.jsonl]\nuse_peft: true\nlora_target_modules: [[q_proj, v_proj]]\n"
+    )
+    return None
+
+
+@case("a recipe key twice")
+def _(d):
+    (d / "twice.yaml").write_text("model_name_or_path: tiny\ndata_files: [data.jsonl]\nbeta: 0.1\nbeta: 0.3\n")
+    return None
+
+
+@case("gamma true")
+def _(d):
+    (d / "gamma.yaml").write_text("model_name_or_path: tiny\ndata_files: [data.jsonl]\ngamma: true\n")
+    return None
+
+
+@case("validate --config with a key train refuses")
+def _(d):
+    (d / "typo.yaml").write_text("model_name_or_path: tiny\ndata_files: [data.jsonl]\ngama: 0.5\n")
+
+    def check(run, out):
+        code, line, _ = run("dmpo-trl train --config typo.yaml")
+        assert (code, line) == (1, "dmpo-trl train: typo.yaml: unknown recipe key(s) 'gama' (did you mean 'gamma'?)")
+
+    return check
+
+
+@case("pipeline method name with ../")
+def _(d):
+    (d / "victim").mkdir()
+    (d / "victim" / "keep.txt").write_text("mine")
+    (d / "evil.yaml").write_text(
+        "output_dir: run\nmethods:\n  - {name: dmpo-0.7/../../victim, turn_weighting: dmpo, gamma: 0.7}\n"
+    )
+
+    def check(run, out):
+        assert (d / "victim" / "keep.txt").read_text() == "mine" and not (d / "run").exists()
+
+    return check
+
+
+@case("second training on one output folder")
+def _(d):
+    (d / "out").mkdir()
+    holder = {
+        "pid": 4242,
+        "host": "node-7",
+        "command": "dmpo-trl train --config recipe.yaml",
+        "started": "2026-12-06 04:00:00 UTC",
+    }
+    (d / "out" / "_dmpo.lock").write_text(json.dumps(holder))
+
+    def check(run, out):
+        assert sorted(p.name for p in (d / "out").iterdir()) == ["_dmpo.lock"]  # the refused run wrote nothing
+
+    return check
+
+
+@case("hub_token flag")
+def _(d):
+    def check(run, out):
+        import os
+
+        try:
+            assert os.environ["HF_TOKEN"] == "hf_NotARealTokenButSecret1234"
+            for path in (d / "out").rglob("*"):
+                assert not path.is_file() or b"hf_NotARealTokenButSecret1234" not in path.read_bytes(), path
+            assert (d / "out" / "training_args.bin").is_file()
+        finally:
+            os.environ.pop("HF_TOKEN", None)
+
+    return check
+
+
+@case("Hub unreachable with push_to_hub")
+def _(d):
+    return None
+
+
+@case("checkpoint cut by a full disk, then resume")
+def _(d):
+    (d / "out" / "checkpoint-3").mkdir(parents=True)
+    (d / "out" / "checkpoint-3" / "model.safetensors").write_bytes(b"\0" * 16)  # no trainer_state.json
+
+    def check(run, out):
+        state = json.loads((d / "out" / "trainer_state.json").read_text())
+        assert state["global_step"] == 1  # trained from the start, not from the partial checkpoint
+
+    return check

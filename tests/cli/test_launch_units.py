@@ -189,8 +189,10 @@ def test_resolve_resume(tmp_path):
     assert resolve_resume("false", str(out)) is None
     assert resolve_resume("true", str(out)) is True and resolve_resume("last", str(out)) is True
     assert resolve_resume("auto", str(out)) is None  # nothing to resume: fresh start
-    (out / "checkpoint-4").mkdir(parents=True)
-    (out / "checkpoint-12").mkdir()
+    for step in (4, 12):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (out / "checkpoint-16").mkdir()  # a save cut by a full disk: no trainer_state.json
     assert resolve_resume("auto", str(out)) == str(out / "checkpoint-12")
     assert resolve_resume(str(out / "checkpoint-4"), str(out)) == str(out / "checkpoint-4")
     with pytest.raises(FileNotFoundError, match="checkpoint-99"):

@@ -77,3 +77,17 @@ def test_runner_runs_both_trainers_offline_and_compares(tmp_path):
         "from dmpo_trl import DMPOConfig, DMPOTrainer"
         in (out / "dmpo" / "trl_tests" / "test_dpo_trainer.py").read_text()
     )
+
+
+def test_a_rerun_removes_only_its_own_run_folder(tmp_path):
+    test_file = tmp_path / "test_dpo_trainer.py"
+    test_file.write_text("from trl import DPOConfig, DPOTrainer\n")
+    run_dir = tmp_path / "out" / "dmpo"
+    trl_suite.prepare(run_dir, test_file, "dmpo")
+    (run_dir / "pytest.log").write_text("a previous run")
+    trl_suite.prepare(run_dir, test_file, "dmpo")  # its own files: replaced
+    assert not (run_dir / "pytest.log").exists()
+    (run_dir / "thesis.tex").write_text("mine")
+    with pytest.raises(SystemExit, match="holds files it did not write"):
+        trl_suite.prepare(run_dir, test_file, "dmpo")
+    assert (run_dir / "thesis.tex").read_text() == "mine"

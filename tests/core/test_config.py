@@ -71,3 +71,9 @@ def test_a_zero_weight_on_one_loss_type_is_accepted_as_in_dpo():
 def test_valid_numbers_pass():
     args = config(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.0], max_length=None, sync_ref_model=True)
     assert args.loss_weights == [1.0, 0.0] and args.max_length is None
+
+
+@pytest.mark.parametrize("gamma", [True, False, "0.5", float("nan")])
+def test_gamma_must_be_a_number(tmp_path, gamma):
+    with pytest.raises(ValueError, match="`gamma` must be a number in \\[0, 1\\]"):
+        DMPOConfig(output_dir=str(tmp_path), gamma=gamma)

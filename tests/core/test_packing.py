@@ -136,7 +136,9 @@ def test_token_budget_rows_train_exactly_like_padded(tmp_path, tok):
     assert batch["input_ids"].size(0) >= 3 and batch["input_ids"].size(1) <= budget
     loss_a, scores_a, grads_a = loss_scores_grads(padded, batch_of(padded, 6))
     loss_b, scores_b, grads_b = loss_scores_grads(packed, batch)
-    assert abs(loss_a.item() - loss_b.item()) < 1e-6
+    # each side's reference scores come from its own attention (the store is keyed on the attention implementation),
+    # so the two losses differ by float32 rounding of both passes, not only of the policy's
+    assert abs(loss_a.item() - loss_b.item()) < 2e-6
     assert torch.allclose(scores_a, scores_b, atol=1e-5, rtol=1e-6)
     for name, g in grads_a.items():
         assert torch.allclose(g, grads_b[name], atol=1e-5, rtol=0), name

@@ -2,6 +2,7 @@
 changes) and what `precompute_ref_log_probs=None` resolves to."""
 
 import copy
+import json
 import logging
 import math
 
@@ -74,11 +75,27 @@ def test_store_reuses_scores_across_runs_subsets_and_orders(tmp_path, tok, compu
     assert sum(computed) == 3
 
 
-@pytest.mark.parametrize("change", ["gamma", "turn_weighting", "max_length", "ld_alpha", "reference", "precision"])
+CHANGES = ["gamma", "turn_weighting", "max_length", "ld_alpha", "reference", "precision"]
+#: Same weights (TRL's hash is equal), another computation: a config field, the attention, the chat template.
+SAME_WEIGHTS = ["config", "attention", "chat_template"]
+
+
+@pytest.mark.parametrize("change", CHANGES + SAME_WEIGHTS)
 def test_store_recomputes_when_the_context_changes(tmp_path, tok, computed, change):
     rows, ref, store = distinct_rows(4, seed=1), tiny_model(tok, seed=6), tmp_path / "store"
     trainer_on(tmp_path, tok, rows, ref, store)
     computed.clear()
+    if change in SAME_WEIGHTS:
+        other_tok = copy.deepcopy(tok)
+        if change == "chat_template":  # renders the same tokens: only the store key can tell
+            other_tok.chat_template = tok.chat_template + "{#- another revision -#}"
+        overrides = {"config": {"rms_norm_eps": 1e-2}, "attention": {"attn_implementation": "eager"}}
+        other = tiny_model(tok, seed=6, **overrides.get(change, {}))
+        assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), other.parameters(), strict=True))
+        trainer_on(tmp_path, other_tok, rows, other, store)
+        assert sum(computed) == 4
+        assert len(list(store.glob("*.sqlite"))) == 2
+        return
     kw = {
         "gamma": dict(gamma=0.3),
         "turn_weighting": dict(turn_weighting="uniform"),
@@ -97,6 +114,25 @@ def test_empty_cache_dir_keeps_scores_in_memory(tmp_path, tok, computed):
     trainer_on(tmp_path, tok, rows, ref, "")
     trainer_on(tmp_path, tok, rows, ref, "")
     assert sum(computed) == 8 and not (tmp_path / "store").exists()
+
+
+def test_store_says_what_it_was_computed_with(tmp_path, tok, computed):
+    trainer_on(tmp_path, tok, distinct_rows(2), tiny_model(tok, seed=6, rms_norm_eps=1e-3), tmp_path / "store")
+    (meta,) = (tmp_path / "store").glob("*.json")
+    described = json.loads(meta.read_text())
+    assert meta.with_suffix(".sqlite").is_file()
+    assert described["model"]["config"]["rms_norm_eps"] == 1e-3
+    assert described["tokenizer"]["chat_template"] == tok.chat_template
+    assert set(described["versions"]) == {"transformers", "torch"}
+
+
+def test_corrupted_store_is_named_with_the_remedy(tmp_path):
+    store = ReferenceScoreStore(tmp_path, "ctx")
+    store.path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(OSError, match=r"ctx\.sqlite: the reference-score store cannot be read .*delete that file"):
+        store.get(["a"])
+    with pytest.raises(OSError, match="delete that file"):
+        store.put([("a", 0.0, 0.0)])
 
 
 def test_store_round_trip(tmp_path):
@@ -119,6 +155,7 @@ def test_default_precomputes_where_exact_and_logs_the_store(tmp_path, tok, compu
     assert trainer.precompute_ref_logps and trainer.ref_model is None and sum(computed) == 8
     assert trainer.args.precompute_ref_log_probs is None  # the user's setting is left as given
     assert "Reference scores of the train dataset: 8 distinct pairs scored by the reference, 0/8 reused" in caplog.text
+    assert 'ref_cache_dir="" turns it off' in caplog.text  # where the store lives, and how to do without it
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
     assert trainer.compute_loss(trainer.model, batch).item() == pytest.approx(math.log(2), abs=1e-6)
     computed.clear()

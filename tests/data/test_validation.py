@@ -140,6 +140,30 @@ def test_datasets_dataset_and_file_inputs(tok, rows, tmp_path):
     assert validate_dataset(Dataset.from_list(rows), tok, progress=False) == expected
 
 
+@pytest.mark.parametrize("skip_invalid", [None, True])
+def test_streamed_files_report_what_the_loaded_dataset_reports(tok, rows, tmp_path, skip_invalid):
+    """`validate_files` (streamed, what `dmpo-trl validate` runs) and the loader's dataset: the same report, the
+    same skipped rows with the same file and row, in two files."""
+    from dmpo_trl.data.loading import load_preference_files
+    from dmpo_trl.data.validation import validate_files
+
+    bad = dict(rows[0], rejected=[])  # structural: skipped by the loader
+    overlong = long_row()  # no action fits: skipped by the trainer's rule
+    write_records([rows[0], bad, rows[1]], tmp_path / "a.jsonl")
+    write_records([overlong, rows[2]], tmp_path / "b.jsonl")
+    files = [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+    max_length = len(tok.apply_chat_template(overlong["prompt"])) + 1
+    if skip_invalid is None:
+        with pytest.raises(DMPODataError, match="a.jsonl: row 1, rejected"):
+            validate_files(files, tok, max_length, skip_invalid, progress=False)
+        files = files[1:]
+    loaded = load_preference_files(files, skip_invalid=skip_invalid)
+    expected = validate_dataset(loaded, tok, max_length, skip_invalid, progress=False, per_row=True)
+    report = validate_files(files, tok, max_length, skip_invalid, progress=False, per_row=True)
+    assert report == expected
+    assert report.pairs < report.rows and [s.source for s in report.skipped] == [s.source for s in expected.skipped]
+
+
 @pytest.fixture(scope="module")
 def tokenizer_dir(tok, tmp_path_factory):
     path = tmp_path_factory.mktemp("tok")

@@ -25,6 +25,7 @@ from dmpo_trl.core.errors import DMPODataError
 from dmpo_trl.core.rows.normalize import normalize_pair
 from dmpo_trl.core.rows.plain_text import check_plain_pair, is_plain_text_pair, tokenize_plain_pair
 from dmpo_trl.core.rows.tokenization import NOT_ACTION, split_prompt, tokenize_pair, truncate_trajectory
+from dmpo_trl.core.rows.tool_call_ids import check_tool_call_ids
 
 
 __all__ = ["NO_ACTION_FITS", "check_pair", "prepare_pair"]
@@ -54,8 +55,9 @@ def check_pair(example: Mapping[str, Any], row: int | None = None) -> None:
     the prompt is non-empty, has a system message only first, and does not end with an assistant message; each
     side is non-empty, holds at least one assistant action, starts with one, and alternates actions with
     observations (no two assistant messages in a row); tool results follow an action or another tool result;
-    assistant messages are not empty unless they carry `tool_calls`; tool-call arguments and `tools` are objects (or
-    their JSON strings). The row is read as `dmpo_trl.core.rows.normalize.normalize_pair` makes it.
+    assistant messages are not empty unless they carry `tool_calls`; tool results answer the calls they name
+    (`dmpo_trl.core.rows.tool_call_ids`); tool-call arguments and `tools` are objects (or their JSON strings). The row
+    is read as `dmpo_trl.core.rows.normalize.normalize_pair` makes it.
     """
     if not isinstance(example, Mapping):
         raise DMPODataError(f"a row must be a dict with prompt/chosen/rejected, got {type(example).__name__}", row)
@@ -118,6 +120,7 @@ def check_continuation(messages: Sequence[Message], side: str, row: int | None =
             side,
         )
     _check_order(messages, side, row, allow_system_first=False)
+    check_tool_call_ids(messages, side, row)
     for i in range(1, len(messages)):
         if messages[i]["role"] == "assistant" and messages[i - 1]["role"] == "assistant":
             raise DMPODataError(

@@ -32,6 +32,7 @@ one it renders when a user message follows.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
     "TEMPLATE_REMEDY",
     "action_end",
     "check_action_content",
+    "check_action_once",
     "has_generation_markers",
     "marker_action_spans",
     "template_action_end",
@@ -346,3 +348,61 @@ def check_action_content(text: str, message: dict[str, Any], t: int, row: int | 
                 row,
                 side,
             )
+    check_action_once(text, message, t, row, side)
+
+
+#: Special-token-like markup (``<|im_end|>``, ``</s>``, ``<end_of_turn>``, ``[/INST]``), left out when counting how
+#: often an action's content occurs in its span, so that short contents (``n``, ``end``) are not counted in it.
+_MARKUP = re.compile(r"<[|/]?[^\s<>]{0,40}?[|/]?>|\[/?[A-Z_]+\]")
+
+
+def check_action_once(text: str, message: dict[str, Any], t: int, row: int | None, side: str | None) -> None:
+    """Raise if the action's span renders the message's content, or one of its tool calls, more than once.
+
+    A template that renders assistant content twice (e.g. once as text and once inside a tool-call or reasoning
+    block) would train every action twice over. The content may also occur inside the message's own tool-call
+    arguments or names, and an argument value (of 4 characters or more) inside the content or another value; special-
+    token markup (``<|im_end|>``, ``</s>``, ``[/INST]``) is not counted, so a short content such as ``n`` or ``end``
+    is not found in it.
+    """
+    calls = [c.get("function", c) if isinstance(c, dict) else {} for c in message.get("tool_calls") or ()]
+    calls = [c for c in calls if isinstance(c, dict)]
+    args_text = " ".join(str(c.get("arguments", "")) for c in calls)  # what a content may legitimately repeat
+    content = message.get("content")
+    plain = _MARKUP.sub(" ", text)
+    if isinstance(content, str) and content.strip() and "think>" not in content:
+        c = content.strip()
+        allowed = 1 + args_text.count(c) + sum(str(call.get("name", "")).count(c) for call in calls)
+        if (plain if not _MARKUP.search(c) else text).count(c) > allowed:
+            raise DMPODataError(
+                f"the chat template renders the content of action {t} (assistant message) more than once inside "
+                f"its span (rendered: {text[:80]!r}): the model would be trained on every action twice; fix the "
+                f"template so that it renders each assistant message once, or {TEMPLATE_REMEDY}",
+                row,
+                side,
+            )
+    values = [v for call in calls for v in _argument_strings(call.get("arguments"))]
+    for value in set(values):
+        others = sum(v.count(value) for v in values) - values.count(value)
+        if len(value) >= 4 and plain.count(value) > values.count(value) + others + str(content).count(value):
+            raise DMPODataError(
+                f"the chat template renders the tool call arguments of action {t} more than once inside its span "
+                f"({value!r} occurs {plain.count(value)} times): the model would be trained on the call twice; fix "
+                f"the template so that it renders each call once, or {TEMPLATE_REMEDY}",
+                row,
+                side,
+            )
+
+
+def _argument_strings(arguments: Any) -> list[str]:
+    """The string values inside tool-call arguments (a mapping, or a JSON string of one)."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            return [arguments.strip()] if arguments.strip() else []
+    if isinstance(arguments, dict):
+        return [s for v in arguments.values() for s in _argument_strings(v)]
+    if isinstance(arguments, list):
+        return [s for v in arguments for s in _argument_strings(v)]
+    return [arguments] if isinstance(arguments, str) and arguments.strip() else []

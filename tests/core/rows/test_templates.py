@@ -7,6 +7,8 @@ Expected texts are written from each template's own rendering rules: what the te
 message after its generation prompt, the content, and the end-of-turn token.
 """
 
+import copy
+
 import pytest
 
 from dmpo_trl.core.errors import DMPODataError
@@ -234,3 +236,57 @@ def test_refusals_name_both_remedies():
     message = str(err.value)
     assert message.startswith("row 3, chosen: the chat template breaks the prefix property")
     assert "{% generation %}" in message and "_training.jinja" in message and "chat_template_path" in message
+
+
+def _edited(template_file, old, new):
+    tok = copy.deepcopy(template_tokenizer(template_file))  # the shared one stays as it is
+    assert old in tok.chat_template
+    tok.chat_template = tok.chat_template.replace(old, new)
+    return tok
+
+
+#: Templates edited to render each assistant message's content (or a tool call's arguments) twice.
+DUPLICATING = {
+    "markers": (
+        "qwen2_5_training.jinja",
+        "{{- '\\n' + message.content + '<|im_end|>\\n' }}",
+        "{{- '\\n' + message.content + '\\n' + message.content + '<|im_end|>\\n' }}",
+    ),
+    "prefix": (
+        "qwen2_5.jinja",
+        "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}",
+        "{{- '<|im_start|>' + message.role + '\\n' + message.content + ('\\n' + message.content if message.role == "
+        "'assistant' else '') + '<|im_end|>' + '\\n' }}",
+    ),
+}
+
+
+@pytest.mark.parametrize("path", sorted(DUPLICATING))
+def test_a_template_that_renders_an_action_twice_is_refused(path):
+    tok = _edited(*DUPLICATING[path])
+    with pytest.raises(DMPODataError) as err:
+        tokenize_conversation(tok, TABLE_PROMPT, TABLE_TEXT_TRAJECTORY, row=4, side="chosen")
+    message = str(err.value)
+    assert message.startswith("row 4, chosen: the chat template renders the content of action 0")
+    assert "more than once" in message and "_training.jinja" in message  # the remedy
+
+
+def test_a_template_that_renders_a_tool_call_twice_is_refused():
+    tojson = "{{- tool_call.arguments | tojson }}"
+    tok = _edited("qwen2_5_training.jinja", tojson, tojson + tojson)
+    with pytest.raises(DMPODataError, match="renders the tool call arguments of action 0 more than once"):
+        tokenize_conversation(tok, TABLE_PROMPT, TABLE_TOOL_TRAJECTORY, tools=TABLE_TOOLS)
+    tokenize_conversation(
+        template_tokenizer("qwen2_5_training.jinja"), TABLE_PROMPT, TABLE_TOOL_TRAJECTORY, tools=TABLE_TOOLS
+    )
+
+
+@pytest.mark.parametrize("template", ["qwen2_5.jinja", "qwen2_5_training.jinja", "llama3_1.jinja", "gemma3.jinja"])
+def test_short_actions_found_in_the_markup_are_not_duplicates(template):
+    """One-letter moves (``n``, ``e``) and ``end`` occur inside ``<|im_end|>`` / ``<end_of_turn>``: not twice."""
+    moves = [
+        {"role": "assistant", "content": a} if i % 2 == 0 else {"role": "user", "content": "ok"}
+        for i, a in enumerate(["n", "x", "e", "x", "end", "x", "turn"])
+    ]
+    tc = tokenize_conversation(template_tokenizer(template), TABLE_PROMPT[1:], moves)
+    assert max(tc.turn_ids) == 3
