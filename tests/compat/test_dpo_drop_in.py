@@ -1,0 +1,110 @@
+"""The last DPOTrainer gaps (issue 22): DPOTrainer and DMPOTrainer side by side on the same input.
+
+- streamed datasets (`IterableDataset`) with precomputed reference log-probs: the same error, at construction and in
+  `evaluate()`, and the same evaluation when nothing is precomputed;
+- PEFT on a mixture-of-experts model whose LoRA targets the experts' parameters (`target_parameters`): the same
+  adapters;
+- tool observations on a template with no tool-call syntax (a plain ChatML template): rows whose observations are
+  `tool` messages train, rows with tool calls are refused.
+"""
+
+import pytest
+import torch
+from datasets import Dataset, IterableDatasetDict
+from trl import DPOConfig, DPOTrainer
+
+from dmpo_trl import DMPOConfig, DMPOTrainer
+from dmpo_trl.testing import make_tokenizer, save_tiny_model
+
+from .test_dpo_compat import base_kwargs, rows
+
+
+TRL_ITERABLE_ERROR = r"precompute_ref_log_probs.*not supported with IterableDataset"
+BOTH = ((DPOConfig, DPOTrainer), (DMPOConfig, DMPOTrainer))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    save_tiny_model(path, make_tokenizer("llama3_1"), seed=0)
+    return str(path)
+
+
+def build(trainer_cls, config_cls, tmp_path, model, **kwargs):
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k not in ("train_dataset", "eval_dataset", "peft_config")}
+    if config_cls is DMPOConfig:
+        options.setdefault("ref_cache_dir", "")  # no store outside tmp_path
+    args = config_cls(**base_kwargs(tmp_path / trainer_cls.__name__, **options))
+    return trainer_cls(model=model, args=args, processing_class=make_tokenizer("llama3_1"), **kwargs)
+
+
+# ------------------------------------------------------------------ 1. IterableDataset + reference log-probs
+def mapped():
+    return Dataset.from_list(rows("conversational"))
+
+
+def streamed():
+    return mapped().to_iterable_dataset()
+
+
+@pytest.mark.parametrize("iterable_as", ["train", "eval", "eval_dict", "eval_iterable_dataset_dict"])
+def test_precompute_refuses_a_streamed_dataset_at_construction_as_dpotrainer(tmp_path, model_dir, iterable_as):
+    data = {"train_dataset": mapped(), "eval_dataset": None}
+    if iterable_as == "train":
+        data["train_dataset"] = streamed()
+    elif iterable_as == "eval":
+        data["eval_dataset"] = streamed()
+    elif iterable_as == "eval_dict":
+        data["eval_dataset"] = {"held_out": mapped(), "streamed": streamed()}
+    else:
+        data["eval_dataset"] = IterableDatasetDict({"streamed": streamed()})
+    messages = []
+    for config_cls, trainer_cls in BOTH:
+        with pytest.raises(ValueError, match=TRL_ITERABLE_ERROR) as err:
+            build(trainer_cls, config_cls, tmp_path, model_dir, precompute_ref_log_probs=True, **data)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+
+
+def test_precompute_refuses_a_streamed_dataset_in_evaluate_as_dpotrainer(tmp_path, model_dir):
+    for config_cls, trainer_cls in BOTH:
+        trainer = build(
+            trainer_cls, config_cls, tmp_path, model_dir, precompute_ref_log_probs=True,
+            train_dataset=mapped(), eval_dataset=mapped(),
+        )  # fmt: skip
+        assert "eval_loss" in trainer.evaluate()  # the precomputed map-style eval set
+        for eval_dataset in (streamed(), {"streamed": streamed()}):
+            with pytest.raises(ValueError, match=TRL_ITERABLE_ERROR):
+                trainer.evaluate(eval_dataset)
+
+
+def test_streamed_datasets_evaluate_as_in_dpotrainer_when_nothing_is_precomputed(tmp_path, model_dir):
+    """DMPO's default (None) does not precompute with a streamed dataset (`resolve_precompute`): both trainers score
+    the reference in every step and report the same evaluation."""
+    results = []
+    for config_cls, trainer_cls in BOTH:
+        precompute = None if config_cls is DMPOConfig else False
+        trainer = build(
+            trainer_cls, config_cls, tmp_path, model_dir, precompute_ref_log_probs=precompute,
+            train_dataset=streamed(), eval_dataset={"a": mapped(), "b": streamed()},
+        )  # fmt: skip
+        assert trainer.precompute_ref_logps is False
+        trainer.train()  # moves the policy off the reference, so the rewards below are not all 0
+        metrics = {**trainer.evaluate(), **trainer.evaluate(streamed())}
+        results.append({k: v for k, v in metrics.items() if k.endswith(("_loss", "rewards/margins", "logps/chosen"))})
+    dpo, dmpo = results
+    assert set(dpo) == set(dmpo) and {"eval_a_loss", "eval_b_loss", "eval_loss"} <= set(dpo)
+    assert dmpo == pytest.approx(dpo, rel=1e-6, abs=1e-6)  # DPOTrainer logs some means in float32
+    assert dpo["eval_rewards/margins"] != 0
+
+
+def test_default_precompute_names_itself_when_evaluate_gets_a_streamed_dataset(tmp_path, model_dir):
+    """None precomputes for map-style datasets (float32 model); a streamed set given to `evaluate()` later is then
+    refused with an error that names the default (DPOTrainer's default, False, never precomputes)."""
+    trainer = build(
+        DMPOTrainer, DMPOConfig, tmp_path, model_dir, model_init_kwargs={"dtype": torch.float32},
+        train_dataset=mapped(), eval_dataset=mapped(),
+    )  # fmt: skip
+    assert trainer.args.precompute_ref_log_probs is None and trainer.precompute_ref_logps is True
+    with pytest.raises(ValueError, match=r"`precompute_ref_log_probs=None` precomputes .* IterableDataset \(the eval"):
+        trainer.evaluate(streamed())
