@@ -8,15 +8,21 @@
   `tool` messages train, rows with tool calls are refused.
 """
 
+import copy
+
+import peft
 import pytest
 import torch
 from datasets import Dataset, IterableDatasetDict
+from packaging.version import Version
+from peft import LoraConfig, get_peft_model
+from transformers import GptOssConfig, GptOssForCausalLM
 from trl import DPOConfig, DPOTrainer
 
 from dmpo_trl import DMPOConfig, DMPOTrainer
 from dmpo_trl.testing import make_tokenizer, save_tiny_model
 
-from .test_dpo_compat import base_kwargs, rows
+from .test_dpo_compat import base_kwargs, record_losses, rows
 
 
 TRL_ITERABLE_ERROR = r"precompute_ref_log_probs.*not supported with IterableDataset"
@@ -108,3 +114,50 @@ def test_default_precompute_names_itself_when_evaluate_gets_a_streamed_dataset(t
     assert trainer.args.precompute_ref_log_probs is None and trainer.precompute_ref_logps is True
     with pytest.raises(ValueError, match=r"`precompute_ref_log_probs=None` precomputes .* IterableDataset \(the eval"):
         trainer.evaluate(streamed())
+
+
+# ------------------------------------------------------------------ 2. PEFT on a mixture-of-experts model
+EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+
+
+def tiny_gpt_oss():
+    """A 2-layer GPT-OSS (4 experts, 2 per token) with the test tokenizer's vocabulary, built in code."""
+    tok = make_tokenizer("llama3_1")
+    config = GptOssConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=512,
+        layer_types=["full_attention"] * 2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return GptOssForCausalLM(config).float()
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["peft_config", "peft_model"])
+def test_lora_on_moe_experts_gives_dpotrainers_adapters(tmp_path, wrapped):
+    """LoRA on the experts' parameters (`target_parameters`), given as `peft_config` or as a `PeftModel`: the same
+    adapters as DPOTrainer after construction and after training (TRL adds a frozen ``ref`` copy of a given adapter
+    unless PEFT cannot hold two adapters on the same parameters), and the same losses."""
+    base = tiny_gpt_oss()
+    lora = LoraConfig(r=4, target_modules=[], target_parameters=EXPERTS)
+    if wrapped:
+        torch.manual_seed(1)
+        base = get_peft_model(base, lora)
+    adapters, losses = [], []
+    for config_cls, trainer_cls in BOTH:
+        kwargs = {} if wrapped else {"peft_config": copy.deepcopy(lora)}
+        trainer = build(
+            trainer_cls, config_cls, tmp_path, copy.deepcopy(base), model_init_kwargs=None,
+            train_dataset=mapped(), **kwargs,
+        )  # fmt: skip
+        built = sorted(trainer.model.peft_config)
+        record_losses(trainer)
+        trainer.train()
+        assert sorted(trainer.model.peft_config) == built
+        adapters.append(built)
+        losses.append(trainer.losses)
+    assert adapters[1] == adapters[0]
+    # TRL's rule: no copy of a given adapter on PEFT 0.17-0.19, which holds one adapter per `target_parameters`
+    holds_copy = wrapped and Version(peft.__version__) >= Version("0.20.0")
+    assert "default" in adapters[0] and ("ref" in adapters[0]) == holds_copy
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+    assert losses[0][0] != losses[0][-1]  # the adapter trained
