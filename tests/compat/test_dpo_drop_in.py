@@ -20,6 +20,7 @@ from transformers import GptOssConfig, GptOssForCausalLM
 from trl import DPOConfig, DPOTrainer
 
 from dmpo_trl import DMPOConfig, DMPOTrainer
+from dmpo_trl.core.errors import DMPODataError
 from dmpo_trl.testing import make_tokenizer, save_tiny_model
 
 from .test_dpo_compat import base_kwargs, record_losses, rows
@@ -36,12 +37,13 @@ def model_dir(tmp_path_factory):
     return str(path)
 
 
-def build(trainer_cls, config_cls, tmp_path, model, **kwargs):
+def build(trainer_cls, config_cls, tmp_path, model, tokenizer=None, **kwargs):
     options = {k: kwargs.pop(k) for k in list(kwargs) if k not in ("train_dataset", "eval_dataset", "peft_config")}
     if config_cls is DMPOConfig:
         options.setdefault("ref_cache_dir", "")  # no store outside tmp_path
     args = config_cls(**base_kwargs(tmp_path / trainer_cls.__name__, **options))
-    return trainer_cls(model=model, args=args, processing_class=make_tokenizer("llama3_1"), **kwargs)
+    tokenizer = tokenizer or make_tokenizer("llama3_1")
+    return trainer_cls(model=model, args=args, processing_class=copy.deepcopy(tokenizer), **kwargs)
 
 
 # ------------------------------------------------------------------ 1. IterableDataset + reference log-probs
@@ -161,3 +163,73 @@ def test_lora_on_moe_experts_gives_dpotrainers_adapters(tmp_path, wrapped):
     assert "default" in adapters[0] and ("ref" in adapters[0]) == holds_copy
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
     assert losses[0][0] != losses[0][-1]  # the adapter trained
+
+
+# ------------------------------------------------------------------ 3. tool observations on a plain ChatML template
+PLAIN_CHATML = (  # renders every message's content, tool messages included; no syntax for tool calls
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
+    "'\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chatml(tmp_path_factory):
+    """A tiny model and its tokenizer with a plain ChatML template."""
+    tokenizer = copy.deepcopy(make_tokenizer("qwen2_5"))
+    tokenizer.chat_template = PLAIN_CHATML
+    path = tmp_path_factory.mktemp("chatml") / "model"
+    save_tiny_model(path, tokenizer, seed=0)
+    return str(path), tokenizer
+
+
+def tool_rows(with_calls: bool = False) -> list[dict]:
+    """8 agent pairs whose observations are `tool` messages (with `tool_calls` on the actions if `with_calls`)."""
+    out = []
+    for i in range(8):
+        row = {"prompt": [{"role": "user", "content": f"Task: find the coin {i}."}]}
+        for side, moves in (("chosen", ["look around", "take coin"]), ("rejected", [f"go north {i}", "wait"])):
+            first = {"role": "assistant", "content": f"Action: {moves[0]}"}
+            if with_calls:
+                call = {"type": "function", "function": {"name": "act", "arguments": {"command": moves[0]}}}
+                first["tool_calls"] = [call]
+            observation = {"role": "tool", "content": f"Observation: you see a door {side} {i}."}
+            row[side] = [first, observation, {"role": "assistant", "content": f"Action: {moves[1]}"}]
+        out.append(row)
+    return out
+
+
+def test_tool_observations_train_on_a_template_without_tool_calls(tmp_path, chatml):
+    """Rows whose observations are `tool` messages need the tool messages rendered, not tool calls: both trainers
+    train on them; DMPO's weight is on the assistant actions only, token for token, never on the tool content."""
+    model, tokenizer = chatml
+    data = tool_rows()
+    trainers = []
+    for config_cls, trainer_cls in BOTH:
+        trainer = build(trainer_cls, config_cls, tmp_path, model, tokenizer, train_dataset=Dataset.from_list(data))
+        record_losses(trainer)
+        trainer.train()
+        assert trainer.losses[0] != trainer.losses[-1]
+        trainers.append(trainer)
+    dmpo = trainers[1].train_dataset
+    assert len(dmpo) == len(data)
+    for row, example in zip(data, dmpo, strict=True):
+        for side in ("chosen", "rejected"):
+            ids, turns = example[f"{side}_ids"], example[f"{side}_turn_ids"]
+            actions = [m["content"] for m in row[side] if m["role"] == "assistant"]
+            for t, action in enumerate(actions):  # each action: one contiguous span, its text and end of turn
+                where = [k for k, turn in enumerate(turns) if turn == t]
+                assert where == list(range(where[0], where[-1] + 1))
+                assert tokenizer.decode([ids[k] for k in where]) == action + "<|im_end|>"
+            assert set(turns) == {-1, *range(len(actions))}
+            unweighted = tokenizer.decode([i for i, turn in zip(ids, turns, strict=True) if turn < 0])
+            assert row[side][1]["content"] in unweighted  # the tool content is rendered, with no weight
+
+
+def test_tool_calls_on_a_template_without_tool_calls_are_still_refused(tmp_path, chatml):
+    """A row with tool calls needs them rendered: DPOTrainer trains without them, DMPO refuses the row."""
+    model, tokenizer = chatml
+    data = Dataset.from_list(tool_rows(with_calls=True))
+    build(DPOTrainer, DPOConfig, tmp_path, model, tokenizer, train_dataset=data)  # drops the calls silently
+    with pytest.raises(DMPODataError, match="the chat template drops tool calls or tool results") as err:
+        build(DMPOTrainer, DMPOConfig, tmp_path, model, tokenizer, train_dataset=data)
+    assert (err.value.row, err.value.side) == (0, "chosen")
