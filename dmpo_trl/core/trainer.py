@@ -333,7 +333,19 @@ class DMPOTrainer(DPOTrainer):
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         """Reference scores of every pair of ``dataset`` as two columns: from the store where it holds them, else
-        computed by TRL's precompute pass (its dataloader, DeepSpeed engine and gathering) and stored."""
+        computed by TRL's precompute pass (its dataloader, DeepSpeed engine and gathering) and stored.
+
+        A streamed dataset (`IterableDataset`) cannot carry precomputed scores: DPOTrainer's `ValueError`, or, when
+        ``precompute_ref_log_probs=None`` chose to precompute at construction, one that says so (a dataset that
+        `evaluate()` receives later)."""
+        if isinstance(dataset, IterableDataset):
+            if self.args.precompute_ref_log_probs is None:  # the user's value; `__init__` resolved it to True
+                raise ValueError(
+                    "`precompute_ref_log_probs=None` precomputes the reference scores in this run (the datasets given "
+                    f"to the trainer were map-style), which is not supported with IterableDataset (the {name} "
+                    "dataset). Please use a map-style Dataset or set `precompute_ref_log_probs=False`."
+                )
+            return super()._precompute_ref_logps(dataset, name, batch_size)  # raises TRL's error
         description = self._reference_context()
         context = context_name(description)
         directory = self.args.ref_cache_dir

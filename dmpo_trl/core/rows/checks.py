@@ -313,50 +313,59 @@ def prepare_pair(
     return out
 
 
-#: chat template -> whether it drops tool calls or tool results, checked once per template.
-_DROPS_TOOLS: dict[str, bool] = {}
+#: (chat template, probe) -> whether the template drops what the probe renders, checked once per template.
+_DROPS_TOOLS: dict[tuple[str, str], bool] = {}
 _SENTINELS = ("dmpo_tool_name_7f3a", "dmpo_arg_key_1c9e", "dmpo_arg_value_5b2d", "dmpo_tool_output_8e4f")
 
 
-def template_drops_tools(tokenizer) -> bool:
-    """Whether the chat template renders a tool-calling exchange (user, assistant tool call, tool result) without the
-    call's name, its arguments or the tool's output (e.g. SmolLM2's, which renders only `content`). The test of TRL's
-    `supports_tool_calling`, except that a template that raises is not counted: the rows then report its error."""
+def template_drops_tools(tokenizer, calls: bool = True) -> bool:
+    """Whether the chat template drops what a row's tools need rendered.
+
+    ``calls=True`` (rows with tool calls): a tool-calling exchange (user, assistant tool call, tool result) rendered
+    without the call's name, its arguments or the tool's output (e.g. SmolLM2's template, which renders only
+    `content`): TRL's `supports_tool_calling` test. ``calls=False`` (rows whose observations are `tool` messages, with
+    no tool call): a tool message after a plain assistant message rendered without its content (a plain ChatML
+    template renders it; it has no syntax for tool calls, which such rows do not need). A template that raises on the
+    probe is not counted: the rows then report its error."""
     template = tokenizer.chat_template
-    if template not in _DROPS_TOOLS:
+    probe = "calls" if calls else "results"
+    if (template, probe) not in _DROPS_TOOLS:
         name, key, value, output = _SENTINELS
         call = {"type": "function", "function": {"name": name, "arguments": {key: value}}}
-        messages = [
-            {"role": "user", "content": "hi"},
-            {"role": "assistant", "content": "", "tool_calls": [call]},
-            {"role": "tool", "name": name, "content": output},
-        ]
+        action = (
+            {"role": "assistant", "content": "", "tool_calls": [call]}
+            if calls
+            else {"role": "assistant", "content": "ok"}
+        )
+        messages = [{"role": "user", "content": "hi"}, action, {"role": "tool", "name": name, "content": output}]
+        expected = _SENTINELS if calls else (output,)
         try:
             text = tokenizer.apply_chat_template(messages, tokenize=False)
         except Exception:  # a template that rejects the exchange: the row's own rendering says how
-            text = "".join(_SENTINELS)
-        _DROPS_TOOLS[template] = not all(s in text for s in _SENTINELS)
-    return _DROPS_TOOLS[template]
+            text = "".join(expected)
+        _DROPS_TOOLS[(template, probe)] = not all(s in text for s in expected)
+    return _DROPS_TOOLS[(template, probe)]
 
 
 def _check_template_renders_tools(tokenizer, pair: Mapping[str, Any], row: int | None) -> None:
-    """Refuse a row with tool calls or tool results when the chat template drops them: the model would learn actions
-    without the calls the row holds."""
-    where = next(
-        (
-            side
-            for side in ("prompt", *SIDES)
-            for m in pair.get(side) or ()
-            if m.get("tool_calls") or m.get("role") == "tool"
-        ),
-        None,
-    )
+    """Refuse a row when the chat template drops what it holds: its tool calls (name, arguments, and the tool results
+    after them) for a row with tool calls, the content of its `tool` messages for a row with tool results only. The
+    model would learn actions without the calls or observations the row holds."""
+    messages = [(side, m) for side in ("prompt", *SIDES) for m in pair.get(side) or ()]
+    where = next((side for side, m in messages if m.get("tool_calls")), None)
+    calls = where is not None
+    where = where or next((side for side, m in messages if m.get("role") == "tool"), None)
     if where is None or not isinstance(getattr(tokenizer, "chat_template", None), str):
         return
-    if template_drops_tools(tokenizer):
+    if template_drops_tools(tokenizer, calls=calls):
+        what = (
+            "tool calls or tool results (rendered, a tool call loses its name or arguments, or a tool message its "
+            "content)"
+            if calls
+            else "tool results (rendered, a tool message loses its content)"
+        )
         raise DMPODataError(
-            "the chat template drops tool calls or tool results (rendered, a tool call loses its name or arguments, "
-            "or a tool message its content), so the model would not train on what the row holds; give a template "
+            f"the chat template drops {what}, so the model would not train on what the row holds; give a template "
             "that renders them with --chat_template_path FILE (e.g. TRL's trl/chat_templates/qwen2_5.jinja for a "
             "ChatML model)",
             row,

@@ -163,6 +163,24 @@ def test_template_that_drops_tool_calls_is_refused_and_names_the_flag(tok):
     prepare_pair(tok, row)  # and the row is fine with a template that renders tool calls (TRL's Qwen2.5)
 
 
+def test_tool_results_need_their_content_rendered_not_tool_call_syntax(tok):
+    """A row whose observations are `tool` messages (no tool calls) trains on a template that renders their content
+    but has no tool-call syntax, and is refused by one that drops tool messages, with the reason for that row."""
+    row = agent_pair(2, 1)
+    row["chosen"][1] = {"role": "tool", "content": "a coin"}
+    content_only = copy.deepcopy(tok)
+    content_only.chat_template = SMOLLM2_LIKE
+    assert "a coin" in content_only.decode(prepare_pair(content_only, row)["chosen_ids"])
+    no_tools = copy.deepcopy(tok)
+    no_tools.chat_template = SMOLLM2_LIKE.replace(
+        "{% for message in messages %}", "{% for message in messages if message['role'] != 'tool' %}"
+    )
+    with pytest.raises(DMPODataError) as err:
+        prepare_pair(no_tools, row, 4)
+    assert (err.value.row, err.value.side) == (4, "chosen")
+    assert err.value.reason.startswith("the chat template drops tool results (rendered, a tool message loses")
+
+
 def test_merged_arrow_schema_is_reported_and_trained_as_written(tmp_path, tok, caplog):
     def with_call(args):
         row = agent_pair(2, 1)
