@@ -80,6 +80,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
         variations = st.choose_variations(env, cfg)
         gold = stages.run("experts", {**env_key, "variations": variations}, st.experts_stage, env, variations)
         experts = st.load_experts(env, stages.path("experts") / "experts.jsonl", "sft")
+        x_experts = st.load_experts(env, stages.path("experts") / "experts.jsonl", "explore")
         heldout_gold = {int(v): n for v, n in gold["result"]["heldout"]["gold_lengths"].items()}
         base_key = {**env_key, "model": base_model, "seed": cfg.seed, "experts": gold["run_id"]}
 
@@ -87,13 +88,16 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
         sft_key = {**base_key, **bf16, "sft": config_to_dict(cfg)["sft"]}
         sft = stages.run("sft", sft_key, st.sft_stage, cfg, env, experts, base_model)
         sft_model = sft["result"]["model"]
-        eval_key = {"eval": config_to_dict(cfg)["eval"], "heldout": variations["heldout"], **bf16}
+        seen = {"seen": variations["seen"]}  # the held-out and the seen games are evaluated in one stage
+        eval_key = {"eval": config_to_dict(cfg)["eval"], "heldout": variations["heldout"], **seen, **bf16}
         evals: dict[str, dict[str, Any]] = {}
         if cfg.eval.base_model:
             key = {**eval_key, "model": base_model, **env_key}
-            evals["base"] = stages.run("eval/base", key, st.eval_stage, cfg, env, variations["heldout"], base_model)
+            evals["base"] = stages.run(
+                "eval/base", key, st.eval_stage, cfg, env, variations["heldout"], base_model, **seen
+            )
         key = {**eval_key, "sft": sft["run_id"]}
-        evals["sft"] = stages.run("eval/sft", key, st.eval_stage, cfg, env, variations["heldout"], sft_model)
+        evals["sft"] = stages.run("eval/sft", key, st.eval_stage, cfg, env, variations["heldout"], sft_model, **seen)
 
         runs: list[dict[str, Any]] = []
         explores: dict[str, Any] = {}
@@ -107,6 +111,8 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
                 last_round = round_index + 1 == cfg.rounds
                 for setting in cfg.settings:
                     for m_index, method in enumerate(cfg.methods):
+                        if not method.trains_in(setting):
+                            continue
                         parent = parents[(setting, method.name)]
                         run_name = f"{tag}/{setting}-{method.name}"
                         x_name = f"{tag}/explore" if round_index == 0 else f"{run_name}/explore"
@@ -130,7 +136,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
                         p_key["cap"] = cfg.explore.cap_for(setting)
                         rollouts_file = stages.path(x_name) / "rollouts.jsonl"
                         paired = stages.run(
-                            p_name, p_key, st.pairs_stage, cfg, env, experts, rollouts_file, setting, round_index
+                            p_name, p_key, st.pairs_stage, cfg, env, x_experts, rollouts_file, setting, round_index
                         )
                         pairs[p_name] = paired["result"]
                         base_dir = parent.merged or sft_model
@@ -166,6 +172,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
                             variations["heldout"],
                             base_dir,
                             adapter,
+                            **seen,
                         )
                         runs.append(
                             {
