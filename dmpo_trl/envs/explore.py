@@ -93,14 +93,19 @@ def explore(
     )
 
 
-def expert_trajectories(env: AgentEnv, variations: Iterable[int]) -> dict[int, Trajectory]:
-    """The gold trajectory of every variation whose gold path solves it (the others are left out)."""
+def expert_trajectories(env: AgentEnv, variations: Iterable[int], draws: int = 1) -> dict[int, Trajectory]:
+    """The gold trajectory of every variation whose gold path solves it (the others are left out): with `draws` > 1
+    the shortest of that many draws (the first of equal length), for environments that draw a random gold path at
+    every reset (TextWorld-Express's gold agent walks rooms in a random order, back and forth)."""
     experts = {}
     for variation in variations:
-        try:
-            experts[int(variation)] = gold_trajectory(env, int(variation))
-        except DMPOEnvError:
-            continue
+        for _ in range(max(draws, 1)):
+            try:
+                traj = gold_trajectory(env, int(variation))
+            except DMPOEnvError:
+                break
+            if int(variation) not in experts or traj.num_turns < experts[int(variation)].num_turns:
+                experts[int(variation)] = traj
     return experts
 
 

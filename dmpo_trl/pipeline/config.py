@@ -175,6 +175,10 @@ class PipelineConfig:
     """Keyword arguments of `make_env` (``game_params`` for TextWorld-Express, ``simplifications`` for ScienceWorld)."""
     seed: int = 0
     """Seed of the SFT stage and of the choice of variations."""
+    expert_draws: int = 1
+    """Each game's expert trajectory (SFT data, the chosen side of the pairs) is the shortest of this many gold
+    draws; 1: the environment's gold path as drawn. TextWorld-Express's `coin` gold agent walks the rooms in a random
+    order, back and forth (`move east`, `move west`, ... up to 25 actions in 4 rooms): 16 draws give the shortest."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Seeds of explore + preference training (each seed: its own rollouts, pairs and training runs)."""
     settings: list[str] = field(default_factory=lambda: ["noisy"])
@@ -212,6 +216,8 @@ class PipelineConfig:
             names = [m.name for m in self.methods if m.settings is None or setting in m.settings]
             if not names or len(set(names)) != len(names):
                 raise ValueError(f"methods need distinct names within each setting, got {names} in {setting!r}")
+        if self.expert_draws < 1:
+            raise ValueError(f"expert_draws must be >= 1, got {self.expert_draws}")
         if self.rounds < 1 or not self.seeds:
             raise ValueError("rounds must be >= 1 and seeds non-empty")
         if self.purpose not in ("dev", "test"):

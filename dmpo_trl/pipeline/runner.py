@@ -78,7 +78,8 @@ def run_pipeline(cfg: PipelineConfig, *, command: str | None = None, env: AgentE
     env = env if env is not None else make_env(cfg.env, cfg.task, **cfg.env_kwargs)
     try:
         variations = st.choose_variations(env, cfg)
-        gold = stages.run("experts", {**env_key, "variations": variations}, st.experts_stage, env, variations)
+        g_key = {**env_key, "variations": variations, "draws": cfg.expert_draws}
+        gold = stages.run("experts", g_key, st.experts_stage, env, variations, cfg.expert_draws)
         experts = st.load_experts(env, stages.path("experts") / "experts.jsonl", "sft")
         x_experts = st.load_experts(env, stages.path("experts") / "experts.jsonl", "explore")
         heldout_gold = {int(v): n for v, n in gold["result"]["heldout"]["gold_lengths"].items()}

@@ -141,14 +141,15 @@ def _log_summary(log_history: list[dict[str, Any]], keys: tuple[str, ...]) -> di
 EXPERT_SPLITS = ("sft", "explore", "heldout", "seen")
 
 
-def experts_stage(folder: Path, env: AgentEnv, variations: dict[str, list[int]]) -> dict[str, Any]:
+def experts_stage(folder: Path, env: AgentEnv, variations: dict[str, list[int]], draws: int = 1) -> dict[str, Any]:
     """The expert (gold) trajectory of every SFT, explore, held-out and seen variation, drawn once and stored in
     ``experts.jsonl``: some environments draw their gold path at random at every reset (TextWorld-Express with
-    several rooms), so every later stage reads these instead of asking the environment again."""
+    several rooms), so every later stage reads these instead of asking the environment again. With `draws` > 1
+    each game's expert is the shortest of that many gold draws (`PipelineConfig.expert_draws`)."""
     from dmpo_trl.envs.explore import expert_trajectories
 
     rows, result = [], {}
-    drawn = expert_trajectories(env, sorted({v for split in EXPERT_SPLITS for v in variations[split]}))
+    drawn = expert_trajectories(env, sorted({v for split in EXPERT_SPLITS for v in variations[split]}), draws)
     for split in EXPERT_SPLITS:  # one draw per game: an explored SFT game pairs with the expert SFT trained on
         experts = {v: drawn[v] for v in variations[split] if v in drawn}
         rows += [{"split": split, "variation": v, "actions": t.actions} for v, t in experts.items()]

@@ -238,3 +238,22 @@ def test_same_decisions_as_the_eto_converter(scripted):
     theirs = {tuple(actions(r["rejected"])) for r in converted}
     assert theirs == {tuple(actions(r["rejected"])) for r in ours}
     assert all(actions(r["chosen"]) == gold for r in converted)
+
+
+class CyclingGold(KeyDoorEnv):
+    """A gold path that changes at every draw: 2, 1, 0 extra "look around" first (like a random gold agent)."""
+
+    draws = 0
+
+    def gold_actions(self):
+        self.draws += 1
+        return ["look around"] * (2 - (self.draws - 1) % 3) + super().gold_actions()
+
+
+def test_expert_is_the_shortest_of_several_gold_draws():
+    env = CyclingGold()
+    assert expert_trajectories(env, [0])[0].num_turns == 6  # one draw: the first path, 2 extra actions
+    env.draws = 0
+    shortest = expert_trajectories(env, [0, 1], draws=3)
+    assert [t.num_turns for t in shortest.values()] == [4, 4] and env.draws == 6
+    assert shortest[0].actions == ["take red key", "open door", "move north", "take coin"] and shortest[0].success

@@ -131,6 +131,12 @@ def test_experts_are_drawn_once_and_reused(tmp_path, model):
     assert gold == {v: len(stored[("heldout", v)]) for v in results["variations"]["heldout"]}
     again = run_pipeline(recipe(tmp_path, model), env=RandomGold())
     assert again["heldout_gold_lengths"] == gold and again["summary"] == results["summary"]
+    # the shortest of several draws: a new experts stage (its key has the draws), every expert no longer than before
+    cfg = recipe(tmp_path, model)
+    cfg.expert_draws = 12
+    shortest = run_pipeline(cfg, env=RandomGold())
+    assert "experts" in ran(shortest)
+    assert all(n <= gold[v] for v, n in shortest["heldout_gold_lengths"].items())
 
 
 def test_design_options_reach_the_trainer_and_the_report(tmp_path, model):
