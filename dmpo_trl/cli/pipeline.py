@@ -24,7 +24,7 @@ def register(subparsers) -> None:
         "pipeline",
         help="the authors' pipeline: SFT, explore, pairs, DMPO or multi-turn DPO, evaluation, one report",
         description="Run (or resume: finished stages are read from OUTPUT_DIR) the recipe's pipeline: SFT on expert "
-        "trajectories, sampled rollouts of the SFT model on training tasks, ETO pairs (noisy / clean), preference "
+        "trajectories, rollouts of the SFT model on training tasks (greedy by default), ETO pairs (noisy / clean), preference "
         "training per method and seed, greedy evaluation on held-out tasks, report.md with plots.",
     )
     add_arguments(parser, debug=False)

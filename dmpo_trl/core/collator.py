@@ -64,8 +64,8 @@ class DataCollatorForDMPO(DataCollatorMixin):
             or ``"single_row"`` (one row, what FlashAttention needs); see `dmpo_trl.core.packing`.
         max_row_tokens (`int`, *optional*): token budget of a packed row (at least the longest sequence).
         return_tensors (`str`, defaults to `"pt"`): only ``"pt"`` (PyTorch) is implemented.
-        turn_weighting (`str`, defaults to `"dmpo"`): ``"dmpo"`` (``phi(t, T)``) or ``"uniform"`` (every action weight
-            1: multi-turn DPO), see `dmpo_trl.core.weights.turn_weight`.
+        turn_weighting (`str`, defaults to `"dmpo"`): ``"dmpo"`` (``phi(t, T)``), ``"uniform"`` (every action weight
+            1: multi-turn DPO) or ``"dmpo_eq16"`` (the paper's printed Eq. 16), see `dmpo_trl.core.weights.turn_weight`.
     """
 
     pad_token_id: int

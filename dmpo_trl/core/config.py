@@ -40,7 +40,9 @@ class DMPOConfig(DPOConfig):
         turn_weighting (`str`, *optional*, defaults to `"dmpo"`):
             How the actions of a trajectory are weighted. `"dmpo"`: by `phi(t, T)` above (the DMPO loss). `"uniform"`:
             every action weight 1, observations still masked, so `S = sum_t r_t` over the whole trajectory: the
-            multi-turn DPO baseline of the DMPO paper and of ETO (`gamma` is then not used).
+            multi-turn DPO baseline of the DMPO paper and of ETO (`gamma` is then not used). `"dmpo_eq16"`: the
+            paper's printed Eq. 16, `(1 - gamma^(T - t)) / (1 - gamma^T)` (`phi` without `gamma^t`; `(T - t) / T` at
+            `gamma = 1`, every action weight 1 at `gamma = 0`).
         skip_invalid_pairs (`bool`, *optional*):
             What happens to rows DMPO cannot train on. Unset (`None`, the default): as in `DPOTrainer`, rows whose
             prompt leaves no room for an action within `max_length` are dropped, with a warning that gives their
@@ -127,8 +129,8 @@ class DMPOConfig(DPOConfig):
         default="dmpo",
         metadata={
             "help": "'dmpo': action t weighted by phi(t, T); 'uniform': every action weight 1 (multi-turn DPO, the "
-            "paper's and ETO's baseline; gamma unused).",
-            "choices": ["dmpo", "uniform"],
+            "paper's and ETO's baseline; gamma unused); 'dmpo_eq16': the paper's printed Eq. 16, phi without gamma^t.",
+            "choices": ["dmpo", "uniform", "dmpo_eq16"],
         },
     )
     skip_invalid_pairs: bool | None = field(

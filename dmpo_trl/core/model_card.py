@@ -91,6 +91,9 @@ def card_rows(trainer, base_model: str, dataset: str | None) -> list[tuple[str, 
     if getattr(args, "turn_weighting", "dmpo") == "uniform":
         trainer_row = f"DMPOTrainer (turn_weighting=uniform, beta={args.beta:g})"
         method = "multi-turn DPO (every action weight 1, the DMPO paper's baseline)"
+    elif getattr(args, "turn_weighting", "dmpo") == "dmpo_eq16":
+        trainer_row = f"DMPOTrainer (turn_weighting=dmpo_eq16, gamma={args.gamma:g}, beta={args.beta:g})"
+        method = "DMPO with the paper's printed Eq. 16 weights (1 - gamma^(T-t)) / (1 - gamma^T)"
     return [
         ("Trainer", trainer_row),
         ("Method", method),

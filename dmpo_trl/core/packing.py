@@ -101,7 +101,7 @@ def build_packed_batch(
         packing: ``"bins"`` or ``"single_row"`` (see the module docstring).
         pad_to_multiple_of: pad the row length to a multiple of this value.
         max_row_tokens: token budget of a row (see the module docstring).
-        turn_weighting: ``"dmpo"`` or ``"uniform"`` (`dmpo_trl.core.weights.turn_weight`).
+        turn_weighting: ``"dmpo"``, ``"uniform"`` or ``"dmpo_eq16"`` (`dmpo_trl.core.weights.turn_weight`).
 
     Returns:
         ``input_ids``, ``position_ids``, ``sequence_ids``, ``completion_mask``, ``turn_ids`` (int64, ``-1`` off the

@@ -20,7 +20,9 @@ everything else (prompt, observations, template markup, padding). `dmpo_turn_wei
 TRL's concatenated ``[chosen; rejected]`` batch layout (first half of the batch: chosen, second half: rejected).
 
 Note: Eq. 16 of the paper omits the ``gamma^t`` factor; the derivation and the authors' code include it, and so
-does this module.
+does the default weighting. The printed variant is ``turn_weighting="dmpo_eq16"``:
+``w(t, T) = (1 - gamma^(T-t)) / (1 - gamma^T)`` (``(T - t) / T`` at ``gamma = 1``, ``1`` for every action at
+``gamma = 0``), i.e. ``phi(t, T) / gamma^t``.
 
 Multi-turn DPO (the baseline of the DMPO paper and of ETO) is the same loss with every action weighted 1
 (``turn_weighting="uniform"``, `turn_weight`): ``S = sum_t r_t``, the sum of the action tokens' log-ratios over the
@@ -36,7 +38,7 @@ import torch
 
 __all__ = ["TURN_WEIGHTINGS", "check_turn_weighting", "dmpo_phi", "dmpo_turn_weights", "turn_weight"]
 
-TURN_WEIGHTINGS = ("dmpo", "uniform")
+TURN_WEIGHTINGS = ("dmpo", "uniform", "dmpo_eq16")
 
 
 def check_turn_weighting(turn_weighting: str) -> str:
@@ -89,17 +91,26 @@ def turn_weight(t: torch.Tensor, num_turns: torch.Tensor, gamma: float, turn_wei
     """Weight of action ``t`` of a trajectory with ``T`` actions, elementwise, in float64.
 
     - ``"dmpo"``: ``phi(t, T)`` (`dmpo_phi`);
-    - ``"uniform"``: ``1`` for every action (multi-turn DPO: ``S = sum_t r_t``); `gamma` is not used.
+    - ``"uniform"``: ``1`` for every action (multi-turn DPO: ``S = sum_t r_t``); `gamma` is not used;
+    - ``"dmpo_eq16"``: the paper's printed Eq. 16, ``(1 - gamma^(T-t)) / (1 - gamma^T)`` (``phi`` without
+      ``gamma^t``). Limits: ``gamma = 1`` gives ``(T - t) / T`` (as ``phi``); ``gamma = 0`` gives ``1`` for every
+      action (``0^(T-t) = 0^T = 0`` since ``T - t >= 1``), i.e. multi-turn DPO; ``w(0, T) = 1`` for every gamma.
 
     Same argument checks as `dmpo_phi` (``0 <= t < T``).
     """
     if check_turn_weighting(turn_weighting) == "dmpo":
         return dmpo_phi(t, num_turns, gamma)
+    gamma = _check_gamma(gamma)
     t = torch.as_tensor(t, dtype=torch.float64)
     T = torch.as_tensor(num_turns, dtype=torch.float64, device=t.device)
     if bool(((T < 1) | (t < 0) | (t >= T)).any()):
         raise ValueError("turn_weight needs 0 <= t < T and T >= 1")
-    return torch.ones_like(t) + 0.0 * T
+    if turn_weighting == "uniform" or gamma == 0.0:
+        return torch.ones_like(t) + 0.0 * T
+    if gamma == 1.0:
+        return (T - t) / T
+    log_gamma = math.log(gamma)  # expm1 keeps the ratio accurate as gamma -> 1
+    return torch.expm1((T - t) * log_gamma) / torch.expm1(T * log_gamma)
 
 
 def dmpo_turn_weights(
@@ -120,8 +131,8 @@ def dmpo_turn_weights(
             truncation, so kept actions keep the weight they would have had).
         gamma (`float`): discount factor in ``[0, 1]``.
         dtype (`torch.dtype`, defaults to `torch.float32`): dtype of the result.
-        turn_weighting (`str`, defaults to `"dmpo"`): ``"dmpo"`` (``phi(t, T)``) or ``"uniform"`` (``1`` on every
-            action token: multi-turn DPO), see `turn_weight`.
+        turn_weighting (`str`, defaults to `"dmpo"`): ``"dmpo"`` (``phi(t, T)``), ``"uniform"`` (``1`` on every
+            action token: multi-turn DPO) or ``"dmpo_eq16"`` (the paper's printed Eq. 16), see `turn_weight`.
 
     Returns:
         `torch.Tensor` of shape `(batch, seq_len)`: the action weight on action tokens, exactly ``0`` elsewhere.

@@ -115,6 +115,24 @@ class _Trajectory:
     reward: float | None
 
 
+def eto_rule(
+    reward: float, expert_reward: float, length: int, expert_length: int, max_extra: int | None, unit: int = 1
+):
+    """ETO's pairing rule for one rollout against the expert trajectory of its task (``construct_preference.py``).
+
+    Returns ``(outcome, kept)``: ``("lose", kept)`` when ``reward < expert_reward`` (chosen = expert, rejected = the
+    rollout cut to its first `kept` units: at most the expert's length plus `max_extra` actions, `unit` units per
+    action; ``None`` = no cap), ``("win", length)`` when ``reward > expert_reward`` (chosen = the rollout, rejected =
+    the expert), ``("tie", 0)`` otherwise (dropped). The one implementation of the rule: `pair_eto_rollouts` (ETO
+    files) and `dmpo_trl.envs.explore.pair_with_experts` (explored rollouts) both call it.
+    """
+    if reward < expert_reward:
+        return "lose", length if max_extra is None else min(length, expert_length + unit * max_extra)
+    if reward > expert_reward:
+        return "win", length
+    return "tie", 0
+
+
 def pair_eto_rollouts(
     experts: Iterable[Any],
     rollouts: Iterable[Any],
@@ -274,13 +292,14 @@ def _pair(
         messages[0] = {**messages[0], "value": messages[0]["value"][len(prefix) :].strip()}
     reward = _reward(raw_reward, index, where)
 
-    if reward < expert.reward:
+    outcome, kept = eto_rule(
+        reward, expert.reward, len(messages), len(expert.messages), settings["max_extra_rejected_turns"], unit=2
+    )
+    if outcome == "lose":
         stats["lose"] += 1
-        cap = settings["max_extra_rejected_turns"]
-        rejected = messages if cap is None else messages[: len(expert.messages) + 2 * cap]
-        stats["rejected_capped"] += len(rejected) < len(messages)
-        task_msg, chosen, rejected = expert.messages[0], expert.messages[1:], rejected[1:]
-    elif reward > expert.reward:
+        stats["rejected_capped"] += kept < len(messages)
+        task_msg, chosen, rejected = expert.messages[0], expert.messages[1:], messages[1:kept]
+    elif outcome == "win":
         stats["win"] += 1
         task_msg, chosen, rejected = messages[0], messages[1:], expert.messages[1:]
     else:

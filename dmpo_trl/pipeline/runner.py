@@ -86,8 +86,10 @@ def _run_pipeline(cfg: PipelineConfig, command: str | None, env: AgentEnv | None
     env = env if env is not None else make_env(cfg.env, cfg.task, **cfg.env_kwargs)
     try:
         variations = st.choose_variations(env, cfg)
-        gold = stages.run("experts", {**env_key, "variations": variations}, st.experts_stage, env, variations)
+        g_key = {**env_key, "variations": variations, "draws": cfg.expert_draws}
+        gold = stages.run("experts", g_key, st.experts_stage, env, variations, cfg.expert_draws)
         experts = st.load_experts(env, stages.path("experts") / "experts.jsonl", "sft")
+        x_experts = st.load_experts(env, stages.path("experts") / "experts.jsonl", "explore")
         heldout_gold = {int(v): n for v, n in gold["result"]["heldout"]["gold_lengths"].items()}
         base_key = {**env_key, "model": base_model, "seed": cfg.seed, "experts": gold["run_id"]}
 
@@ -95,13 +97,16 @@ def _run_pipeline(cfg: PipelineConfig, command: str | None, env: AgentEnv | None
         sft_key = {**base_key, **bf16, "sft": config_to_dict(cfg)["sft"]}
         sft = stages.run("sft", sft_key, st.sft_stage, cfg, env, experts, base_model)
         sft_model = sft["result"]["model"]
-        eval_key = {"eval": config_to_dict(cfg)["eval"], "heldout": variations["heldout"], **bf16}
+        seen = {"seen": variations["seen"]}  # the held-out and the seen games are evaluated in one stage
+        eval_key = {"eval": config_to_dict(cfg)["eval"], "heldout": variations["heldout"], **seen, **bf16}
         evals: dict[str, dict[str, Any]] = {}
         if cfg.eval.base_model:
             key = {**eval_key, "model": base_model, **env_key}
-            evals["base"] = stages.run("eval/base", key, st.eval_stage, cfg, env, variations["heldout"], base_model)
+            evals["base"] = stages.run(
+                "eval/base", key, st.eval_stage, cfg, env, variations["heldout"], base_model, **seen
+            )
         key = {**eval_key, "sft": sft["run_id"]}
-        evals["sft"] = stages.run("eval/sft", key, st.eval_stage, cfg, env, variations["heldout"], sft_model)
+        evals["sft"] = stages.run("eval/sft", key, st.eval_stage, cfg, env, variations["heldout"], sft_model, **seen)
 
         runs: list[dict[str, Any]] = []
         explores: dict[str, Any] = {}
@@ -115,6 +120,8 @@ def _run_pipeline(cfg: PipelineConfig, command: str | None, env: AgentEnv | None
                 last_round = round_index + 1 == cfg.rounds
                 for setting in cfg.settings:
                     for m_index, method in enumerate(cfg.methods):
+                        if not method.trains_in(setting):
+                            continue
                         parent = parents[(setting, method.name)]
                         run_name = f"{tag}/{setting}-{method.name}"
                         x_name = f"{tag}/explore" if round_index == 0 else f"{run_name}/explore"
@@ -138,7 +145,7 @@ def _run_pipeline(cfg: PipelineConfig, command: str | None, env: AgentEnv | None
                         p_key["cap"] = cfg.explore.cap_for(setting)
                         rollouts_file = stages.path(x_name) / "rollouts.jsonl"
                         paired = stages.run(
-                            p_name, p_key, st.pairs_stage, cfg, env, experts, rollouts_file, setting, round_index
+                            p_name, p_key, st.pairs_stage, cfg, env, x_experts, rollouts_file, setting, round_index
                         )
                         pairs[p_name] = paired["result"]
                         base_dir = parent.merged or sft_model
@@ -174,6 +181,7 @@ def _run_pipeline(cfg: PipelineConfig, command: str | None, env: AgentEnv | None
                             variations["heldout"],
                             base_dir,
                             adapter,
+                            **seen,
                         )
                         runs.append(
                             {

@@ -45,22 +45,34 @@ __all__ = [
 
 
 def choose_variations(env: AgentEnv, cfg: PipelineConfig) -> dict[str, list[int]]:
-    """SFT variations (train split), explore variations (the first of the SFT ones), held-out (the eval split)."""
+    """SFT variations (train split); explore variations (the first of the SFT ones, or with ``explore.games:
+    disjoint`` training variations SFT did not see); held-out (the eval split); "seen" (``eval.seen_episodes``
+    training variations no stage uses). Seeded by `cfg.seed`: the same recipe draws the same games."""
     rng = random.Random(f"{cfg.seed}:{env.describe()}:pipeline")
     train_pool, heldout_pool = env.variations("train"), env.variations(cfg.eval.split)
-    for name, pool, n in (("train", train_pool, cfg.sft.episodes), (cfg.eval.split, heldout_pool, cfg.eval.episodes)):
+    disjoint = cfg.explore.games == "disjoint"
+    needed = cfg.sft.episodes + (cfg.explore.episodes if disjoint else 0) + cfg.eval.seen_episodes
+    for name, pool, n in (("train", train_pool, needed), (cfg.eval.split, heldout_pool, cfg.eval.episodes)):
         if n > len(pool):
             raise ValueError(f"{env.describe()} has {len(pool)} {name} variations, the recipe asks for {n}")
-    if cfg.explore.episodes > cfg.sft.episodes:
-        raise ValueError("explore.episodes must be <= sft.episodes (the explored tasks are SFT tasks)")
-    sft = rng.sample(train_pool, cfg.sft.episodes)
+    if not disjoint and cfg.explore.episodes > cfg.sft.episodes:
+        raise ValueError(
+            "explore.episodes must be <= sft.episodes with explore.games: sft (the explored tasks are SFT tasks)"
+        )
+    order = rng.sample(train_pool, len(train_pool))
+    sft = order[: cfg.sft.episodes]
+    rest = order[cfg.sft.episodes :]
+    explore = rest[: cfg.explore.episodes] if disjoint else sft[: cfg.explore.episodes]
+    unused = rest[cfg.explore.episodes :] if disjoint else rest
     if cfg.eval.min_gold_steps <= 1:
         heldout = sorted(rng.sample(heldout_pool, cfg.eval.episodes))
+        seen = sorted(unused[: cfg.eval.seen_episodes])
     else:
         heldout = sorted(_needing_steps(env, rng, heldout_pool, cfg.eval.episodes, cfg.eval.min_gold_steps))
-    if set(sft) & set(heldout):
-        raise DMPOEnvError(f"{env.describe()}: train and held-out variations overlap")
-    return {"sft": sorted(sft), "explore": sorted(sft[: cfg.explore.episodes]), "heldout": heldout}
+        seen = sorted(_needing_steps(env, rng, unused, cfg.eval.seen_episodes, cfg.eval.min_gold_steps))
+    if (set(sft) | set(explore) | set(seen)) & set(heldout) or set(seen) & (set(sft) | set(explore)):
+        raise DMPOEnvError(f"{env.describe()}: training, seen and held-out variations overlap")
+    return {"sft": sorted(sft), "explore": sorted(explore), "heldout": heldout, "seen": seen}
 
 
 #: How many gold paths `_needing_steps` draws per game (some environments draw a random gold path at every reset:
@@ -73,7 +85,9 @@ def _needing_steps(env: AgentEnv, rng: random.Random, pool: list[int], n: int, m
     >= `min_steps` actions."""
     from dmpo_trl.envs.explore import expert_trajectories
 
-    chosen = []
+    chosen: list[int] = []
+    if n == 0:
+        return chosen
     for variation in rng.sample(pool, len(pool)):
         lengths = [t.num_turns for _ in range(GOLD_DRAWS) for t in expert_trajectories(env, [variation]).values()]
         if lengths and min(lengths) >= min_steps:
@@ -124,15 +138,20 @@ def _log_summary(log_history: list[dict[str, Any]], keys: tuple[str, ...]) -> di
     return out
 
 
-def experts_stage(folder: Path, env: AgentEnv, variations: dict[str, list[int]]) -> dict[str, Any]:
-    """The expert (gold) trajectory of every SFT and held-out variation, drawn once and stored in
+EXPERT_SPLITS = ("sft", "explore", "heldout", "seen")
+
+
+def experts_stage(folder: Path, env: AgentEnv, variations: dict[str, list[int]], draws: int = 1) -> dict[str, Any]:
+    """The expert (gold) trajectory of every SFT, explore, held-out and seen variation, drawn once and stored in
     ``experts.jsonl``: some environments draw their gold path at random at every reset (TextWorld-Express with
-    several rooms), so every later stage reads these instead of asking the environment again."""
+    several rooms), so every later stage reads these instead of asking the environment again. With `draws` > 1
+    each game's expert is the shortest of that many gold draws (`PipelineConfig.expert_draws`)."""
     from dmpo_trl.envs.explore import expert_trajectories
 
     rows, result = [], {}
-    for split in ("sft", "heldout"):
-        experts = expert_trajectories(env, variations[split])
+    drawn = expert_trajectories(env, sorted({v for split in EXPERT_SPLITS for v in variations[split]}), draws)
+    for split in EXPERT_SPLITS:  # one draw per game: an explored SFT game pairs with the expert SFT trained on
+        experts = {v: drawn[v] for v in variations[split] if v in drawn}
         rows += [{"split": split, "variation": v, "actions": t.actions} for v, t in experts.items()]
         result[split] = {
             "gold_lengths": {str(v): t.num_turns for v, t in experts.items()},
@@ -186,14 +205,25 @@ def action_kinds(actions: list[str]) -> dict[str, int]:
     return dict(Counter((a.split(" ", 1)[0] if a.strip() else "(none)") for a in actions).most_common())
 
 
-def eval_stage(folder: Path, cfg: PipelineConfig, env: AgentEnv, heldout: list[int], model_dir, adapter_dir=None):
+def eval_stage(
+    folder: Path, cfg: PipelineConfig, env: AgentEnv, heldout: list[int], model_dir, adapter_dir=None, seen=()
+):
+    """Greedy rollouts on the held-out variations (``rollouts.jsonl``) and, when `seen` is not empty, on the seen
+    ones (``seen/rollouts.jsonl``, the result's ``"seen"``)."""
     model, tokenizer = load_policy(model_dir, adapter_dir)
+    result = _evaluate(folder, cfg, env, heldout, model, tokenizer)
+    if seen:
+        result["seen"] = _evaluate(folder / "seen", cfg, env, list(seen), model, tokenizer)
+    return result
+
+
+def _evaluate(folder: Path, cfg: PipelineConfig, env: AgentEnv, variations: list[int], model, tokenizer):
     e = cfg.eval
     rollouts = generate_rollouts(
         model,
         tokenizer,
         env,
-        heldout,
+        variations,
         max_steps=e.max_steps,
         max_new_tokens=e.max_new_tokens,
         batch_size=e.batch_size,
@@ -201,6 +231,7 @@ def eval_stage(folder: Path, cfg: PipelineConfig, env: AgentEnv, heldout: list[i
         desc=f"eval {folder.parent.name}/{folder.name}",
         autocast_dtype=_autocast(cfg),
     )
+    folder.mkdir(parents=True, exist_ok=True)
     save_rollouts(rollouts, folder / "rollouts.jsonl")
     result = rollouts_to_eval(rollouts)
     return {
@@ -318,8 +349,9 @@ def train_stage(
         num_train_epochs=t.epochs,
         per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type="constant",
+        learning_rate=method.lr(t),
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a value below 1 is a share of the optimizer steps
         beta=t.beta,
         gamma=method.gamma,
         turn_weighting=method.turn_weighting,
@@ -333,7 +365,7 @@ def train_stage(
         data_seed=seed,
         dataloader_num_workers=0,
         disable_tqdm=not cfg.progress,
-        **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, t.sft_weight]} if t.sft_weight else {}),
+        **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, method.nll(t)]} if method.nll(t) else {}),
         **checkpointing_off(DMPOConfig),
     )
     peft = None  # lora_r <= 0: full fine-tuning, the reference a frozen copy of the starting model
@@ -349,6 +381,11 @@ def train_stage(
         trainer.model.save_pretrained(folder / "adapter")
         tokenizer.save_pretrained(folder / "adapter")
     result = {
+        "learning_rate": method.lr(t),
+        "sft_weight": method.nll(t),
+        "loss_type": list(args.loss_type),
+        "loss_weights": None if args.loss_weights is None else list(args.loss_weights),
+        "optimizer_steps": trainer.state.global_step,
         "adapter": str((folder / "adapter").resolve()) if peft is not None else None,
         "model": str((folder / "model").resolve()) if peft is None else None,
         "pairs": len(rows),

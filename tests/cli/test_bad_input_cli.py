@@ -505,6 +505,11 @@ def _(d):
     (d / "typo.yaml").write_text(yaml.safe_dump(recipe))
 
 
+@case("tuning recipe that evaluates on test")
+def _(d):
+    (d / "tuning.yaml").write_text(yaml.safe_dump({"purpose": "dev", "eval": {"split": "test"}}))
+
+
 @case("typo'd flag")
 def _(d):
     return None

@@ -143,3 +143,58 @@ def test_precomputed_reference_cache_tracks_turn_weighting(tmp_path, tok):
         assert torch.allclose(batch["ref_chosen_logps"], online[0], atol=1e-5)
         scores[weighting] = batch["ref_chosen_logps"]
     assert not torch.allclose(scores["dmpo"], scores["uniform"])
+
+
+# `turn_weighting="dmpo_eq16"`: the paper's printed Eq. 16, w(t, T) = (1 - gamma^(T-t)) / (1 - gamma^T).
+
+
+def test_eq16_weights_hand_computed():
+    # gamma 0.5, T 3: (1 - 1/8) / (7/8) = 1, (1 - 1/4) / (7/8) = 6/7, (1 - 1/2) / (7/8) = 4/7
+    w = turn_weight(torch.arange(3), torch.tensor(3), 0.5, "dmpo_eq16")
+    assert w.tolist() == pytest.approx([1.0, 6 / 7, 4 / 7], abs=1e-12)
+    # the derivation's phi is the same times gamma^t: 1, 3/7, 1/7
+    phi = turn_weight(torch.arange(3), torch.tensor(3), 0.5, "dmpo")
+    assert phi.tolist() == pytest.approx([1.0, 3 / 7, 1 / 7], abs=1e-12)
+    # limits: gamma = 1 -> (T - t) / T; gamma = 0 -> 1 on every action (multi-turn DPO); w(0, T) = 1
+    assert turn_weight(torch.arange(4), torch.tensor(4), 1.0, "dmpo_eq16").tolist() == [1.0, 0.75, 0.5, 0.25]
+    assert turn_weight(torch.arange(4), torch.tensor(4), 0.0, "dmpo_eq16").tolist() == [1.0, 1.0, 1.0, 1.0]
+    near_one = turn_weight(torch.arange(4), torch.tensor(4), 1 - 1e-9, "dmpo_eq16")
+    assert near_one.tolist() == pytest.approx([1.0, 0.75, 0.5, 0.25], abs=1e-7)
+    near_zero = turn_weight(torch.arange(4), torch.tensor(4), 1e-9, "dmpo_eq16")
+    assert near_zero.tolist() == pytest.approx([1.0, 1.0, 1.0, 1.0], abs=1e-7)
+    with pytest.raises(ValueError, match="gamma"):
+        turn_weight(torch.arange(2), torch.tensor(2), 1.5, "dmpo_eq16")
+    with pytest.raises(ValueError):
+        turn_weight(torch.tensor([3]), torch.tensor(3), 0.5, "dmpo_eq16")
+
+
+def test_eq16_loss_hand_computed():
+    # the pair of `test_uniform_loss_hand_computed`, gamma 0.5: chosen T=2 -> w = 1, (1-0.5)/(1-0.25) = 2/3;
+    # rejected T=3 -> w = 1, 6/7, 4/7. S_w = 0.75 + 0.75 * 2/3 = 1.25; S_l = -0.5 + 0.25 * 6/7 - 1.0 * 4/7
+    w = dmpo_turn_weights(TURN_IDS, NUM_TURNS, gamma=0.5, turn_weighting="dmpo_eq16")
+    assert w[0].tolist() == pytest.approx([0, 1, 1, 0, 2 / 3])
+    assert w[1].tolist() == pytest.approx([0, 1, 0, 6 / 7, 4 / 7])
+    s_w, s_l = 1.25, -0.5 + 0.25 * 6 / 7 - 4 / 7
+    out = dmpo_loss(POLICY, REFERENCE, w, beta=0.5)
+    assert out.losses.item() == pytest.approx(math.log1p(math.exp(-0.5 * (s_w - s_l))), abs=1e-6)
+
+
+def test_eq16_through_config_and_trainer(tmp_path, tok):
+    assert make_args(tmp_path).turn_weighting == "dmpo"  # the derivation's phi stays the default
+    rows = dataset_rows(6, seed=3)
+    policy, ref = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    losses = {}
+    for weighting, gamma in (("dmpo_eq16", 0.0), ("uniform", 0.0), ("dmpo_eq16", 0.7), ("dmpo", 0.7)):
+        trainer = DMPOTrainer(
+            model=copy.deepcopy(policy),
+            ref_model=copy.deepcopy(ref),
+            args=make_args(tmp_path, gamma=gamma, beta=0.5, turn_weighting=weighting),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tok,
+        )
+        trainer.model.eval()
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
+        losses[(weighting, gamma)] = trainer.compute_loss(trainer.model, batch).item()
+    # gamma 0: Eq. 16 weights every action 1, i.e. multi-turn DPO; at 0.7 it differs from the derivation's phi
+    assert losses[("dmpo_eq16", 0.0)] == pytest.approx(losses[("uniform", 0.0)], abs=1e-6)
+    assert abs(losses[("dmpo_eq16", 0.7)] - losses[("dmpo", 0.7)]) > 1e-4

@@ -8,6 +8,34 @@ import time
 import pytest
 
 
+def test_main_job_is_the_experiment_recipe_scaled_down():
+    """The main job runs experiment.yaml at its --quick size with one seed, one setting and the recipe's DMPO method
+    of that setting: every training setting is the recipe's."""
+    from dmpo_trl.demo.main_job import MAIN_RECIPE, MainJobConfig, pipeline_config
+    from dmpo_trl.pipeline.config import load_recipe
+
+    quick = load_recipe(MAIN_RECIPE, quick=True)
+    full = load_recipe(MAIN_RECIPE)
+    job = pipeline_config(MainJobConfig(output_dir="x"))
+    assert (job.env, job.task, job.env_kwargs, job.purpose) == (quick.env, quick.task, quick.env_kwargs, "test")
+    assert job.sft == quick.sft and job.explore == quick.explore and job.train == quick.train
+    assert job.eval.split == "test" and job.eval.episodes == quick.eval.episodes and job.eval.base_model
+    assert job.eval.min_gold_steps == quick.eval.min_gold_steps and job.eval.max_steps == quick.eval.max_steps
+    (method,) = job.methods
+    recipe_method = next(m for m in full.methods if m.name == "dmpo" and m.trains_in("clean"))
+    assert (method.turn_weighting, method.gamma, method.learning_rate, method.sft_weight) == (
+        recipe_method.turn_weighting,
+        recipe_method.gamma,
+        recipe_method.learning_rate,
+        recipe_method.sft_weight,
+    )
+    assert job.settings == ["clean"] and job.seeds == [0] and "clean/dmpo vs sft" in job.comparisons
+    smaller = pipeline_config(MainJobConfig(output_dir="x", sft_episodes=4, heldout_episodes=3))
+    assert smaller.sft.episodes == 4 and smaller.eval.episodes == 3 and smaller.train == quick.train
+    with pytest.raises(ValueError, match="no single method 'nope'"):
+        pipeline_config(MainJobConfig(method="nope"))
+
+
 @pytest.mark.slow
 def test_main_job_reduced(tmp_path):
     from dmpo_trl.demo.main_job import MainJobConfig, run_main_job
@@ -16,10 +44,9 @@ def test_main_job_reduced(tmp_path):
         output_dir=str(tmp_path / "run"),
         sft_episodes=4,
         sft_epochs=1,
-        explore_episodes=2,
-        num_rollouts=2,
-        max_pairs=2,
+        explore_episodes=4,
         heldout_episodes=3,
+        explore_max_steps=3,
         eval_max_steps=3,
         max_new_tokens=8,
         max_length=768,
@@ -49,6 +76,7 @@ def test_main_job_reduced(tmp_path):
     assert report.startswith("# DMPO main job report")
     assert f"| success rate | {summary['eval']['before']['success_rate']:.3f} |" in report
     assert "of them invalid; its actions: `" in report
+    assert "clean/dmpo vs sft: " in report and "paired 95% bootstrap interval over 3 games" in report
     assert json.loads((out / "summary.json").read_text())["command"] == "pytest reduced main job"
 
 

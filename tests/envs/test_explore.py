@@ -141,7 +141,8 @@ def test_eto_rule_noisy_and_clean(scripted):
         "win": 0,
         "tie_dropped": 1,
         "duplicate_dropped": 1,
-        "not_clean_dropped": 0,
+        "no_bad_action_dropped": 0,
+        "rejected_cut": 0,
         "rejected_capped": 1,
     }
     assert [r["sample"] for r in noisy] == [1, 2, 4]
@@ -150,9 +151,52 @@ def test_eto_rule_noisy_and_clean(scripted):
         assert row["chosen_reward"] == 1.0 and row["rejected_reward"] < 1.0 and row["outcome"] == "lose"
         check_replay(env, 0, row["rejected"])
     assert noisy[2]["rejected_num_turns"] == len(gold) + 2  # capped at the expert's length + 2
+    assert noisy[2]["rollout_num_turns"] == 8
     clean, stats = pair_with_experts(env, experts, rollouts, setting="clean", max_extra_rejected_turns=2)
-    assert [r["sample"] for r in clean] == [1, 4] and stats["not_clean_dropped"] == 1
+    # samples 2 and 3 are cut before their first invalid action: ["take red key"], a prefix of the expert's path
+    assert [r["sample"] for r in clean] == [1, 4]
+    assert stats["rejected_cut"] == 2 and stats["no_bad_action_dropped"] == 2 and stats["duplicate_dropped"] == 0
     assert all(r["rejected_num_invalid"] == 0 and r["rejected_num_repeated"] == 0 for r in clean)
+
+
+def test_clean_losers_cut_at_their_first_bad_action_not_the_experts_length(scripted):
+    env, gold, _ = scripted
+    experts = expert_trajectories(env, [0])
+    rollouts = [
+        # valid detours, then an invalid action at turn 6 (beyond the expert's 4 actions): cut to 6 actions
+        _rollout(env, 0, ["look around", "take red key", "open door", "move north", "move south", "look around", "x"]),
+        # the same valid start, then a repeat instead: the same cut sides, a duplicate pair
+        _rollout(
+            env,
+            0,
+            ["look around", "take red key", "open door", "move north", "move south", "look around", "look around"],
+            1,
+        ),
+        # the expert's first two actions, then an invalid one: cut to a prefix of the expert's path, no mistake
+        _rollout(env, 0, ["take red key", "open door", "jump"], 2),
+        # a wrong valid action first (the decoy key ends the episode): kept, one action long
+        _rollout(env, 0, ["take blue key"], 3),
+    ]
+    rows, stats = pair_with_experts(env, experts, rollouts, setting="clean", max_extra_rejected_turns=None)
+    rejected = [[m["content"] for m in r["rejected"] if m["role"] == "assistant"] for r in rows]
+    assert rejected == [rollouts[0].actions[:6], ["take blue key"]]
+    assert [r["rejected_num_turns"] for r in rows] == [6, 1] and [r["rollout_num_turns"] for r in rows] == [7, 1]
+    assert stats["rejected_cut"] == 3 and stats["duplicate_dropped"] == 1 and stats["no_bad_action_dropped"] == 1
+    for row in rows:
+        check_replay(env, 0, row["rejected"])
+    # ETO's cap still applies after the cut (expert's 4 actions + 1)
+    capped, stats = pair_with_experts(env, experts, rollouts[:1], setting="clean", max_extra_rejected_turns=1)
+    assert capped[0]["rejected_num_turns"] == 5 and stats["rejected_capped"] == 1
+
+
+def test_greedy_exploration_is_one_rollout_per_task(tok):
+    env = KeyDoorEnv()
+    model = tiny_model(tok)
+    with pytest.raises(ValueError, match="one rollout per task"):
+        explore(model, tok, env, [0, 1], num_rollouts=2, temperature=0.0)
+    rollouts = explore(model, tok, env, [0, 1], num_rollouts=1, temperature=0.0, max_steps=2, progress=False)
+    again = explore(model, tok, env, [0, 1], num_rollouts=1, temperature=0.0, max_steps=2, seed=5, progress=False)
+    assert [r.variation for r in rollouts] == [0, 1] and [r.actions for r in rollouts] == [r.actions for r in again]
 
 
 def test_a_rollout_better_than_the_expert_is_chosen(scripted):
@@ -194,3 +238,22 @@ def test_same_decisions_as_the_eto_converter(scripted):
     theirs = {tuple(actions(r["rejected"])) for r in converted}
     assert theirs == {tuple(actions(r["rejected"])) for r in ours}
     assert all(actions(r["chosen"]) == gold for r in converted)
+
+
+class CyclingGold(KeyDoorEnv):
+    """A gold path that changes at every draw: 2, 1, 0 extra "look around" first (like a random gold agent)."""
+
+    draws = 0
+
+    def gold_actions(self):
+        self.draws += 1
+        return ["look around"] * (2 - (self.draws - 1) % 3) + super().gold_actions()
+
+
+def test_expert_is_the_shortest_of_several_gold_draws():
+    env = CyclingGold()
+    assert expert_trajectories(env, [0])[0].num_turns == 6  # one draw: the first path, 2 extra actions
+    env.draws = 0
+    shortest = expert_trajectories(env, [0, 1], draws=3)
+    assert [t.num_turns for t in shortest.values()] == [4, 4] and env.draws == 6
+    assert shortest[0].actions == ["take red key", "open door", "move north", "take coin"] and shortest[0].success

@@ -23,7 +23,7 @@ def test_pipeline_end_to_end_reduced(tmp_path):
                 "settings": ["noisy", "clean"],
                 "methods": [{"name": "dpo", "turn_weighting": "uniform"}, {"name": "dmpo-0.7", "gamma": 0.7}],
                 "sft": {"episodes": 4, "epochs": 1, "batch_size": 2, "max_length": 768},
-                "explore": {"episodes": 2, "num_rollouts": 2, "max_steps": 3, "max_new_tokens": 8},
+                "explore": {"episodes": 2, "num_rollouts": 2, "temperature": 1.0, "max_steps": 3, "max_new_tokens": 8},
                 "train": {"max_pairs": 2, "max_length": 768},
                 "eval": {"episodes": 3, "max_steps": 3, "max_new_tokens": 8},
                 "progress": False,

@@ -39,7 +39,7 @@ def recipe(tmp_path, model, **train):
             "settings": ["noisy"],
             "methods": [{"name": "dpo", "turn_weighting": "uniform"}, {"name": "dmpo-0.7", "gamma": 0.7}],
             "sft": {"episodes": 6, "epochs": 1, "batch_size": 3, "lora_r": 4, "lora_last_layers": 1},
-            "explore": {"episodes": 3, "num_rollouts": 2, "max_steps": 3, "max_new_tokens": 5},
+            "explore": {"episodes": 3, "num_rollouts": 2, "temperature": 1.0, "max_steps": 3, "max_new_tokens": 5},
             "train": {"max_pairs": 3, "lora_r": 4, "lora_last_layers": 1, **train},
             "eval": {"episodes": 4, "max_steps": 3, "max_new_tokens": 5, "base_model": False},
             "progress": False,
@@ -131,3 +131,52 @@ def test_experts_are_drawn_once_and_reused(tmp_path, model):
     assert gold == {v: len(stored[("heldout", v)]) for v in results["variations"]["heldout"]}
     again = run_pipeline(recipe(tmp_path, model), env=RandomGold())
     assert again["heldout_gold_lengths"] == gold and again["summary"] == results["summary"]
+    # the shortest of several draws: a new experts stage (its key has the draws), every expert no longer than before
+    cfg = recipe(tmp_path, model)
+    cfg.expert_draws = 12
+    shortest = run_pipeline(cfg, env=RandomGold())
+    assert "experts" in ran(shortest)
+    assert all(n <= gold[v] for v, n in shortest["heldout_gold_lengths"].items())
+
+
+def test_design_options_reach_the_trainer_and_the_report(tmp_path, model):
+    """Greedy exploration of games SFT did not see, a seen set, per-method learning rates, the NLL arm, the
+    pre-registered comparisons: each is used by its stage and shown in the report."""
+    cfg = config_from_dict(
+        {
+            "output_dir": str(tmp_path / "run"),
+            "model": model,
+            "seeds": [0],
+            "settings": ["noisy"],
+            "methods": [
+                {"name": "dpo", "turn_weighting": "uniform", "learning_rate": 3e-4},
+                {"name": "dmpo-nll", "gamma": 0.9, "sft_weight": 0.5},
+            ],
+            "comparisons": ["noisy/dmpo-nll vs sft", "noisy/dmpo-nll vs noisy/dpo"],
+            "sft": {"episodes": 6, "epochs": 1, "batch_size": 3, "lora_r": 4, "lora_last_layers": 1},
+            "explore": {"episodes": 5, "games": "disjoint", "max_steps": 3, "max_new_tokens": 5},
+            "train": {"lora_r": 4, "lora_last_layers": 1, "batch_size": 1, "gradient_accumulation_steps": 2},
+            "eval": {"episodes": 4, "seen_episodes": 3, "max_steps": 3, "max_new_tokens": 5, "base_model": False},
+            "progress": False,
+        }
+    )
+    results = run_pipeline(cfg, env=KeyDoorEnv())
+    v = results["variations"]
+    assert len(v["explore"]) == 5 and not set(v["explore"]) & set(v["sft"])
+    assert len(v["seen"]) == 3 and not set(v["seen"]) & (set(v["sft"]) | set(v["explore"]) | set(v["heldout"]))
+    assert set(v["heldout"]) <= set(KeyDoorEnv().variations("dev"))
+    assert results["explore"]["seed0/r1/explore"]["rollouts"] == 5  # one greedy rollout per game
+    dpo, nll = results["runs"]
+    assert dpo["train"]["learning_rate"] == 3e-4 and nll["train"]["learning_rate"] == cfg.train.learning_rate
+    if nll["pairs"]:
+        assert nll["train"]["loss_type"] == ["sigmoid", "sft"] and nll["train"]["loss_weights"] == [1.0, 0.5]
+        assert dpo["train"]["loss_type"] == ["sigmoid"]
+        # 2 epochs of ceil(pairs / 2) optimizer steps (effective batch 2)
+        assert nll["train"]["optimizer_steps"] == 2 * -(-nll["pairs"] // 2)
+    for run in (*results["runs"], {"eval": results["evals"]["sft"]}):
+        assert sorted(e["variation"] for e in run["eval"]["seen"]["episodes"]) == v["seen"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert report.index("## Pre-registered comparisons") < report.index("## Held-out results")
+    assert "1. noisy/dmpo-nll vs sft" in report and "| noisy/dmpo-nll vs noisy/dpo | 4 |" in report
+    assert "a departure from the paper" in report and "## Seen games (3 training variations" in report
+    assert [c["comparison"] for c in results["comparisons"]] == cfg.comparisons
