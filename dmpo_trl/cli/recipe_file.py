@@ -15,6 +15,8 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+from dmpo_trl.data.io import read_yaml_mapping
+
 
 __all__ = ["check_recipe", "read_recipe"]
 
@@ -23,35 +25,8 @@ EXTRA_KEYS = {"env"}
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
-    """The recipe's mapping. Raises `FileNotFoundError` (no such file) or `ValueError` naming the file (not a mapping,
-    not YAML, a key given twice)."""
-    import yaml
-
-    class _Loader(yaml.SafeLoader):
-        pass
-
-    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ValueError(
-                    f"{path}: the key {key!r} is given twice (line {key_node.start_mark.line + 1}); YAML would keep "
-                    "the last one silently: remove one"
-                )
-            seen.add(key)
-        return loader.construct_mapping(node, deep=deep)
-
-    _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"recipe {str(path)!r} does not exist")
-    try:
-        recipe = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not a valid YAML recipe ({' '.join(str(err).split())})") from None
-    if not isinstance(recipe, dict):
-        raise ValueError(f"{path}: a recipe must be a YAML mapping of keys to values")
-    return recipe
+    """The recipe's mapping (`dmpo_trl.data.io.read_yaml_mapping`: a key given twice is an error naming the file)."""
+    return read_yaml_mapping(path, "recipe")
 
 
 def _kind(kind: Any) -> str:

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from dmpo_trl.core.errors import DMPODataError
 from dmpo_trl.core.rows.normalize import arrow_safe, drop_none
 
@@ -40,6 +42,7 @@ try:
 except ImportError:  # pragma: no cover  (datasets depends on pyarrow)
     _ARROW_ERRORS = ()
 __all__ = [
+    "read_yaml_mapping",
     "SUFFIXES",
     "arrow_columns",
     "data_files_in",
@@ -425,3 +428,34 @@ def _write(rows: Iterable[dict[str, Any]], tmp: Path, suffix: str, path: Path) -
         raise DMPODataError(err.reason, err.row, source=str(path)) from None
     pq.write_table(table, str(tmp))
     return len(safe)
+
+
+def read_yaml_mapping(path: str | Path, what: str = "recipe") -> dict[str, Any]:
+    """The YAML mapping of a recipe file (training or pipeline). Raises `FileNotFoundError` (no such file) or
+    `ValueError` naming the file (not a mapping, not YAML, a key given twice: YAML readers keep the last one)."""
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ValueError(
+                    f"{path}: the key {key!r} is given twice (line {key_node.start_mark.line + 1}); YAML would keep "
+                    "the last one silently: remove one"
+                )
+            seen.add(key)
+        return loader.construct_mapping(node, deep=deep)
+
+    _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    try:
+        values = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not a valid YAML {what} ({' '.join(str(err).split())})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a {what} must be a YAML mapping of keys to values")
+    return values

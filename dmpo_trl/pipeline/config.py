@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dmpo_trl.core.weights import check_turn_weighting
+from dmpo_trl.data.io import read_yaml_mapping
 
 
 __all__ = [
@@ -295,11 +296,7 @@ def config_from_dict(values: dict[str, Any], *, quick: bool = False, where: str 
 
 def load_recipe(path: str | Path, *, quick: bool = False, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Read a pipeline recipe (YAML); `overrides` (same structure) win over the file."""
-    import yaml
-
-    values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: a pipeline recipe must be a YAML mapping")
+    values = read_yaml_mapping(path, "pipeline recipe")
     quick_values = values.pop("quick", None) or {}
     if quick:
         values = _merge(values, quick_values)

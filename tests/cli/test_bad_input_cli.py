@@ -756,6 +756,16 @@ def _(d):
     return check
 
 
+@case("a pipeline recipe key twice")
+def _(d):
+    (d / "twice.yaml").write_text("output_dir: run\nseeds: [0]\nseeds: [1, 2]\n")
+
+    def check(run, out):
+        assert not (d / "run").exists()
+
+    return check
+
+
 @case("second training on one output folder")
 def _(d):
     (d / "out").mkdir()
