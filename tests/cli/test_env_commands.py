@@ -86,12 +86,8 @@ def test_main_command_help(capsys):
         cli.main(["main", "--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    assert (
-        "--sft-episodes" in text
-        and "--gamma" in text
-        and "--heldout-episodes" in text
-        and "--explore-episodes" in text
-    )
+    for flag in ("--recipe", "--setting", "--method", "--sft-episodes", "--heldout-episodes", "--explore-episodes"):
+        assert flag in text, flag
 
 
 def test_top_level_help_names_every_stage_of_the_main_job(capsys):
