@@ -7,6 +7,7 @@ tokenization (`dmpo_trl.core.rows.tokenization`) can be used without importing T
 three lines bitsandbytes and DeepSpeed print merely because they are installed (`dmpo_trl.core._import_noise`).
 """
 
+import importlib
 from typing import TYPE_CHECKING
 
 from .core import _import_noise
@@ -32,7 +33,5 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'dmpo_trl' has no attribute {name!r}")

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import re
 from pathlib import Path
 
 import torch
+
+from .core.errors import DMPODataError
+from .core.rows.templates import has_generation_markers
+from .core.rows.tokenization import tokenize_conversation
 
 
 TEMPLATE_DIR = Path(__import__("trl").__file__).parent / "chat_templates"
@@ -196,7 +201,6 @@ def agent_pair(num_chosen: int = 2, num_rejected: int = 3, system: bool = True) 
 
 
 def dataset_rows(n: int = 8, seed: int = 0) -> list[dict]:
-    import random
 
     rng = random.Random(seed)
     return [agent_pair(rng.randint(1, 4), rng.randint(1, 5), system=bool(i % 2)) for i in range(n)]
@@ -240,9 +244,6 @@ def template_survey(template_file: str) -> dict:
     Returns ``{"path": "markers" | "prefix", "system": bool, "tool": [action texts] | "<refusal>", "text": ...}``;
     the prompt drops its system message when the template refuses system messages.
     """
-    from .core.errors import DMPODataError
-    from .core.rows.templates import has_generation_markers
-    from .core.rows.tokenization import tokenize_conversation
 
     tok = template_tokenizer(template_file)
     out = {"path": "markers" if has_generation_markers(tok.chat_template) else "prefix", "system": True}

@@ -121,8 +121,8 @@ def test_no_import_cycle():
 
 
 def test_graph_walk_sees_function_local_imports():
-    """The walk reads function bodies: `testing.template_survey` imports the tokenization inside the function."""
-    assert "dmpo_trl.core.rows.tokenization" in _graph()["dmpo_trl.testing"]
+    """The walk reads function bodies: `cli.train` imports the row preparation (torch, datasets) inside a function."""
+    assert "dmpo_trl.core.rows.preparation" in _graph()["dmpo_trl.cli.train"]
 
 
 def test_importing_the_trainer_loads_only_core():
@@ -132,3 +132,75 @@ def test_importing_the_trainer_loads_only_core():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == []
+
+
+# Packages a function may import without saying why: optional extras, or heavy libraries a light command must not load
+# (`dmpo-trl --help` under 5 s, `dmpo-trl validate` without TRL).
+LAZY_PACKAGES = {
+    "accelerate",
+    "bitsandbytes",
+    "datasets",
+    "deepspeed",
+    "gguf",
+    "huggingface_hub",
+    "matplotlib",
+    "peft",
+    "py4j",
+    "pyarrow",
+    "safetensors",
+    "scienceworld",
+    "textworld_express",
+    "tokenizers",
+    "torch",
+    "tqdm",
+    "transformers",
+    "trl",
+}
+
+
+def _function_local_imports(path: Path) -> list[tuple[int, str, bool]]:
+    """(line, imported module, has a comment on its line or above its run of imports) per import inside a function."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    found = []
+    for func in ast.walk(ast.parse("\n".join(lines))):
+        if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(func):
+            if isinstance(node, ast.Import):
+                name = node.names[0].name
+            elif isinstance(node, ast.ImportFrom):
+                name = "." * node.level + (node.module or "")
+            else:
+                continue
+            above = node.lineno - 2  # a comment above a run of imports covers the run
+            while above >= 0 and lines[above].strip().startswith(("import ", "from ")):
+                above -= 1
+            commented = "#" in lines[node.lineno - 1] or (above >= 0 and lines[above].strip().startswith("#"))
+            found.append((node.lineno, name, commented))
+    return found
+
+
+def test_function_local_imports_are_lazy_for_a_reason():
+    """A function imports lazily only an optional or heavy package (`LAZY_PACKAGES`), or says why in a comment."""
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for line, name, commented in _function_local_imports(path):
+            if name.split(".")[0] not in LAZY_PACKAGES and not commented:
+                bad.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {name}")
+    assert not bad, "function-local imports without a reason (move them to the top or add a `# reason`):\n" + (
+        "\n".join(bad)
+    )
+
+
+def test_local_import_rule_catches_an_unexplained_import(tmp_path):
+    module = tmp_path / "m.py"
+    source = (
+        "def f():\n    import json\n\n    import os\n\n\ndef g():\n    # lazy: why\n    import json\n    import os\n"
+    )
+    module.write_text(source)
+    assert _function_local_imports(module) == [
+        (2, "json", False),
+        (4, "os", False),
+        (9, "json", True),
+        (10, "os", True),
+    ]

@@ -12,6 +12,8 @@ import argparse
 import importlib
 import sys
 
+from dmpo_trl.cli.errors import report_errors
+
 
 # Sub-command modules, in the order `--help` lists them.
 COMMAND_MODULES = [
@@ -49,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if rest and not getattr(args, "accepts_extra_args", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    from dmpo_trl.cli.errors import report_errors
 
     return report_errors(f"dmpo-trl {args.command}", lambda: args.func(args, rest), debug=args.debug)
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from dmpo_trl.core.files import atomic_write_json
+from dmpo_trl.envs import make_env
+from dmpo_trl.envs.pairs import build_splits
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -45,9 +49,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
-    from dmpo_trl.envs import make_env
+    # lazy: loads pyarrow; keeps `dmpo-trl --help` fast
     from dmpo_trl.envs.io import push_to_hub, save_jsonl_splits
-    from dmpo_trl.envs.pairs import build_splits
 
     kwargs = {}
     if args.game_params is not None:
@@ -81,7 +84,6 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         "skipped_variations": splits.info["skipped"],
         "files": {k: str(v) for k, v in paths.items()},
     }
-    from dmpo_trl.core.files import atomic_write_json
 
     atomic_write_json(f"{args.output_dir}/build_info.json", info, indent=2)
     print(f"{len(splits.train)} train pairs, {len(splits.heldout)} held-out pairs -> {args.output_dir}")

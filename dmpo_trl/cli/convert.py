@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from dmpo_trl.core.errors import DMPODataError
+
 
 FORMATS = ("eto", "eto-rollouts", "sharegpt", "openai", "project")
 
@@ -52,8 +54,10 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace, rest: list[str]) -> int:
     from tqdm.auto import tqdm
 
-    from dmpo_trl.core.errors import DMPODataError
+    # lazy: loads pyarrow; keeps `dmpo-trl --help` fast
     from dmpo_trl.data.convert import convert, pair_eto_rollouts
+
+    # lazy: loads pyarrow; keeps `dmpo-trl --help` fast
     from dmpo_trl.data.io import iter_records, read_records, write_records
 
     if args.fmt == "eto-rollouts":

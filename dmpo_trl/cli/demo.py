@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
+
+from dmpo_trl.demo.main_job import build_arg_parser, config_from_args, run_main_job
 
 
 def register(subparsers) -> None:
-    from dmpo_trl.demo.main_job import build_arg_parser
 
     parser = subparsers.add_parser(
         "main",
@@ -22,10 +25,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
-    import shlex
-    import sys
-
-    from dmpo_trl.demo.main_job import config_from_args, run_main_job
 
     run_main_job(config_from_args(args), command="dmpo-trl " + " ".join(map(shlex.quote, sys.argv[1:])))
     return 0

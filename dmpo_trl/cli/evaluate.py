@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from dmpo_trl.core.files import atomic_write_json
+from dmpo_trl.envs import make_env
+from dmpo_trl.envs.evaluate import GoldPolicy, HFPolicy, evaluate_model, evaluate_policy
+from dmpo_trl.models import load_model
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -38,8 +43,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
-    from dmpo_trl.envs import make_env
-    from dmpo_trl.envs.evaluate import GoldPolicy, evaluate_model, evaluate_policy
 
     kwargs = {"game_params": args.game_params} if args.game_params is not None else {}
     env = make_env(args.env, args.task, **kwargs)
@@ -51,8 +54,6 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         if args.model == "gold":
             result = evaluate_policy(env, GoldPolicy(), variations, max_steps=args.max_steps)
         else:
-            from dmpo_trl.models import load_model
-
             model, tokenizer = load_model(args.model)
             extra = {"do_sample": True} if args.sample else {}
             result = evaluate_model(
@@ -69,13 +70,10 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     for key, value in result.metrics().items():
         print(f"{key:>20}: {value:.3f}")
     if args.json:
-        from dmpo_trl.core.files import atomic_write_json
-
         atomic_write_json(args.json, result.to_dict(), indent=2)
     return 0
 
 
 def _policy(model, tokenizer, **kwargs):
-    from dmpo_trl.envs.evaluate import HFPolicy
 
     return HFPolicy(model, tokenizer, **kwargs)

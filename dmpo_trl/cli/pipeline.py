@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+
+from dmpo_trl.cli.errors import report_errors
 
 
 def add_arguments(parser: argparse.ArgumentParser, debug: bool = True) -> argparse.ArgumentParser:
@@ -32,9 +35,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace, rest: list[str] | None = None) -> int:
-    import shlex
 
+    # lazy: loads torch; keeps `dmpo-trl --help` fast
     from dmpo_trl.pipeline.config import load_recipe
+
+    # lazy: loads torch; keeps `dmpo-trl --help` fast
     from dmpo_trl.pipeline.runner import run_pipeline
 
     overrides: dict = {}
@@ -52,7 +57,6 @@ def run(args: argparse.Namespace, rest: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dmpo_trl.cli.errors import report_errors
 
     parser = add_arguments(argparse.ArgumentParser(prog="python -m dmpo_trl.pipeline", description=__doc__))
     args = parser.parse_args(argv)

@@ -91,6 +91,7 @@ class DMPOScriptArguments(ScriptArguments, DatasetMixtureConfig):
 def make_parser() -> TrlParser:
     """The recipe parser: a `TrlParser` over (DMPOScriptArguments, DMPOConfig, ModelConfig), every recipe field
     (`dmpo_trl.cli.train` parses recipes with it, `dmpo_trl.cli.train_help` lists its fields)."""
+    # lazy: loads torch and TRL; keeps `dmpo-trl --help` fast
     from dmpo_trl import DMPOConfig
 
     return TrlParser((DMPOScriptArguments, DMPOConfig, ModelConfig))

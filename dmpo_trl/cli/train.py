@@ -18,13 +18,34 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import os
 import shlex
+import subprocess
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from dmpo_trl.cli.launch import TRAIN_MODULE
+from dmpo_trl.cli.launch import (
+    TRAIN_MODULE,
+    LaunchTopology,
+    build_accelerate_command,
+    default_num_processes,
+    resolve_accelerate_config,
+)
+from dmpo_trl.cli.train_help import recipe_help
+from dmpo_trl.core.checkpoints import last_complete_checkpoint
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.core.files import OutputLock
+from dmpo_trl.core.trackers import check_report_to
+from dmpo_trl.models import (
+    DEFAULT_MODEL_HUB_ID,
+    build_model_init_kwargs,
+    check_model_source,
+    is_default_alias,
+    load_tokenizer,
+    resolve_model,
+)
 
 
 if TYPE_CHECKING:
@@ -40,6 +61,7 @@ _RESUME_LAST = {"true", "last", "latest"}
 
 def make_parser() -> TrlParser:
     """The `TrlParser` over (DMPOScriptArguments, DMPOConfig, ModelConfig) (`dmpo_trl.cli.script_args.make_parser`)."""
+    # lazy: loads TRL; keeps `dmpo-trl --help` fast
     from dmpo_trl.cli.script_args import make_parser
 
     return make_parser()
@@ -65,8 +87,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[DMPOScriptArguments, 
 
 
 def _check_keys(parser: TrlParser, argv: list[str]) -> None:
-    import difflib
 
+    # lazy: loads pyarrow; keeps `dmpo-trl --help` fast
     from dmpo_trl.cli.recipe_file import check_recipe, read_recipe
 
     known = {action.dest for action in parser._actions} - {"help"}  # argparse's list of the options it defines
@@ -100,7 +122,6 @@ def resolve_resume(value: str | bool | None, output_dir: str) -> str | bool | No
       warning (`dmpo_trl.core.checkpoints.last_complete_checkpoint`);
     - anything else: a checkpoint directory.
     """
-    from dmpo_trl.core.checkpoints import last_complete_checkpoint
 
     if value is None or value is False:
         return None
@@ -127,19 +148,14 @@ def build_trainer(
     describes (with its card details). Everything that can fail on the data fails before the model loads."""
     from trl import get_peft_config, get_quantization_config
 
+    # lazy: loads torch and TRL; keeps `dmpo-trl --help` fast
     from dmpo_trl import DMPOTrainer
+
+    # lazy: loads pyarrow; keeps `dmpo-trl --help` fast
     from dmpo_trl.cli.recipe_data import describe_data_source, load_recipe_data
-    from dmpo_trl.core.errors import DMPODataError
+
+    # lazy: loads torch and datasets; keeps `dmpo-trl --help` fast
     from dmpo_trl.core.rows.preparation import prepare_dataset
-    from dmpo_trl.core.trackers import check_report_to
-    from dmpo_trl.models import (
-        DEFAULT_MODEL_HUB_ID,
-        build_model_init_kwargs,
-        check_model_source,
-        is_default_alias,
-        load_tokenizer,
-        resolve_model,
-    )
 
     check_report_to(training_args.report_to)  # a missing tracker fails before the data is read
     training_args.model_init_kwargs = build_model_init_kwargs(model_args, training_args)
@@ -216,7 +232,6 @@ def run(
 
     The main process holds a lock on `output_dir` meanwhile (`dmpo_trl.core.files.OutputLock`): a second training on
     the same folder fails at once, naming this one's process and host."""
-    from dmpo_trl.core.files import OutputLock
 
     if int(os.environ.get("RANK", "0")) != 0:
         return _run(script_args, training_args, model_args, callbacks)
@@ -257,7 +272,6 @@ def _run(
     trainer = build_trainer(script_args, training_args, model_args, callbacks)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     card_kwargs: dict[str, Any] = {"dataset_name": script_args.dataset_name}
-    from dmpo_trl.core.errors import DMPODataError
 
     try:
         trainer.train(resume_from_checkpoint=resume)
@@ -352,7 +366,6 @@ class _FullHelp(argparse.Action):
         super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from dmpo_trl.cli.train_help import recipe_help  # pre-rendered: no TRL import before parsing
 
         parser.print_help()
         print("\nrecipe fields (in the recipe file, or as flags that override it), DMPO's own first:\n")
@@ -370,15 +383,6 @@ def run_command(args: argparse.Namespace, rest: list[str]) -> int:
             print(shlex.join(["python", "-m", TRAIN_MODULE, *rest]))
             return 0
         return main(rest)
-
-    import subprocess
-
-    from dmpo_trl.cli.launch import (
-        LaunchTopology,
-        build_accelerate_command,
-        default_num_processes,
-        resolve_accelerate_config,
-    )
 
     try:
         config_file = resolve_accelerate_config(args.accelerate_config)

@@ -48,7 +48,10 @@ def stamp(field_modules: list[str]) -> str:
 
 def field_modules() -> list[str]:
     """The modules defining `DMPOConfig` and `DMPOScriptArguments` (imports them)."""
+    # lazy: loads torch and TRL; keeps `dmpo-trl --help` fast
     from dmpo_trl import DMPOConfig
+
+    # lazy: loads TRL; keeps `dmpo-trl --help` fast
     from dmpo_trl.cli.script_args import DMPOScriptArguments
 
     return [DMPOConfig.__module__, DMPOScriptArguments.__module__]
@@ -58,7 +61,10 @@ def field_groups(parser: argparse.ArgumentParser) -> list[tuple[str, list[argpar
     """(title, actions) per group of the recipe parser (`dmpo_trl.cli.script_args.make_parser()`), in display order."""
     from trl import DatasetMixtureConfig, DPOConfig, ModelConfig, ScriptArguments
 
+    # lazy: loads torch and TRL; keeps `dmpo-trl --help` fast
     from dmpo_trl import DMPOConfig
+
+    # lazy: loads TRL; keeps `dmpo-trl --help` fast
     from dmpo_trl.cli.script_args import DMPOScriptArguments
 
     def own(cls) -> set[str]:  # fields declared in this class's body (new ones and redefined defaults)
@@ -88,6 +94,7 @@ def field_groups(parser: argparse.ArgumentParser) -> list[tuple[str, list[argpar
 
 def render() -> str:
     """The recipe fields' help, rendered now from the installed packages."""
+    # lazy: loads TRL; keeps `dmpo-trl --help` fast
     from dmpo_trl.cli.script_args import make_parser  # not via cli.train, which imports this module
 
     parser = make_parser()

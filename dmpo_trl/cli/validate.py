@@ -12,6 +12,10 @@ import argparse
 import functools
 from typing import Any
 
+from dmpo_trl.cli.train import make_parser
+from dmpo_trl.core.errors import DMPODataError
+from dmpo_trl.models import load_tokenizer
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -81,7 +85,6 @@ def register(subparsers) -> None:
 
 @functools.lru_cache(maxsize=2)  # loading from a GGUF file takes seconds; repeated in-process calls reuse it
 def _tokenizer(name_or_path: str, chat_template: str | None):
-    from dmpo_trl.models import load_tokenizer
 
     return load_tokenizer(name_or_path, chat_template_path=chat_template, require_chat_template=True)
 
@@ -96,8 +99,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     """Data, model, max_length, chat template and skip flag: the flags, else the recipe, else the trainer's defaults."""
     recipe: dict[str, Any] = {}
     if args.config:  # read and checked as `dmpo-trl train` reads and checks it
+        # lazy: loads pyarrow; keeps `dmpo-trl --help` fast
         from dmpo_trl.cli.recipe_file import check_recipe, read_recipe
-        from dmpo_trl.cli.train import make_parser
 
         recipe = read_recipe(args.config)
         check_recipe(make_parser(), recipe, args.config)
@@ -134,8 +137,10 @@ def _positive_int(text: str) -> int:
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
-    from dmpo_trl.core.errors import DMPODataError
+    # lazy: loads pyarrow; keeps `dmpo-trl --help` fast
     from dmpo_trl.data.loading import load_preference_files
+
+    # lazy: loads torch and datasets; keeps `dmpo-trl --help` fast
     from dmpo_trl.data.validation import report_json, scan_files, validate_dataset, validate_files
 
     opts = settings(args)

@@ -21,6 +21,7 @@ from dmpo_trl.core.errors import DMPODataError
 from dmpo_trl.core.rows.checks import check_pair
 from dmpo_trl.core.rows.normalize import MESSAGE_COLUMNS, arrow_safe
 from dmpo_trl.data.common import SkippedRow, with_record_id
+from dmpo_trl.data.convert import convert
 from dmpo_trl.data.io import arrow_columns, expand_data_paths, iter_file_records
 
 
@@ -149,8 +150,6 @@ def checked_rows(
     `skip_invalid` the others go to `on_skip`, else the first one raises (naming the file and the row)."""
     records: Iterable[Any] = iter_file_records(file, in_folder=in_folder)
     if convert_from != "project":
-        from dmpo_trl.data.convert import convert
-
         records = list(records)
         try:
             converted = convert(records, convert_from, skip_invalid=skip_invalid)

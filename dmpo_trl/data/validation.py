@@ -23,7 +23,7 @@ from dmpo_trl.core.rows.preparation import refusal
 from dmpo_trl.core.rows.tokenization import NOT_ACTION, truncate_trajectory
 from dmpo_trl.data.common import SkippedRow
 from dmpo_trl.data.io import expand_data_paths
-from dmpo_trl.data.loading import LoadedData, RowSource
+from dmpo_trl.data.loading import LoadedData, RowSource, checked_rows
 
 
 __all__ = [
@@ -254,7 +254,6 @@ def scan_files(paths: Iterable[str] | str, skip_invalid: bool | None = False) ->
 
     What `load_preference_files` checks, without keeping a row: a bad file fails here, before any tokenizer loads.
     Raises like `load_preference_files` (the first bad row unless `skip_invalid`; nothing left after skipping)."""
-    from dmpo_trl.data.loading import checked_rows
 
     skipped: list[SkippedRow] = []
     rows = 0
@@ -281,7 +280,6 @@ def validate_files(
     """`validate_dataset` of data files in the project format, streamed: rows are read, checked and counted one at a
     time (memory does not grow with the rows, except for the skipped rows' reasons and ``per_row``'s list), in the
     order and with the errors of `load_preference_files` (each naming its file and row there)."""
-    from dmpo_trl.data.loading import checked_rows
 
     files = expand_data_paths(paths)
     dropped: list[SkippedRow] = []  # by the structural checks, as the loader drops them

@@ -32,7 +32,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from dmpo_trl.core.files import atomic_write_json
+from dmpo_trl.envs import make_env
+from dmpo_trl.pipeline.report import write_report
+from dmpo_trl.pipeline.stats import min_detectable_effect
 
 
 __all__ = ["MainJobConfig", "build_arg_parser", "config_from_args", "main", "pipeline_config", "run_main_job"]
@@ -71,8 +76,8 @@ class MainJobConfig:
 def pipeline_config(cfg: MainJobConfig):
     """The `PipelineConfig` the main job runs: `cfg.recipe` at its ``--quick`` size, one seed, one setting, the
     recipe's `cfg.method` of that setting, the untouched model evaluated too, and the comparisons untouched/SFT/DMPO."""
-    import yaml
 
+    # lazy: loads torch; `dmpo-trl --help` builds this parser
     from dmpo_trl.pipeline.config import config_from_dict, load_recipe
 
     full = yaml.safe_load(Path(cfg.recipe).read_text(encoding="utf-8"))
@@ -115,6 +120,7 @@ def pipeline_config(cfg: MainJobConfig):
 
 
 def config_to_plain(cfg) -> dict[str, Any]:
+    # lazy: loads torch; `dmpo-trl --help` builds this parser
     from dmpo_trl.pipeline.config import config_to_dict
 
     values = config_to_dict(cfg)
@@ -196,8 +202,10 @@ def _turn_rewards(results: dict[str, Any], run: dict[str, Any], cfg: MainJobConf
     """``beta * r_t`` per turn of the trained model on a few of its training pairs (`dmpo_trl.demo.turn_rewards`)."""
     if run["train"].get("adapter") is None or cfg.turn_reward_pairs <= 0:
         return {"pairs": 0, "table": []}
+    # lazy: loads torch and transformers; `dmpo-trl --help` builds this parser
     from dmpo_trl.pipeline.stages import load_policy
 
+    # lazy: loads torch; `dmpo-trl --help` builds this parser
     from .report import plot_turn_rewards
     from .turn_rewards import mean_by_turn, turn_log_ratios
 
@@ -222,12 +230,14 @@ def run_main_job(cfg: MainJobConfig, command: str | None = None) -> dict[str, An
     # wait for descheduled peers (measured here: a forward pass 6x slower with 2 busy neighbours). Read at the
     # first parallel region, so it only takes effect when torch has not run anything yet.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from dmpo_trl.envs import make_env
+    # lazy: loads torch and transformers; `dmpo-trl --help` builds this parser
     from dmpo_trl.envs.rollouts import Rollout, rollouts_to_eval
-    from dmpo_trl.pipeline.report import write_report
+
+    # lazy: loads torch; `dmpo-trl --help` builds this parser
     from dmpo_trl.pipeline.runner import run_pipeline
+
+    # lazy: loads torch and transformers; `dmpo-trl --help` builds this parser
     from dmpo_trl.pipeline.stages import load_experts
-    from dmpo_trl.pipeline.stats import min_detectable_effect
 
     command = command or "python -m dmpo_trl.demo.main_job " + " ".join(map(shlex.quote, sys.argv[1:]))
     pcfg = pipeline_config(cfg)

@@ -66,9 +66,11 @@ def make_env(env: str, task: str | None = None, **kwargs: Any) -> AgentEnv:
     name = _canonical(env)
     task = task or _DEFAULT_TASKS[name]
     if name == "textworld-express":
+        # optional: the environment's package is an extra
         from .textworld_express import TextWorldExpressAgentEnv
 
         return TextWorldExpressAgentEnv(task, **kwargs)
+    # optional: the environment's package is an extra
     from .scienceworld import ScienceWorldAgentEnv
 
     return ScienceWorldAgentEnv(task, **kwargs)

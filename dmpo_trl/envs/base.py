@@ -13,6 +13,8 @@ import abc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from .prompting import action_message, default_prompt, observation_message, parse_action
+
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -138,14 +140,12 @@ class AgentEnv(abc.ABC):
     # ---- conversation format (defaults: `dmpo_trl.envs.prompting`; tool-calling environments override them) -----
     def prompt_messages(self, start: EnvReset) -> list[dict[str, Any]]:
         """The prompt of an episode (default: system rules + task and first observation, `prompting.default_prompt`)."""
-        from .prompting import default_prompt
 
         return default_prompt(self, start)
 
     def turn_messages(self, action: str, step: EnvStep) -> list[dict[str, Any]]:
         """The messages of one turn: the assistant action, then the environment's reply (default: an assistant
         message whose content is the action, a user message whose content is the observation)."""
-        from .prompting import action_message, observation_message
 
         return [action_message(action), observation_message(step.observation)]
 
@@ -155,7 +155,6 @@ class AgentEnv(abc.ABC):
 
     def parse_reply(self, text: str) -> str:
         """The action a model reply stands for (default: `prompting.parse_action`)."""
-        from .prompting import parse_action
 
         return parse_action(text)
 

@@ -13,6 +13,7 @@ did not understand, including replies with no parseable action).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -251,7 +252,6 @@ def evaluate_model(
 
     `autocast_dtype` (e.g. ``torch.bfloat16``) runs the rollouts under `torch.autocast` on the model's device.
     """
-    import contextlib
 
     import torch
 

@@ -140,7 +140,7 @@ class PairSplits:
 
     def to_dataset_dict(self):
         """A `datasets.DatasetDict` with splits ``train`` and ``heldout``."""
-        from .io import to_dataset_dict
+        from .io import to_dataset_dict  # lazy: loads pyarrow; `dmpo-trl --help` imports this module
 
         return to_dataset_dict({"train": self.train, "heldout": self.heldout})
 

@@ -21,6 +21,7 @@ caller's RNG is untouched and the same arguments give the same rollouts on the s
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,7 +135,6 @@ def generate_rollouts(
     when the environment says done or after `max_steps` actions (``truncated=True``). `autocast_dtype` (e.g.
     ``torch.bfloat16``) runs the model under `torch.autocast` on its device.
     """
-    import contextlib
 
     import torch
 

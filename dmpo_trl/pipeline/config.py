@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dmpo_trl.core.files import check_name
 from dmpo_trl.core.weights import check_turn_weighting
 from dmpo_trl.data.io import read_yaml_mapping
+from dmpo_trl.envs.pairs import SETTINGS
 
 
 __all__ = [
@@ -202,7 +204,6 @@ class PipelineConfig:
     later round), printed in the report before the results, each with its paired interval and McNemar test."""
 
     def __post_init__(self):
-        from dmpo_trl.envs.pairs import SETTINGS
 
         bad = [s for s in self.settings if s not in SETTINGS]
         if bad or not self.settings:
@@ -245,7 +246,6 @@ class PipelineConfig:
 
 def check_path_names(cfg: PipelineConfig) -> None:
     """Refuse a method name, setting or seed that cannot name a stage folder (`dmpo_trl.core.files.check_name`)."""
-    from dmpo_trl.core.files import check_name
 
     for m in cfg.methods:
         check_name(m.name, "method name")

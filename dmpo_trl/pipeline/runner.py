@@ -25,10 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from dmpo_trl.core.files import OutputLock, atomic_write_json
+from dmpo_trl.envs import make_env
 from dmpo_trl.envs.base import AgentEnv
+from dmpo_trl.models import resolve_model
 
+from . import stages as st
 from .cache import StageRunner, key_hash
 from .config import PipelineConfig, config_to_dict, resolve_bf16
+from .report import write_report
 
 
 __all__ = ["run_pipeline"]
@@ -75,11 +79,6 @@ def _run_pipeline(cfg: PipelineConfig, command: str | None, env: AgentEnv | None
     out = Path(cfg.output_dir)
     stages = StageRunner(out, verbose=True)
     import torch
-
-    from dmpo_trl.envs import make_env
-    from dmpo_trl.models import resolve_model
-
-    from . import stages as st
 
     base_model = resolve_model(cfg.model)
     env_key = _env_key(cfg) if env is None else {"env": env.describe(), "class": type(env).__qualname__}
@@ -225,7 +224,6 @@ def _run_pipeline(cfg: PipelineConfig, command: str | None, env: AgentEnv | None
         "stage_log": stages.log,
     }
     atomic_write_json(out / "results.json", results)
-    from .report import write_report
 
     write_report(out, results)
     print(f"\nreport: {out / 'report.md'}  (total {results['runtime_s']:.0f} s)")

@@ -21,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from dmpo_trl.envs.base import AgentEnv, DMPOEnvError
+from dmpo_trl.envs.explore import expert_trajectories, explore, pair_with_experts
 from dmpo_trl.envs.rollouts import generate_rollouts, rollouts_to_eval
 from dmpo_trl.envs.trajectory import Trajectory
+from dmpo_trl.models import load_model
 
 from .config import Method, PipelineConfig, resolve_bf16
+from .sft import checkpointing_off, lora_config, sft_dataset, train_sft
 from .storage import _read_jsonl, _write_jsonl, load_experts, load_rollouts, save_rollouts
 
 
@@ -83,7 +86,6 @@ GOLD_DRAWS = 16
 def _needing_steps(env: AgentEnv, rng: random.Random, pool: list[int], n: int, min_steps: int) -> list[int]:
     """`n` variations of `pool` (in a seeded random order) whose shortest gold path, over `GOLD_DRAWS` draws, has
     >= `min_steps` actions."""
-    from dmpo_trl.envs.explore import expert_trajectories
 
     chosen: list[int] = []
     if n == 0:
@@ -103,8 +105,6 @@ def _needing_steps(env: AgentEnv, rng: random.Random, pool: list[int], n: int, m
 def load_policy(model_dir: str | Path, adapter_dir: str | Path | None = None):
     """(model, tokenizer) in float32: a full model folder, optionally with a LoRA adapter on top."""
     import torch
-
-    from dmpo_trl.models import load_model
 
     model, tokenizer = load_model(str(model_dir), dtype=torch.float32)
     if adapter_dir is not None:
@@ -146,7 +146,6 @@ def experts_stage(folder: Path, env: AgentEnv, variations: dict[str, list[int]],
     ``experts.jsonl``: some environments draw their gold path at random at every reset (TextWorld-Express with
     several rooms), so every later stage reads these instead of asking the environment again. With `draws` > 1
     each game's expert is the shortest of that many gold draws (`PipelineConfig.expert_draws`)."""
-    from dmpo_trl.envs.explore import expert_trajectories
 
     rows, result = [], {}
     drawn = expert_trajectories(env, sorted({v for split in EXPERT_SPLITS for v in variations[split]}), draws)
@@ -164,8 +163,6 @@ def experts_stage(folder: Path, env: AgentEnv, variations: dict[str, list[int]],
 
 def sft_stage(folder: Path, cfg: PipelineConfig, env: AgentEnv, experts: dict[int, Trajectory], base_model: str):
     import torch
-
-    from .sft import sft_dataset, train_sft
 
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_policy(base_model)
@@ -254,7 +251,6 @@ def _evaluate(folder: Path, cfg: PipelineConfig, env: AgentEnv, variations: list
 def explore_stage(
     folder: Path, cfg: PipelineConfig, env: AgentEnv, variations: list[int], seed: int, model_dir, adapter_dir=None
 ):
-    from dmpo_trl.envs.explore import explore
 
     model, tokenizer = load_policy(model_dir, adapter_dir)
     x = cfg.explore
@@ -295,7 +291,6 @@ def pairs_stage(
     setting: str,
     round_index: int,
 ):
-    from dmpo_trl.envs.explore import pair_with_experts
 
     rollouts = load_rollouts(env, Path(rollouts_file))
     rows, stats = pair_with_experts(
@@ -322,9 +317,8 @@ def train_stage(
     import torch
     from datasets import Dataset
 
+    # lazy: loads TRL; only the DMPO stage needs it
     from dmpo_trl import DMPOConfig, DMPOTrainer
-
-    from .sft import checkpointing_off, lora_config
 
     rows = _read_jsonl(Path(pairs_file))
     t = cfg.train

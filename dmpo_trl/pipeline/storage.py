@@ -13,7 +13,7 @@ from typing import Any
 from dmpo_trl.core.files import atomic_write_text
 from dmpo_trl.envs.base import AgentEnv, DMPOEnvError
 from dmpo_trl.envs.rollouts import Rollout
-from dmpo_trl.envs.trajectory import Trajectory
+from dmpo_trl.envs.trajectory import Trajectory, run_actions
 
 
 __all__ = ["load_experts", "load_rollouts", "save_rollouts"]
@@ -66,7 +66,6 @@ def load_rollouts(env: AgentEnv, path: Path) -> list[Rollout]:
 
 def load_experts(env: AgentEnv, path: Path, split: str) -> dict[int, Trajectory]:
     """The stored expert trajectories of one split, replayed from reset (each must still solve its task)."""
-    from dmpo_trl.envs.trajectory import run_actions
 
     experts = {}
     for rec in _read_jsonl(path):

@@ -218,10 +218,12 @@ def test_today_fused_head_agrees_to_float32_rounding(tmp_path, tok):
         processing_class=tok,
     )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-    ours, _ = trainer._per_token_logps(trainer.model, batch)
+    view = DMPOBatch(batch)
+    # the trainer's policy, called through TRL's fused-head protocol (served by the action head it installed)
+    ours = trainer.model(**view.model_inputs(), labels=view.labels(), fused_lm_head=True).log_probs
     trl_model = tiny_model(tok).double()
     add_fused_lm_head(trl_model)
-    theirs = trl_model(**DMPOBatch(batch).model_inputs(), labels=DMPOBatch(batch).labels(), fused_lm_head=True)
+    theirs = trl_model(**view.model_inputs(), labels=view.labels(), fused_lm_head=True)
     assert torch.allclose(ours, theirs.log_probs.to(ours.dtype), atol=1e-6, rtol=0)
 
 

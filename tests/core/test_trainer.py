@@ -108,7 +108,7 @@ def test_one_action_per_side_equals_trl_dpo(tmp_path):
     assert l_dmpo.item() == pytest.approx(l_dpo.item(), abs=1e-6)
 
 
-def test_prompt_and_observation_tokens_get_exactly_zero_gradient(tmp_path, tok, monkeypatch):
+def test_prompt_and_observation_tokens_get_exactly_zero_gradient(tmp_path, tok):
     trainer = DMPOTrainer(
         model=tiny_model(tok),
         ref_model=tiny_model(tok, seed=2),
@@ -117,19 +117,18 @@ def test_prompt_and_observation_tokens_get_exactly_zero_gradient(tmp_path, tok, 
         processing_class=tok,
     )
     captured = {}
-    original = DMPOTrainer._per_token_logps
 
-    def spy(self, model, inputs, **extra):
-        logps, outputs = original(self, model, inputs, **extra)
-        if torch.is_grad_enabled() and logps.requires_grad:
-            logps.retain_grad()
-            captured["logps"] = logps
-        return logps, outputs
+    def keep_log_probs(module, args, kwargs, output):  # the policy's forward through TRL's fused-head protocol
+        if kwargs.get("fused_lm_head") and output.log_probs.requires_grad:
+            output.log_probs.retain_grad()
+            captured["logps"] = output.log_probs
 
-    monkeypatch.setattr(DMPOTrainer, "_per_token_logps", spy)
+    handle = trainer.model.register_forward_hook(keep_log_probs, with_kwargs=True)
     batch = batch_of(trainer, 4)
     trainer.compute_loss(trainer.model, batch).backward()
-    grad = captured["logps"].grad
+    handle.remove()
+    length = batch["input_ids"].size(1) - 1
+    grad = captured["logps"].grad[:, -length:]  # aligned with input_ids[:, 1:]
     action = batch["completion_mask"][:, 1:].bool()
     weighted = batch["dmpo_weights"][:, 1:] > 0
     assert (grad[~action] == 0).all()
