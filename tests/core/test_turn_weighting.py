@@ -198,3 +198,15 @@ def test_eq16_through_config_and_trainer(tmp_path, tok):
     # gamma 0: Eq. 16 weights every action 1, i.e. multi-turn DPO; at 0.7 it differs from the derivation's phi
     assert losses[("dmpo_eq16", 0.0)] == pytest.approx(losses[("uniform", 0.0)], abs=1e-6)
     assert abs(losses[("dmpo_eq16", 0.7)] - losses[("dmpo", 0.7)]) > 1e-4
+
+
+def test_model_card_names_the_eq16_weighting(tmp_path, tok):
+    trainer = DMPOTrainer(
+        model=tiny_model(tok),
+        args=make_args(tmp_path, gamma=0.5, turn_weighting="dmpo_eq16"),
+        train_dataset=Dataset.from_list(dataset_rows(2)),
+        processing_class=tok,
+    )
+    trainer.create_model_card(model_name="tiny-eq16")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "turn_weighting=dmpo_eq16" in card and "printed Eq. 16" in card
